@@ -1,0 +1,162 @@
+"""The agent loop: call the model, run the persona's tools, repeat a bounded number of times.
+
+Plain logic shared by sessions, persona actors and tasks. It streams `TurnEvent`s as the model speaks
+and leaves the new transcript messages and the metrics it spent in `outcome` when it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from troupe.actors.messages import MetricsDelta, TurnEvent
+from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, ToolCall, ToolSpec, Usage
+from troupe.config.pricing import cost
+
+
+class ToolBox(Protocol):
+    """The tools a persona may run itself (as opposed to client tools, which go back to the caller)."""
+
+    def specs(self) -> tuple[ToolSpec, ...]: ...
+
+    async def run(self, call: ToolCall) -> str: ...
+
+
+class NoTools:
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return ()
+
+    async def run(self, call: ToolCall) -> str:
+        return f"Tool {call.name!r} is not available."
+
+
+@dataclass
+class Outcome:
+    new_messages: list[ChatMessage] = field(default_factory=list)
+    delta: MetricsDelta = MetricsDelta()
+    finish_reason: str = "stop"
+    text: str = ""
+
+
+BudgetGuard = Callable[[float], None]  # raises BudgetExceeded given the cost spent so far this turn
+
+
+def usage_delta(model_name: str, usage: Usage) -> MetricsDelta:
+    usd, known = cost(model_name, usage.input_tokens, usage.output_tokens)
+    return MetricsDelta(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        llm_calls=1,
+        cost_usd=usd,
+        cost_known=known,
+        tokens_estimated=usage.estimated,
+    )
+
+
+class AgentLoop:
+    def __init__(
+        self,
+        *,
+        speaker: str,
+        model: ChatModel,
+        model_name: str,
+        toolbox: ToolBox | None = None,
+        max_iterations: int = 4,
+        temperature: float | None = None,
+        budget_guard: BudgetGuard | None = None,
+    ) -> None:
+        self.speaker = speaker
+        self.model = model
+        self.model_name = model_name
+        self.toolbox = toolbox or NoTools()
+        self.max_iterations = max_iterations
+        self.temperature = temperature
+        self.budget_guard = budget_guard
+        self.outcome = Outcome()
+
+    async def run(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        client_tools: Sequence[ToolSpec] = (),
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        stop: Sequence[str] = (),
+    ) -> AsyncIterator[TurnEvent]:
+        convo = list(messages)
+        own = self.toolbox.specs()
+        own_names = {spec.name for spec in own}
+        delta = MetricsDelta()
+        new: list[ChatMessage] = []
+        texts: list[str] = []
+        for iteration in range(self.max_iterations):
+            if self.budget_guard:
+                self.budget_guard(delta.cost_usd)
+            last = iteration == self.max_iterations - 1
+            request = ModelRequest(
+                messages=tuple(convo),
+                model=self.model_name,
+                speaker=self.speaker,
+                temperature=temperature if temperature is not None else self.temperature,
+                max_tokens=max_tokens,
+                stop=tuple(stop),
+                # the last iteration offers no tools, so the model has to answer in words
+                tools=() if last else (*own, *client_tools),
+            )
+            parts: list[str] = []
+            calls: list[ToolCall] = []
+            usage = Usage()
+            async for chunk in self.model.stream(request):
+                if chunk.content:
+                    parts.append(chunk.content)
+                    yield TurnEvent(kind="delta", text=chunk.content)
+                calls.extend(chunk.tool_calls)
+                if chunk.usage:
+                    usage = usage + chunk.usage
+            delta = delta.plus(usage_delta(self.model_name, usage))
+            text = "".join(parts)
+            texts.append(text)
+            reply = ChatMessage(role="assistant", content=text or None, tool_calls=tuple(calls))
+            convo.append(reply)
+            new.append(reply)
+            if not calls:
+                self.outcome = Outcome(new, delta, "stop", "".join(texts))
+                yield TurnEvent(kind="done", finish_reason="stop")
+                return
+            client_calls = [c for c in calls if c.name not in own_names]
+            for call in calls:
+                if call.name not in own_names:
+                    continue
+                delta = delta.plus(MetricsDelta(tool_calls=1))
+                result = await self._run_tool(call)
+                tool_msg = ChatMessage(role="tool", content=result, tool_call_id=call.id, name=call.name)
+                convo.append(tool_msg)
+                new.append(tool_msg)
+            if client_calls:
+                delta = delta.plus(MetricsDelta(tool_calls=len(client_calls)))
+                # the caller's own tools: hand them back; its results arrive with the next request
+                self.outcome = Outcome(new, delta, "tool_calls", "".join(texts))
+                yield TurnEvent(kind="tool_calls", tool_calls=tuple(client_calls))
+                yield TurnEvent(kind="done", finish_reason="tool_calls")
+                return
+        self.outcome = Outcome(new, delta, "length", "".join(texts))
+        yield TurnEvent(kind="done", finish_reason="length")
+
+    async def _run_tool(self, call: ToolCall) -> str:
+        try:
+            json.loads(call.arguments or "{}")
+        except json.JSONDecodeError:
+            return f"Error: the arguments for {call.name} were not valid JSON."
+        try:
+            return await self.toolbox.run(call)
+        except Exception as exc:  # a failing tool is reported to the model, never kills the turn
+            return f"Error running {call.name}: {exc}"
+
+
+async def answer_once(loop: AgentLoop, messages: Sequence[ChatMessage]) -> Outcome:
+    """Run the loop to the end without streaming (delegated tasks, consultations, life activities)."""
+    async for event in loop.run(messages):
+        del event
+    return loop.outcome

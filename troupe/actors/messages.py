@@ -1,0 +1,147 @@
+"""Typed messages passed between actors and to the door: frozen pydantic models, never bare dicts."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from troupe.chat_model import ChatMessage, ToolCall, ToolSpec, Usage
+
+ProcessKind = Literal["orchestrator", "persona", "session", "life_loop", "task", "local_model"]
+ProcessStatus = Literal["pending", "running", "completed", "failed"]
+
+
+def new_process_id() -> str:
+    """8 hex characters, as the contract's process ids are."""
+    return secrets.token_hex(4)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ProcessMetrics(_Frozen):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    llm_calls: int = 0
+    tool_calls: int = 0
+    estimated_cost: float = 0.0
+    cost_known: bool = True  # False once any call used a model missing from the pricing table
+    tokens_estimated: bool = False  # True once any call's usage was counted locally
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def plus(self, delta: MetricsDelta) -> ProcessMetrics:
+        return ProcessMetrics(
+            input_tokens=self.input_tokens + delta.input_tokens,
+            output_tokens=self.output_tokens + delta.output_tokens,
+            llm_calls=self.llm_calls + delta.llm_calls,
+            tool_calls=self.tool_calls + delta.tool_calls,
+            estimated_cost=round(self.estimated_cost + delta.cost_usd, 8),
+            cost_known=self.cost_known and delta.cost_known,
+            tokens_estimated=self.tokens_estimated or delta.tokens_estimated,
+        )
+
+
+class MetricsDelta(_Frozen):
+    """What one piece of work adds to a process's metrics; reported to the orchestrator off the hot path."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    llm_calls: int = 0
+    tool_calls: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = True
+    tokens_estimated: bool = False
+
+    def plus(self, other: MetricsDelta) -> MetricsDelta:
+        return MetricsDelta(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            llm_calls=self.llm_calls + other.llm_calls,
+            tool_calls=self.tool_calls + other.tool_calls,
+            cost_usd=self.cost_usd + other.cost_usd,
+            cost_known=self.cost_known and other.cost_known,
+            tokens_estimated=self.tokens_estimated or other.tokens_estimated,
+        )
+
+
+class ProcessInfo(_Frozen):
+    """One row of the registry: every actor (and every delegated task) is a process."""
+
+    id: str
+    kind: ProcessKind
+    agent: str
+    name: str = ""
+    task: str = ""
+    status: ProcessStatus = "pending"
+    parent_id: str | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    restarts: int = 0
+    error: str | None = None
+    metrics: ProcessMetrics = ProcessMetrics()
+
+    @property
+    def duration_ms(self) -> int:
+        end = self.ended_at or utcnow()
+        return max(0, int((end - self.started_at).total_seconds() * 1000))
+
+
+class SessionInfo(_Frozen):
+    caller_id: str
+    process_id: str
+    agent: str
+    status: ProcessStatus
+    started_at: datetime
+    last_active_at: datetime
+    turns: int = 0
+
+
+class TurnRequest(_Frozen):
+    """One caller turn. `messages` is what the client sent (OpenAI style); the session keeps its own
+    durable transcript and uses the client's last user message (or tool results) as the new input."""
+
+    caller_id: str
+    persona: str
+    messages: tuple[ChatMessage, ...]
+    request_id: str = Field(default_factory=lambda: f"req-{time.time_ns()}")
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    client_tools: tuple[ToolSpec, ...] = ()
+
+
+TurnEventKind = Literal["delta", "tool_calls", "done", "error"]
+
+
+class TurnEvent(_Frozen):
+    """What a session streams back for a turn: text deltas, then one `done` (or `error`)."""
+
+    kind: TurnEventKind
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error_code: str | None = None
+    error_status: int | None = None
+
+
+class LifeRun(_Frozen):
+    persona: str
+    activity: str
+    slot: datetime | None
+    status: Literal["completed", "failed", "skipped"]
+    output: str
+    process_id: str | None = None
+    triggered_at: datetime = Field(default_factory=utcnow)

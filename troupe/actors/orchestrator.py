@@ -1,0 +1,644 @@
+"""The orchestrator actor: registry of every process, supervisor of every actor, and the map from
+callers to their session actors (taken from a warm pool so no caller waits for a process to start)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from troupe.actors.life_loop import LifeLoopActor
+from troupe.actors.local_model import LocalModel
+from troupe.actors.messages import (
+    MetricsDelta,
+    ProcessInfo,
+    ProcessKind,
+    ProcessStatus,
+    SessionInfo,
+    new_process_id,
+    utcnow,
+)
+from troupe.actors.models import LOCAL_MODEL_ACTOR
+from troupe.actors.persona import PersonaActor
+from troupe.actors.persona_file import PersonaCatalog
+from troupe.actors.session import SessionActor
+from troupe.actors.supervision import Decision, Policy, decide
+from troupe.actors.task import TaskActor
+from troupe.config.settings import Settings
+from troupe.errors import BudgetExceeded, PersonaNotFound, SessionLimit
+from troupe.store import Store
+
+log = logging.getLogger(__name__)
+
+ORCHESTRATOR_NAME = "orchestrator"
+SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
+EVENT_LOG = 2000
+FINISHED_KEPT = 500
+
+
+@dataclass(frozen=True)
+class SessionLease:
+    """What the door needs to talk to a caller's session directly (the orchestrator stays off the
+    hot path once a session exists)."""
+
+    handle: Any
+    process_id: str
+    session_id: str
+    generation: int
+
+
+@dataclass
+class Child:
+    """A supervised actor: how to (re)create it and what happened to it."""
+
+    process_id: str
+    group: str  # siblings restarted together under restart_all
+    policy: Policy
+    factory: Callable[[], Awaitable[Any]]  # creates and initialises a fresh actor, returns its handle
+    handle: Any = None
+    generation: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    watcher: asyncio.Task[None] | None = None
+    stopping: bool = False
+
+
+@dataclass
+class SessionSlot:
+    caller_id: str
+    persona: str
+    process_id: str
+    session_id: str
+    last_active: float
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+class Orchestrator:
+    def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.started = time.time()
+        self.store: Store | None = None
+        self.processes: dict[str, ProcessInfo] = {}
+        self.children: dict[str, Child] = {}
+        self.sessions: dict[tuple[str, str], SessionSlot] = {}
+        self.session_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.pool: deque[tuple[str, Any]] = deque()  # warm, unbound session actors: (process id, handle)
+        self.pool_filling = 0
+        self.spend: dict[str, float] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG)
+        self.event_seq = 0
+        self.dirty: set[str] = set()
+        self.persona_ids: dict[str, str] = {}
+        self.life_ids: dict[str, str] = {}
+        self.known_calls: dict[str, str] = {}
+        self.ready = False
+        self.me: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ start-up and shutdown
+
+    async def start(self) -> dict[str, Any]:
+        """Open the store (running migrations), rebuild the registry, start every actor and the pool."""
+        if self.ready:
+            return await self.status()
+        self.me = ray.get_runtime_context().current_actor
+        self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
+        await self._rebuild_registry()
+        self._register(ProcessInfo(id=new_process_id(), kind="orchestrator", agent="troupe", name="orchestrator",
+                                   task="Supervise every process", status="running"))
+        if self.settings.effective_backend == "local":
+            await self._supervise("local_model", "model", "troupe", LOCAL_MODEL_ACTOR, "Serve the offline model",
+                                  SESSION_POLICY, self._make_local_model)
+        for persona in self.catalog.executives():
+            pid = await self._supervise(
+                "persona", "personas", persona.name, f"{persona.key}-main", "Persona agent", self._policy(persona.name),
+                lambda name=persona.name: self._make_persona(name),
+            )
+            self.persona_ids[persona.key] = pid
+        for persona in self.catalog.executives():
+            pid = await self._supervise(
+                "life_loop", "life", persona.name, f"{persona.key}-life", "Life loop", self._policy(persona.name),
+                lambda name=persona.name: self._make_life_loop(name),
+            )
+            self.life_ids[persona.key] = pid
+        await self._fill_pool()
+        self._background(self._housekeeping())
+        self.ready = True
+        return await self.status()
+
+    async def _rebuild_registry(self) -> None:
+        assert self.store is not None
+        self.spend = await self.store.spend_by_agent()
+        for info in await self.store.load_processes(limit=FINISHED_KEPT):
+            if info.status in ("running", "pending"):
+                # it was alive when the previous orchestrator went away; it is not any more
+                info = info.model_copy(update={"status": "failed", "ended_at": utcnow(),
+                                               "error": "interrupted: the orchestrator restarted"})
+                await self.store.save_process(info)
+            self.processes[info.id] = info
+
+    def _policy(self, name: str) -> Policy:
+        spec = self.catalog.get(name).supervision
+        return Policy(strategy=spec.strategy, max_restarts=spec.max_restarts, window_s=spec.window_s,
+                      backoff_s=self.settings.restart_backoff_s, backoff_max_s=self.settings.restart_backoff_max_s)
+
+    async def shutdown(self) -> None:
+        """Stop every child and flush the registry (the service is going away)."""
+        for child in list(self.children.values()):
+            child.stopping = True
+            if child.watcher:
+                child.watcher.cancel()
+        for slot in list(self.sessions.values()):
+            await self._release(slot, summarise=False)
+        for child in list(self.children.values()):
+            self._kill(child.handle)
+            self._set_status(child.process_id, "completed")
+        while self.pool:
+            pid, handle = self.pool.popleft()
+            self._kill(handle)
+            self._set_status(pid, "completed")
+        await self._flush()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ actor factories
+
+    async def _make_local_model(self) -> Any:
+        handle = LocalModel.options(name=LOCAL_MODEL_ACTOR, namespace=self.settings.namespace).remote(self.settings)
+        await handle.ping.remote()
+        return handle
+
+    async def _make_persona(self, name: str) -> Any:
+        persona = self.catalog.get(name)
+        pid = self.persona_ids.get(persona.key) or next(
+            c.process_id for c in self.children.values() if self.processes[c.process_id].name == f"{persona.key}-main"
+        )
+        handle = PersonaActor.options(name=f"persona-{persona.key}", namespace=self.settings.namespace).remote(
+            self.settings, self.catalog, persona.name, pid, self.me
+        )
+        await handle.start.remote(self.spend.get(persona.name, 0.0))
+        return handle
+
+    async def _make_life_loop(self, name: str) -> Any:
+        persona = self.catalog.get(name)
+        pid = self.life_ids.get(persona.key) or next(
+            c.process_id for c in self.children.values() if self.processes[c.process_id].name == f"{persona.key}-life"
+        )
+        handle = LifeLoopActor.options(name=f"life-{persona.key}", namespace=self.settings.namespace).remote(
+            self.settings, self.catalog, persona.name, pid, self.me
+        )
+        await handle.start.remote()
+        return handle
+
+    async def _make_session(self) -> Any:
+        handle = SessionActor.remote(self.settings, self.catalog, self.me)
+        await handle.warm.remote()
+        return handle
+
+    # ------------------------------------------------------------------ registry
+
+    def _register(self, info: ProcessInfo) -> str:
+        self.processes[info.id] = info
+        self.dirty.add(info.id)
+        self._emit("process.started", process=info.id, kind=info.kind, agent=info.agent, name=info.name)
+        return info.id
+
+    def _update(self, pid: str, **changes: Any) -> ProcessInfo:
+        info = self.processes[pid].model_copy(update=changes)
+        self.processes[pid] = info
+        self.dirty.add(pid)
+        return info
+
+    def _set_status(self, pid: str, status: ProcessStatus, error: str | None = None) -> None:
+        if pid not in self.processes:
+            return
+        before = self.processes[pid].status
+        finished = status in ("completed", "failed")
+        self._update(pid, status=status, error=error, ended_at=utcnow() if finished else None)
+        if before != status:
+            self._emit(f"process.{status}", process=pid, agent=self.processes[pid].agent, error=error)
+        if finished:
+            self._background(self._flush())
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        self.event_seq += 1
+        self.events.append({"seq": self.event_seq, "type": kind, "at": utcnow().isoformat(), **data})
+
+    async def _flush(self) -> None:
+        if self.store is None:
+            return
+        pending, self.dirty = self.dirty, set()
+        for pid in pending:
+            if pid in self.processes:
+                try:
+                    await self.store.save_process(self.processes[pid])
+                except Exception:
+                    self.dirty.add(pid)
+                    log.warning("could not save process %s", pid, exc_info=True)
+
+    async def report(
+        self, process_id: str, delta: MetricsDelta, status: ProcessStatus | None = None, error: str | None = None
+    ) -> float:
+        """A process reports the work it did. Returns its persona's total spend, for budget checks."""
+        info = self.processes.get(process_id)
+        if info is None:
+            return 0.0
+        changes: dict[str, Any] = {"metrics": info.metrics.plus(delta)}
+        self.spend[info.agent] = self.spend.get(info.agent, 0.0) + delta.cost_usd
+        self.processes[process_id] = info.model_copy(update=changes)
+        self.dirty.add(process_id)
+        if status and status != info.status:
+            self._set_status(process_id, status, error)
+        elif status == "running" and info.error and error is None:
+            self._update(process_id, error=None)
+        if error:
+            self._emit("turn.failed", process=process_id, agent=info.agent, error=error)
+        if info.kind == "session":
+            for slot in self.sessions.values():
+                if slot.process_id == process_id:
+                    slot.last_active = time.monotonic()
+        return self.spend.get(info.agent, 0.0)
+
+    # ------------------------------------------------------------------ supervision
+
+    async def _supervise(
+        self, kind: ProcessKind, group: str, agent: str, name: str, task: str, policy: Policy,
+        factory: Callable[[], Awaitable[Any]],
+    ) -> str:
+        pid = self._register(ProcessInfo(id=new_process_id(), kind=kind, agent=agent, name=name, task=task))
+        child = Child(process_id=pid, group=group, policy=policy, factory=factory)
+        self.children[pid] = child
+        if kind == "persona":
+            self.persona_ids[self.catalog.get(agent).key] = pid
+        if kind == "life_loop":
+            self.life_ids[self.catalog.get(agent).key] = pid
+        try:
+            child.handle = await factory()
+        except Exception as exc:
+            self._set_status(pid, "failed", f"failed to start: {exc}")
+            raise
+        self._set_status(pid, "running")
+        self._watch(child)
+        return pid
+
+    def _watch(self, child: Child) -> None:
+        generation = child.generation
+        handle = child.handle
+
+        async def watcher() -> None:
+            try:
+                await handle.watch.remote()
+            except RayActorError:
+                pass
+            except asyncio.CancelledError:
+                return
+            if not child.stopping and child.generation == generation:
+                await self._on_death(child)
+
+        child.watcher = asyncio.ensure_future(watcher())
+
+    async def _on_death(self, child: Child) -> None:
+        now = time.monotonic()
+        decision: Decision = decide(child.policy, child.restart_times, now)
+        info = self.processes[child.process_id]
+        log.warning("%s %s died: %s", info.kind, info.name, decision.reason)
+        self._emit("process.died", process=child.process_id, agent=info.agent, decision=decision.action,
+                   reason=decision.reason)
+        if decision.action in ("stop", "escalate"):
+            self._set_status(child.process_id, "failed", f"died; {decision.reason}")
+            if decision.action == "escalate":
+                # the orchestrator is the top of the tree: escalation ends with the operator
+                self._emit("process.escalated", process=child.process_id, agent=info.agent, reason=decision.reason)
+            self.children.pop(child.process_id, None)
+            return
+        if decision.delay_s:
+            await asyncio.sleep(decision.delay_s)
+        targets = [child]
+        if decision.action == "restart_all":
+            targets += [c for c in self.children.values() if c.group == child.group and c is not child]
+        for target in targets:
+            await self._restart(target, now)
+
+    async def _restart(self, child: Child, now: float) -> None:
+        child.generation += 1
+        child.restart_times.append(now)
+        if child.watcher and child.handle is not None:
+            self._kill(child.handle)
+        try:
+            child.handle = await child.factory()
+        except Exception as exc:
+            self._set_status(child.process_id, "failed", f"restart failed: {exc}")
+            return
+        info = self.processes[child.process_id]
+        self._update(child.process_id, restarts=info.restarts + 1)
+        self._set_status(child.process_id, "running")
+        self._emit("process.restarted", process=child.process_id, agent=info.agent, restarts=info.restarts + 1)
+        self._watch(child)
+
+    @staticmethod
+    def _kill(handle: Any) -> None:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------------ sessions and the warm pool
+
+    async def _fill_pool(self) -> None:
+        want = self.settings.session_pool_size - len(self.pool) - self.pool_filling
+        if want <= 0:
+            return
+        self.pool_filling += want
+        try:
+            await asyncio.gather(*(self._add_to_pool() for _ in range(want)))
+        finally:
+            self.pool_filling -= want
+
+    async def _add_to_pool(self) -> None:
+        pid = self._register(ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
+                                         task="Waiting for a caller"))
+        try:
+            handle = await self._make_session()
+        except Exception as exc:
+            self._set_status(pid, "failed", f"failed to start: {exc}")
+            return
+        self.pool.append((pid, handle))
+
+    async def _take_session_actor(self) -> tuple[str, Any]:
+        while self.pool:
+            pid, handle = self.pool.popleft()
+            self._background(self._fill_pool())
+            return pid, handle
+        # pool empty (or disabled): a cold start, which the warm pool exists to avoid
+        pid = self._register(ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="cold-session",
+                                         task="Starting for a caller"))
+        handle = await self._make_session()
+        self._background(self._fill_pool())
+        return pid, handle
+
+    async def session_for(self, caller_id: str, persona: str, failed_generation: int | None = None) -> SessionLease:
+        """The session actor for this caller and persona: theirs if it exists, else one from the pool.
+        `failed_generation` says the door saw that session actor die; it is replaced at once."""
+        definition = self.catalog.find(persona)
+        if definition is None:
+            raise PersonaNotFound(f"Unknown persona {persona!r}. Known: {', '.join(self.catalog.names())}",
+                                  param="model")
+        key = (caller_id, definition.key)
+        lock = self.session_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            slot = self.sessions.get(key)
+            if slot is not None:
+                child = self.children[slot.process_id]
+                if failed_generation is not None and failed_generation == child.generation:
+                    await self._restart_session(child, slot)
+                slot.last_active = time.monotonic()
+                return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
+            if len(self.sessions) >= self.settings.max_sessions:
+                raise SessionLimit(
+                    f"At capacity: {len(self.sessions)} active sessions (TROUPE_MAX_SESSIONS="
+                    f"{self.settings.max_sessions}). Try again shortly."
+                )
+            budget = definition.budget_usd
+            if self.spend.get(definition.name, 0.0) >= budget:
+                raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
+            pid, handle = await self._take_session_actor()
+            session_id = await handle.bind.remote(caller_id, definition.name, pid, self.spend.get(definition.name, 0.0))
+            self._update(pid, agent=definition.name, name=f"{definition.key}-{caller_id}",
+                         task=f"Conversation with {caller_id}")
+            self._set_status(pid, "running")
+            slot = SessionSlot(caller_id, definition.name, pid, session_id, time.monotonic())
+            self.sessions[key] = slot
+            child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY,
+                          factory=self._make_session, handle=handle)
+            self.children[pid] = child
+            self._watch_session(child, slot)
+            self._emit("session.started", caller_id=caller_id, agent=definition.name, process=pid)
+            return SessionLease(handle, pid, session_id, child.generation)
+
+    def _watch_session(self, child: Child, slot: SessionSlot) -> None:
+        generation = child.generation
+        handle = child.handle
+
+        async def watcher() -> None:
+            try:
+                await handle.watch.remote()
+            except RayActorError:
+                pass
+            except asyncio.CancelledError:
+                return
+            if child.stopping:
+                return
+            key = (slot.caller_id, self.catalog.get(slot.persona).key)
+            async with self.session_locks.setdefault(key, asyncio.Lock()):
+                if child.generation == generation and self.sessions.get(key) is slot:
+                    await self._restart_session(child, slot)
+
+        child.watcher = asyncio.ensure_future(watcher())
+
+    async def _restart_session(self, child: Child, slot: SessionSlot) -> None:
+        """A session actor died: a fresh actor takes over and reloads the transcript from the store."""
+        decision = decide(child.policy, child.restart_times, time.monotonic())
+        if decision.action != "restart":
+            self._set_status(child.process_id, "failed", f"session died; {decision.reason}")
+            self.sessions.pop((slot.caller_id, self.catalog.get(slot.persona).key), None)
+            self.children.pop(child.process_id, None)
+            return
+        child.generation += 1
+        child.restart_times.append(time.monotonic())
+        self._kill(child.handle)
+        if decision.delay_s:
+            await asyncio.sleep(decision.delay_s)
+        _pool_pid, handle = await self._take_session_actor()
+        self._set_status(_pool_pid, "completed")  # its process identity is merged into the restarted one
+        self.processes.pop(_pool_pid, None)
+        await handle.bind.remote(slot.caller_id, slot.persona, child.process_id, self.spend.get(slot.persona, 0.0))
+        child.handle = handle
+        info = self.processes[child.process_id]
+        self._update(child.process_id, restarts=info.restarts + 1)
+        self._set_status(child.process_id, "running")
+        self._emit("process.restarted", process=child.process_id, agent=slot.persona, restarts=info.restarts + 1)
+        self._watch_session(child, slot)
+
+    async def end_session(self, caller_id: str, persona: str) -> str | None:
+        definition = self.catalog.get(persona)
+        key = (caller_id, definition.key)
+        async with self.session_locks.setdefault(key, asyncio.Lock()):
+            slot = self.sessions.get(key)
+            if slot is None:
+                return None
+            return await self._release(slot, summarise=True)
+
+    async def _release(self, slot: SessionSlot, *, summarise: bool) -> str | None:
+        """Summarise the conversation into memory, then recycle the actor into the pool (or stop it)."""
+        key = (slot.caller_id, self.catalog.get(slot.persona).key)
+        self.sessions.pop(key, None)
+        child = self.children.pop(slot.process_id, None)
+        summary = None
+        if child is None:
+            return None
+        child.stopping = True
+        if child.watcher:
+            child.watcher.cancel()
+        try:
+            summary = await child.handle.release.remote() if summarise else None
+            recycled = len(self.pool) < self.settings.session_pool_size
+        except Exception:
+            log.warning("session %s could not be released cleanly", slot.process_id, exc_info=True)
+            recycled = False
+        self._set_status(slot.process_id, "completed")
+        self._emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
+        if recycled:
+            pid = self._register(ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
+                                             task="Waiting for a caller"))
+            self.pool.append((pid, child.handle))
+        else:
+            self._kill(child.handle)
+        return summary
+
+    async def _housekeeping(self) -> None:
+        """Release idle sessions and write the registry to the store, off every caller's path."""
+        idle_every = min(30.0, self.settings.session_idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(min(idle_every, 5.0))
+            try:
+                now = time.monotonic()
+                for slot in list(self.sessions.values()):
+                    if now - slot.last_active >= self.settings.session_idle_timeout_s:
+                        key = (slot.caller_id, self.catalog.get(slot.persona).key)
+                        async with self.session_locks.setdefault(key, asyncio.Lock()):
+                            if self.sessions.get(key) is slot:
+                                await self._release(slot, summarise=True)
+                self._trim_finished()
+                await self._flush()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    def _trim_finished(self) -> None:
+        finished = [p for p in self.processes.values() if p.status in ("completed", "failed")]
+        if len(finished) > FINISHED_KEPT:
+            finished.sort(key=lambda p: p.ended_at or p.started_at)
+            for info in finished[: len(finished) - FINISHED_KEPT]:
+                if info.id not in self.dirty:
+                    self.processes.pop(info.id, None)
+
+    # ------------------------------------------------------------------ work between personas
+
+    async def persona_handle(self, name: str) -> Any:
+        definition = self.catalog.get(name)
+        pid = self.persona_ids.get(definition.key)
+        child = self.children.get(pid) if pid else None
+        if child is None or child.handle is None:
+            raise PersonaNotFound(f"{definition.name} has no running persona actor.")
+        return child.handle
+
+    async def ask_persona(self, persona: str, question: str, asker: str, parent_id: str | None = None) -> str:
+        handle = await self.persona_handle(persona)
+        self._emit("tool.ask_persona", process=parent_id, agent=asker, target=persona)
+        return await handle.ask.remote(question, asker)
+
+    async def spawn_task(self, parent_id: str, specialist: str, task: str) -> str:
+        """Delegate `task` to a specialist: a child Task process that lives until it answers."""
+        definition = self.catalog.find(specialist)
+        if definition is None:
+            return f"There is no specialist called {specialist!r}."
+        parent = self.processes.get(parent_id)
+        requested_by = parent.agent if parent else "someone"
+        pid = self._register(ProcessInfo(id=new_process_id(), kind="task", agent=definition.name,
+                                         name=f"{definition.key}-task", task=task[:500], parent_id=parent_id))
+        handle = None
+        try:
+            if self.spend.get(definition.name, 0.0) >= definition.budget_usd:
+                raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
+            handle = TaskActor.remote(self.settings, self.catalog, definition.name,
+                                      self.spend.get(definition.name, 0.0))
+            self._set_status(pid, "running")
+            result, delta = await handle.run.remote(task, requested_by)
+            await self.report(pid, delta)
+            self._set_status(pid, "completed")
+            return result or f"{definition.name} finished without a written result."
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc).splitlines()[0]
+            self._set_status(pid, "failed", message)
+            return f"{definition.name} could not finish the task: {message}"
+        finally:
+            if handle is not None:
+                self._kill(handle)
+
+    async def trigger(self, persona: str, activity: str) -> str:
+        definition = self.catalog.get(persona)
+        pid = self.life_ids.get(definition.key)
+        child = self.children.get(pid) if pid else None
+        if child is None:
+            raise PersonaNotFound(f"{definition.name} has no running life loop.")
+        return await child.handle.trigger.remote(activity)
+
+    # ------------------------------------------------------------------ read side (control panel, CLI)
+
+    async def list_processes(
+        self, status: str | None = None, agent: str | None = None, kind: str | None = None
+    ) -> list[ProcessInfo]:
+        found = list(self.processes.values())
+        if status:
+            found = [p for p in found if p.status == status]
+        if agent:
+            found = [p for p in found if p.agent.lower() == agent.lower()]
+        if kind:
+            found = [p for p in found if p.kind == kind]
+        return sorted(found, key=lambda p: p.started_at)
+
+    async def get_process(self, pid: str) -> tuple[ProcessInfo, list[ProcessInfo]] | None:
+        info = self.processes.get(pid)
+        if info is None:
+            return None
+        return info, [p for p in self.processes.values() if p.parent_id == pid]
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        out = []
+        for slot in self.sessions.values():
+            info = self.processes[slot.process_id]
+            idle = time.monotonic() - slot.last_active
+            out.append(SessionInfo(
+                caller_id=slot.caller_id, process_id=slot.process_id, agent=slot.persona, status=info.status,
+                started_at=info.started_at,
+                last_active_at=datetime.fromtimestamp(time.time() - idle, tz=UTC),
+            ))
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        alive = [p for p in self.processes.values() if p.status in ("running", "pending")]
+        return {
+            "status": "ok",
+            "uptime_s": time.time() - self.started,
+            "process_count": len(alive),
+            "session_count": len(self.sessions),
+            "pool_size": len(self.pool),
+            "personas": self.catalog.names(),
+            "executives": [p.name for p in self.catalog.executives()],
+            "active_personas": [
+                self.processes[pid].agent for pid in self.life_ids.values()
+                if pid in self.processes and self.processes[pid].status == "running"
+            ],
+            "backend": self.settings.effective_backend,
+            "spend": dict(self.spend),
+        }
+
+    async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["seq"] > seq][:limit]
+
+    async def ping(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,110 @@
+"""The persona actor: one per persona, for the life of the service. It answers other personas
+(`ask_persona`), writes its life activities and keeps its budget; callers talk to sessions instead."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from troupe.actors.agent import AgentLoop, answer_once
+from troupe.actors.base import ActorBase
+from troupe.actors.messages import MetricsDelta
+from troupe.actors.models import ModelFactory, model_name_for
+from troupe.actors.persona_file import PersonaCatalog
+from troupe.actors.prompt import PromptContext, build_system_prompt
+from troupe.actors.tools import PersonaTools
+from troupe.chat_model import ChatMessage
+from troupe.config.settings import Settings
+from troupe.errors import BudgetExceeded
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class PersonaActor(ActorBase):
+    def __init__(
+        self, settings: Settings, catalog: PersonaCatalog, name: str, process_id: str, orchestrator: Any
+    ) -> None:
+        super().__init__(settings, catalog)
+        self.persona = catalog.get(name)
+        self.process_id = process_id
+        self.orchestrator = orchestrator
+        self.models = ModelFactory(settings)
+        self.spent = 0.0
+
+    async def start(self, spent: float = 0.0) -> dict[str, Any]:
+        self.spent = spent
+        await self.store()
+        return await self.ping()
+
+    def _guard(self, spent_now: float) -> None:
+        if self.spent + spent_now >= self.persona.budget_usd:
+            raise BudgetExceeded(
+                f"{self.persona.name} has spent ${self.spent:.4f} of a ${self.persona.budget_usd:.2f} budget."
+            )
+
+    async def _run(self, user_text: str, *, subject: str, delegation: bool, extra: str | None = None) -> str:
+        store = await self.store()
+        memories = await store.recall(self.persona.name, query=user_text, limit=6)
+        runs = await store.life_runs(self.persona.name, limit=6)
+        system, _ = build_system_prompt(
+            self.persona,
+            PromptContext(
+                memories=tuple(m.content for m in memories),
+                life_digest=tuple(f"{r.activity}: {r.output}" for r in runs if r.output and r.status == "completed"),
+                client_system=extra,
+            ),
+            self.catalog,
+        )
+        toolbox = PersonaTools(
+            persona=self.persona.name,
+            # consultations may not consult again: two personas must never ask each other forever
+            allowed=[t for t in self.persona.tools if delegation or t in ("remember", "recall")],
+            store=store,
+            subject=subject,
+            team=self.persona.team,
+            delegate=self._delegate if delegation else None,
+        )
+        loop = AgentLoop(
+            speaker=self.persona.name,
+            model=self.models.for_persona(self.persona),
+            model_name=model_name_for(self.settings, self.persona),
+            toolbox=toolbox,
+            max_iterations=self.settings.max_tool_iterations,
+            temperature=self.persona.temperature,
+            budget_guard=self._guard,
+        )
+        try:
+            outcome = await answer_once(
+                loop, (ChatMessage(role="system", content=system), ChatMessage(role="user", content=user_text))
+            )
+        except BudgetExceeded:
+            await store.record_budget_event("persona", self.persona.name, self.persona.budget_usd, self.spent)
+            await self._report(loop.outcome.delta, error="budget exceeded")
+            raise
+        await self._report(outcome.delta)
+        return outcome.text.strip()
+
+    async def _report(self, delta: MetricsDelta, error: str | None = None) -> None:
+        try:
+            self.spent = await self.orchestrator.report.remote(self.process_id, delta, status="running", error=error)
+        except Exception:
+            log.warning("metrics report failed", exc_info=True)
+
+    async def _delegate(self, specialist: str, task: str) -> str:
+        return await self.orchestrator.spawn_task.remote(self.process_id, specialist, task)
+
+    async def ask(self, question: str, asker: str) -> str:
+        """Another persona consults this one."""
+        return await self._run(
+            f"{asker} asks you: {question}\nAnswer them briefly, as yourself.", subject=asker, delegation=False
+        )
+
+    async def run_activity(self, activity: str, brief: str) -> str:
+        """A life-loop activity, written by the persona itself."""
+        return await self._run(brief, subject=f"life:{activity}", delegation=activity == "team_check")
+
+    async def describe(self) -> dict[str, Any]:
+        return {"name": self.persona.name, "process_id": self.process_id, "spent": self.spent}

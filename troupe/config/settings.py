@@ -1,0 +1,127 @@
+"""troupe's settings, read once from the environment (and CLI flags) and validated at start-up.
+
+Everything that needs configuration receives a `Settings` instance; nothing else reads os.environ,
+except the `openai` SDK, which reads OPENAI_API_KEY / OPENAI_BASE_URL itself exactly as it documents.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ModelBackend = Literal["auto", "endpoint", "local", "fake"]
+
+
+def redact_url(url: str) -> str:
+    """A database or endpoint URL with its password replaced by ***, safe to print."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Settings(BaseSettings):
+    """All of troupe's configuration. Environment names are TROUPE_<FIELD> unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="TROUPE_", extra="ignore", frozen=True)
+
+    # --- state
+    data_dir: Path = Field(default=Path("~/.troupe"), description="Where the SQLite store and journals live.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+
+    # --- personas
+    personas_dir: Path | None = Field(default=None, description="Persona files; default: the shipped ones.")
+    default_persona: str = "Tony"
+
+    # --- model access
+    model_backend: ModelBackend = Field(
+        default="auto", description="auto: endpoint if OPENAI_BASE_URL or OPENAI_API_KEY is set, else local."
+    )
+    model: str = Field(default="gpt-4o-mini", description="Default model name for the endpoint (TROUPE_MODEL).")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    model_max_retries: int = Field(default=1, ge=0, le=10)
+    local_model_path: Path | None = Field(default=None, description="A GGUF file; default: the PyPI Gemma 3 270M.")
+    local_model_threads: int = Field(default=2, ge=1, le=64)
+    local_model_context: int = Field(default=2048, ge=256)
+    fake_script: Path | None = Field(default=None, description="JSON script for the fake model (tests, demos).")
+    max_tool_iterations: int = Field(default=4, ge=1, le=20)
+
+    # --- sessions
+    session_pool_size: int = Field(default=2, ge=0, le=256, description="Warm session actors kept ready.")
+    max_sessions: int = Field(default=64, ge=1, le=4096, description="Concurrent sessions before 'at capacity'.")
+    session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    session_budget_usd: float = Field(default=1.0, ge=0, description="Per-session spend cap.")
+    history_turns: int = Field(default=20, ge=1, description="Messages of transcript replayed to the model.")
+
+    # --- supervision
+    supervisor_poll_s: float = Field(default=1.0, gt=0)
+    restart_backoff_s: float = Field(default=0.2, ge=0)
+    restart_backoff_max_s: float = Field(default=10.0, ge=0)
+
+    # --- life loops
+    life_loops_enabled: bool = True
+    life_tick_s: float = Field(default=30.0, gt=0)
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
+    namespace: str = "troupe"
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _check_database_url(self) -> Settings:
+        url = self.database_url
+        if url and not url.startswith(("sqlite", "postgres")):
+            raise ValueError(
+                f"TROUPE_DATABASE_URL must be a sqlite or postgresql URL, got {redact_url(url)}"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The async SQLAlchemy URL to use: the configured one with an async driver, or SQLite in data_dir."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{self.data_dir / 'troupe.db'}"
+        if url.startswith(("postgres://", "postgresql://")):
+            return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def effective_backend(self) -> Literal["endpoint", "local", "fake"]:
+        if self.model_backend != "auto":
+            return self.model_backend
+        return "endpoint" if (self.openai_base_url or self.openai_api_key) else "local"
+
+    def env_for_workers(self) -> dict[str, str]:
+        """Variables a Ray worker on another node needs to rebuild these settings (secrets included)."""
+        env = {k: v for k, v in os.environ.items() if k.startswith("TROUPE_")}
+        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; CLI flags come in as overrides. Fails fast naming the variable."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)  # type: ignore[arg-type]
