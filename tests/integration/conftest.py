@@ -1,0 +1,60 @@
+"""Integration fixtures: one real local Ray for the whole run, and troupe runtimes started on it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from troupe.config.settings import Settings
+from troupe.runtime import Runtime
+
+_namespaces = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, namespace="troupe-tests", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp,
+        "model_backend": "fake",
+        "session_pool_size": 1,
+        "life_loops_enabled": False,
+        "namespace": f"troupe-test-{os.getpid()}-{next(_namespaces)}",
+        "supervisor_poll_s": 0.2,
+        "restart_backoff_s": 0.05,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def write_script(path: Path, items: list[Any]) -> Path:
+    path.write_text(json.dumps(items))
+    return path
+
+
+@pytest.fixture
+def start_runtime(ray_session: None) -> Iterator[Any]:
+    """Start a troupe runtime with given settings; every runtime started is stopped afterwards."""
+    started: list[Runtime] = []
+
+    def start(settings: Settings, **kwargs: Any) -> Runtime:
+        runtime = Runtime.start(settings, **kwargs)
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in started:
+        runtime.stop()
