@@ -17,13 +17,13 @@ from pathlib import Path
 
 import psutil
 import ray
+from troupe.actors.persona_file import load_personas
+from troupe.integrations.fake_model import ScriptedChatModel
 
 from troupe.actors.agent import AgentLoop
 from troupe.actors.messages import TurnRequest
-from troupe.actors.persona_file import load_personas
 from troupe.chat_model import ChatMessage
 from troupe.config.settings import Settings
-from troupe.integrations.fake_model import ScriptedChatModel
 from troupe.runtime import Runtime, init_ray
 
 
@@ -48,8 +48,11 @@ async def turn_latency(runtime: Runtime, turns: int) -> list[float]:
     client = runtime.client()
     out = []
     for i in range(turns):
-        request = TurnRequest(caller_id="+15550001000", persona="Tony",
-                              messages=(ChatMessage(role="user", content=f"turn {i}"),))
+        request = TurnRequest(
+            caller_id="+15550001000",
+            persona="Tony",
+            messages=(ChatMessage(role="user", content=f"turn {i}"),),
+        )
         began = time.perf_counter()
         async for _ in client.turn(request):
             pass
@@ -64,8 +67,12 @@ async def in_process_latency(turns: int) -> list[float]:
     for i in range(turns):
         loop = AgentLoop(speaker="Tony", model=ScriptedChatModel(), model_name="fake")
         began = time.perf_counter()
-        async for _ in loop.run((ChatMessage(role="system", content=tony.layers[0].text),
-                                 ChatMessage(role="user", content=f"turn {i}"))):
+        async for _ in loop.run(
+            (
+                ChatMessage(role="system", content=tony.layers[0].text),
+                ChatMessage(role="user", content=f"turn {i}"),
+            )
+        ):
             pass
         out.append(time.perf_counter() - began)
     return out
@@ -104,8 +111,10 @@ async def main() -> None:
     cold = Runtime.start(Settings(**{**base, "namespace": "bench-cold"}))
     cold_firsts = [await first_turn(cold, f"+1555100{i:04d}") for i in range(4)]
     print(f"first turn, warm pool (median):   {ms(statistics.median(warm_firsts))}")
-    print(f"first turn, cold actor (median):  {ms(statistics.median(cold_firsts))}"
-          f"  ({statistics.median(cold_firsts) / statistics.median(warm_firsts):.1f}x the warm pool)")
+    print(
+        f"first turn, cold actor (median):  {ms(statistics.median(cold_firsts))}"
+        f"  ({statistics.median(cold_firsts) / statistics.median(warm_firsts):.1f}x the warm pool)"
+    )
     print(f"turn through session actor (p50): {ms(statistics.median(hop))}")
     print(f"same turn in-process (p50):       {ms(statistics.median(local))}")
     print(f"actor hop + store + accounting:   {ms(statistics.median(hop) - statistics.median(local))} per turn")

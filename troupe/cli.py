@@ -9,9 +9,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +56,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     status = asyncio.run(_await(runtime.orchestrator.status.remote()))
     print(
         f"troupe: running: {len(status['personas'])} personas, {status['process_count']} processes, "
-        f"{status['pool_size']} warm sessions. Ctrl-C stops.",
+        f"{status['pool_size']} warm sessions.",
         flush=True,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"troupe: serving on http://{settings.host}:{settings.port}", flush=True)
+    from troupe.app import serve_uvicorn
+
     try:
-        stop.wait()
+        serve_uvicorn(runtime)
     except KeyboardInterrupt:
         pass
     print("troupe: stopping", flush=True)
@@ -138,14 +137,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     status, processes = asyncio.run(gather())
     uptime = int(status["uptime_s"])
-    print(f"troupe: {status['status']}, up {uptime // 3600}h{uptime % 3600 // 60}m{uptime % 60}s, "
-          f"{status['process_count']} live processes, {status['session_count']} sessions, "
-          f"{status['pool_size']} warm, model: {status['backend']}")
+    print(
+        f"troupe: {status['status']}, up {uptime // 3600}h{uptime % 3600 // 60}m{uptime % 60}s, "
+        f"{status['process_count']} live processes, {status['session_count']} sessions, "
+        f"{status['pool_size']} warm, model: {status['backend']}"
+    )
     print(f"{'ID':8}  {'KIND':11}  {'AGENT':8}  {'STATUS':9}  {'RESTARTS':8}  {'TOKENS':>7}  {'COST':>8}  NAME")
     for p in processes:
         m = p.metrics
-        print(f"{p.id:8}  {p.kind:11}  {p.agent:8}  {p.status:9}  {p.restarts:8}  {m.total_tokens:7}  "
-              f"{m.estimated_cost:8.4f}  {p.name}")
+        print(
+            f"{p.id:8}  {p.kind:11}  {p.agent:8}  {p.status:9}  {p.restarts:8}  {m.total_tokens:7}  "
+            f"{m.estimated_cost:8.4f}  {p.name}"
+        )
     return 0
 
 
@@ -156,8 +159,10 @@ def cmd_personas(args: argparse.Namespace) -> int:
     valid, problems = check_personas(directory)
     for persona in valid:
         team = f" team: {', '.join(persona.team)}" if persona.team else ""
-        print(f"{persona.name:10} {persona.kind:10} {persona.role} (budget ${persona.budget_usd:.2f}, "
-              f"{persona.layers_tokens} prompt tokens of {persona.token_budget}){team}")
+        print(
+            f"{persona.name:10} {persona.kind:10} {persona.role} (budget ${persona.budget_usd:.2f}, "
+            f"{persona.layers_tokens} prompt tokens of {persona.token_budget}){team}"
+        )
     for problem in problems:
         print(f"invalid: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -171,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="where the SQLite store lives (TROUPE_DATA_DIR, default ~/.troupe)")
         p.add_argument("--personas-dir", help="persona files (TROUPE_PERSONAS_DIR, default: the shipped ones)")
-        p.add_argument("--model", choices=["auto", "endpoint", "local", "fake"],
-                       help="model backend (TROUPE_MODEL_BACKEND); auto: endpoint if OPENAI_BASE_URL/KEY set")
+        p.add_argument(
+            "--model",
+            choices=["auto", "endpoint", "local", "fake"],
+            help="model backend (TROUPE_MODEL_BACKEND); auto: endpoint if OPENAI_BASE_URL/KEY set",
+        )
 
     serve = sub.add_parser("serve", help="start troupe and serve it")
     common(serve)
@@ -198,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args) or 0)
     except TroupeError as exc:

@@ -152,7 +152,11 @@ class SessionClient:
             except RayActorError:
                 if started or attempt == 2:
                     self.forget(request.caller_id, request.persona)
-                    yield TurnEvent(kind="error", text="The session restarted mid-reply; please say that again.",
-                                    error_code="session_restarted", error_status=503)
+                    yield TurnEvent(
+                        kind="error",
+                        text="The session restarted mid-reply; please say that again.",
+                        error_code="session_restarted",
+                        error_status=503,
+                    )
                     return
                 lease = await self.lease(request.caller_id, request.persona, failed=lease)

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import ray
+from troupe.store import Store
 
 from tests.integration.conftest import make_settings, write_script
 from troupe.actors.messages import TurnEvent, TurnRequest
 from troupe.chat_model import ChatMessage
 from troupe.errors import PersonaNotFound, SessionLimit, StoreUnavailable
 from troupe.runtime import Runtime
-from troupe.store import Store
 
 
 async def say(runtime: Runtime, caller: str, text: str, persona: str = "Tony", client: Any = None) -> list[TurnEvent]:
@@ -28,8 +28,8 @@ def text_of(events: list[TurnEvent]) -> str:
     return "".join(e.text for e in events if e.kind == "delta")
 
 
-async def wait_for(predicate: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Any, within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = await predicate()
         if value:
@@ -44,11 +44,23 @@ async def processes(runtime: Runtime, **filters: Any) -> list[Any]:
 
 @pytest.fixture
 def runtime(start_runtime: Any, tmp_path: Path) -> Runtime:
-    script = write_script(tmp_path / "script.json", [
-        {"when": "delegate", "reply": {"tool_calls": [
-            {"name": "spawn_agent", "arguments": {"specialist": "Priya", "task": "Review the API design"}}]}},
-        {"when": "", "reply": "Hello from the fake model."},
-    ])
+    script = write_script(
+        tmp_path / "script.json",
+        [
+            {
+                "when": "delegate",
+                "reply": {
+                    "tool_calls": [
+                        {
+                            "name": "spawn_agent",
+                            "arguments": {"specialist": "Priya", "task": "Review the API design"},
+                        }
+                    ]
+                },
+            },
+            {"when": "", "reply": "Hello from the fake model."},
+        ],
+    )
     return start_runtime(make_settings(tmp_path, fake_script=script))
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from troupe.store import Store
+from troupe.testing.fake_openai import FakeOpenAIServer
 
 from tests.integration.conftest import make_settings
 from tests.integration.test_runtime import processes, say, text_of, wait_for
-from troupe.store import Store
-from troupe.testing.fake_openai import FakeOpenAIServer
 
 
 @pytest.fixture
@@ -28,10 +28,16 @@ def free_port() -> int:
 
 
 async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, tmp_path: Path, upstream: Any) -> None:
-    runtime = start_runtime(make_settings(
-        tmp_path, model_backend="endpoint", openai_base_url=upstream.base_url, openai_api_key="test-key",
-        model="gpt-4o-mini", session_idle_timeout_s=1.0,
-    ))
+    runtime = start_runtime(
+        make_settings(
+            tmp_path,
+            model_backend="endpoint",
+            openai_base_url=upstream.base_url,
+            openai_api_key="test-key",
+            model="gpt-4o-mini",
+            session_idle_timeout_s=1.0,
+        )
+    )
     events = await say(runtime, "+14155550100", "My name is Dana and I run payments.")
     assert events[-1].kind == "done" and text_of(events)
     sent = upstream.requests[-1]
@@ -45,7 +51,7 @@ async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, t
     async def summarised() -> Any:
         return not await runtime.orchestrator.list_sessions.remote()
 
-    await wait_for(summarised, timeout=30)
+    await wait_for(summarised, within=30)
     store = await Store.open(runtime.settings.resolved_database_url)
     try:
         memories = await store.recall("Tony", subject="+14155550100")
@@ -59,10 +65,16 @@ async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, t
 
 
 async def test_session_budget_blocks_the_next_model_call(start_runtime: Any, tmp_path: Path, upstream: Any) -> None:
-    runtime = start_runtime(make_settings(
-        tmp_path, model_backend="endpoint", openai_base_url=upstream.base_url, openai_api_key="k",
-        model="gpt-4o", session_budget_usd=0.000001,
-    ))
+    runtime = start_runtime(
+        make_settings(
+            tmp_path,
+            model_backend="endpoint",
+            openai_base_url=upstream.base_url,
+            openai_api_key="k",
+            model="gpt-4o",
+            session_budget_usd=0.000001,
+        )
+    )
     first = await say(runtime, "+14155550101", "hello")
     assert first[-1].kind == "done"
     calls = len(upstream.requests)
@@ -77,10 +89,16 @@ async def test_session_budget_blocks_the_next_model_call(start_runtime: Any, tmp
 
 
 async def test_an_endpoint_that_is_down_fails_the_turn_cleanly(start_runtime: Any, tmp_path: Path) -> None:
-    runtime = start_runtime(make_settings(
-        tmp_path, model_backend="endpoint", openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
-        openai_api_key="sk-secret-value", model_max_retries=0, model_timeout_s=5,
-    ))
+    runtime = start_runtime(
+        make_settings(
+            tmp_path,
+            model_backend="endpoint",
+            openai_base_url=f"http://127.0.0.1:{free_port()}/v1",
+            openai_api_key="sk-secret-value",
+            model_max_retries=0,
+            model_timeout_s=5,
+        )
+    )
     events = await say(runtime, "+14155550102", "hello?")
     assert events[-1].kind == "error"
     assert events[-1].error_code == "model_unavailable" and events[-1].error_status == 503

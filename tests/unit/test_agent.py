@@ -31,8 +31,11 @@ class Replay:
                 yield ModelChunk(content=word + " ")
             yield ModelChunk(finish_reason="stop", usage=Usage(input_tokens=100, output_tokens=10))
         else:
-            yield ModelChunk(tool_calls=tuple(turn), finish_reason="tool_calls",
-                             usage=Usage(input_tokens=100, output_tokens=5))
+            yield ModelChunk(
+                tool_calls=tuple(turn),
+                finish_reason="tool_calls",
+                usage=Usage(input_tokens=100, output_tokens=5),
+            )
 
 
 class Memory:
@@ -119,8 +122,9 @@ async def test_a_failing_tool_is_reported_to_the_model_not_raised():
 
     tools = PersonaTools(persona="Tony", allowed=["spawn_agent"], store=Memory(), team=["Priya"], delegate=broken)
     model = Replay([call("spawn_agent", specialist="Priya", task="x")], "Sorry, that failed.")
-    outcome = await answer_once(AgentLoop(speaker="Tony", model=model, model_name="fake", toolbox=tools),
-                                [SYSTEM, HELLO])
+    outcome = await answer_once(
+        AgentLoop(speaker="Tony", model=model, model_name="fake", toolbox=tools), [SYSTEM, HELLO]
+    )
     assert "specialist crashed" in outcome.new_messages[1].content
     assert outcome.text.startswith("Sorry")
 

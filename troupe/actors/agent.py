@@ -43,6 +43,10 @@ class Outcome:
 BudgetGuard = Callable[[float], None]  # raises BudgetExceeded given the cost spent so far this turn
 
 
+def turn_usage(delta: MetricsDelta) -> Usage:
+    return Usage(input_tokens=delta.input_tokens, output_tokens=delta.output_tokens, estimated=delta.tokens_estimated)
+
+
 def usage_delta(model_name: str, usage: Usage) -> MetricsDelta:
     usd, known = cost(model_name, usage.input_tokens, usage.output_tokens)
     return MetricsDelta(
@@ -123,7 +127,7 @@ class AgentLoop:
             new.append(reply)
             if not calls:
                 self.outcome = Outcome(new, delta, "stop", "".join(texts))
-                yield TurnEvent(kind="done", finish_reason="stop")
+                yield TurnEvent(kind="done", finish_reason="stop", usage=turn_usage(delta))
                 return
             client_calls = [c for c in calls if c.name not in own_names]
             for call in calls:
@@ -139,10 +143,10 @@ class AgentLoop:
                 # the caller's own tools: hand them back; its results arrive with the next request
                 self.outcome = Outcome(new, delta, "tool_calls", "".join(texts))
                 yield TurnEvent(kind="tool_calls", tool_calls=tuple(client_calls))
-                yield TurnEvent(kind="done", finish_reason="tool_calls")
+                yield TurnEvent(kind="done", finish_reason="tool_calls", usage=turn_usage(delta))
                 return
         self.outcome = Outcome(new, delta, "length", "".join(texts))
-        yield TurnEvent(kind="done", finish_reason="length")
+        yield TurnEvent(kind="done", finish_reason="length", usage=turn_usage(delta))
 
     async def _run_tool(self, call: ToolCall) -> str:
         try:

@@ -72,8 +72,12 @@ class LifeLoopActor(ActorBase):
             for slot in decision.skipped:
                 if await store.claim_life_slot(self.persona.name, activity, slot):
                     await store.finish_life_run(
-                        self.persona.name, activity, slot, status="skipped",
-                        output="missed while troupe was down", process_id=None,
+                        self.persona.name,
+                        activity,
+                        slot,
+                        status="skipped",
+                        output="missed while troupe was down",
+                        process_id=None,
                     )
             if decision.run and await store.claim_life_slot(self.persona.name, activity, decision.run):
                 await self._perform(activity, decision.run)

@@ -5,9 +5,12 @@ Built inside whichever actor needs it; endpoint clients are cached per (model, b
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from troupe.actors.persona_file import PersonaDef
-from troupe.chat_model import ChatModel
+from troupe.chat_model import ChatModel, ModelChunk, ModelRequest
 from troupe.config.settings import Settings
+from troupe.errors import ModelUnavailable
 
 LOCAL_MODEL_NAME = "gemma-3-270m"
 LOCAL_MODEL_ACTOR = "local-model"
@@ -45,12 +48,29 @@ class ModelFactory:
                 return ScriptedChatModel.from_file(self.settings.fake_script)
             return ScriptedChatModel()
         if backend == "local":
-            import ray
-
-            from troupe.actors.local_model import LocalChatModel
-
-            handle = ray.get_actor(LOCAL_MODEL_ACTOR, namespace=self.settings.namespace)
-            return LocalChatModel(handle)
+            return LocalByName(self.settings.namespace)
         from troupe.integrations.model_endpoint import chat_model_for
 
         return chat_model_for(self.settings, persona.model, persona.base_url, persona.api_key_env)
+
+
+class LocalByName:
+    """The shared LocalModel actor, looked up by name for each request: after the supervisor restarts
+    it, the next request reaches the new actor instead of a dead handle."""
+
+    name = LOCAL_MODEL_NAME
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        import ray
+
+        from troupe.actors.local_model import LocalChatModel
+
+        try:
+            handle = ray.get_actor(LOCAL_MODEL_ACTOR, namespace=self.namespace)
+        except ValueError:
+            raise ModelUnavailable("The offline model is restarting; try again in a moment.") from None
+        async for chunk in LocalChatModel(handle).stream(request):
+            yield chunk

@@ -7,9 +7,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import ray
@@ -112,20 +112,45 @@ class Orchestrator:
         self.me = ray.get_runtime_context().current_actor
         self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
         await self._rebuild_registry()
-        self._register(ProcessInfo(id=new_process_id(), kind="orchestrator", agent="troupe", name="orchestrator",
-                                   task="Supervise every process", status="running"))
+        self._register(
+            ProcessInfo(
+                id=new_process_id(),
+                kind="orchestrator",
+                agent="troupe",
+                name="orchestrator",
+                task="Supervise every process",
+                status="running",
+            )
+        )
         if self.settings.effective_backend == "local":
-            await self._supervise("local_model", "model", "troupe", LOCAL_MODEL_ACTOR, "Serve the offline model",
-                                  SESSION_POLICY, self._make_local_model)
+            await self._supervise(
+                "local_model",
+                "model",
+                "troupe",
+                LOCAL_MODEL_ACTOR,
+                "Serve the offline model",
+                SESSION_POLICY,
+                self._make_local_model,
+            )
         for persona in self.catalog.executives():
             pid = await self._supervise(
-                "persona", "personas", persona.name, f"{persona.key}-main", "Persona agent", self._policy(persona.name),
+                "persona",
+                "personas",
+                persona.name,
+                f"{persona.key}-main",
+                "Persona agent",
+                self._policy(persona.name),
                 lambda name=persona.name: self._make_persona(name),
             )
             self.persona_ids[persona.key] = pid
         for persona in self.catalog.executives():
             pid = await self._supervise(
-                "life_loop", "life", persona.name, f"{persona.key}-life", "Life loop", self._policy(persona.name),
+                "life_loop",
+                "life",
+                persona.name,
+                f"{persona.key}-life",
+                "Life loop",
+                self._policy(persona.name),
                 lambda name=persona.name: self._make_life_loop(name),
             )
             self.life_ids[persona.key] = pid
@@ -140,15 +165,25 @@ class Orchestrator:
         for info in await self.store.load_processes(limit=FINISHED_KEPT):
             if info.status in ("running", "pending"):
                 # it was alive when the previous orchestrator went away; it is not any more
-                info = info.model_copy(update={"status": "failed", "ended_at": utcnow(),
-                                               "error": "interrupted: the orchestrator restarted"})
+                info = info.model_copy(
+                    update={
+                        "status": "failed",
+                        "ended_at": utcnow(),
+                        "error": "interrupted: the orchestrator restarted",
+                    }
+                )
                 await self.store.save_process(info)
             self.processes[info.id] = info
 
     def _policy(self, name: str) -> Policy:
         spec = self.catalog.get(name).supervision
-        return Policy(strategy=spec.strategy, max_restarts=spec.max_restarts, window_s=spec.window_s,
-                      backoff_s=self.settings.restart_backoff_s, backoff_max_s=self.settings.restart_backoff_max_s)
+        return Policy(
+            strategy=spec.strategy,
+            max_restarts=spec.max_restarts,
+            window_s=spec.window_s,
+            backoff_s=self.settings.restart_backoff_s,
+            backoff_max_s=self.settings.restart_backoff_max_s,
+        )
 
     async def shutdown(self) -> None:
         """Stop every child and flush the registry (the service is going away)."""
@@ -172,28 +207,43 @@ class Orchestrator:
     # ------------------------------------------------------------------ actor factories
 
     async def _make_local_model(self) -> Any:
-        handle = LocalModel.options(name=LOCAL_MODEL_ACTOR, namespace=self.settings.namespace).remote(self.settings)
+        handle = await self._named(LocalModel, LOCAL_MODEL_ACTOR, self.settings)
         await handle.ping.remote()
         return handle
 
+    async def _named(self, cls: Any, name: str, *args: Any) -> Any:
+        """Create a named actor. Right after a kill, Ray may still hold the name for a moment."""
+        for _ in range(100):
+            try:
+                return cls.options(name=name, namespace=self.settings.namespace).remote(*args)
+            except ValueError:
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"actor name {name!r} stayed taken")
+
     async def _make_persona(self, name: str) -> Any:
         persona = self.catalog.get(name)
-        pid = self.persona_ids.get(persona.key) or next(
-            c.process_id for c in self.children.values() if self.processes[c.process_id].name == f"{persona.key}-main"
-        )
-        handle = PersonaActor.options(name=f"persona-{persona.key}", namespace=self.settings.namespace).remote(
-            self.settings, self.catalog, persona.name, pid, self.me
+        handle = await self._named(
+            PersonaActor,
+            f"persona-{persona.key}",
+            self.settings,
+            self.catalog,
+            persona.name,
+            self.persona_ids[persona.key],
+            self.me,
         )
         await handle.start.remote(self.spend.get(persona.name, 0.0))
         return handle
 
     async def _make_life_loop(self, name: str) -> Any:
         persona = self.catalog.get(name)
-        pid = self.life_ids.get(persona.key) or next(
-            c.process_id for c in self.children.values() if self.processes[c.process_id].name == f"{persona.key}-life"
-        )
-        handle = LifeLoopActor.options(name=f"life-{persona.key}", namespace=self.settings.namespace).remote(
-            self.settings, self.catalog, persona.name, pid, self.me
+        handle = await self._named(
+            LifeLoopActor,
+            f"life-{persona.key}",
+            self.settings,
+            self.catalog,
+            persona.name,
+            self.life_ids[persona.key],
+            self.me,
         )
         await handle.start.remote()
         return handle
@@ -245,7 +295,11 @@ class Orchestrator:
                     log.warning("could not save process %s", pid, exc_info=True)
 
     async def report(
-        self, process_id: str, delta: MetricsDelta, status: ProcessStatus | None = None, error: str | None = None
+        self,
+        process_id: str,
+        delta: MetricsDelta,
+        status: ProcessStatus | None = None,
+        error: str | None = None,
     ) -> float:
         """A process reports the work it did. Returns its persona's total spend, for budget checks."""
         info = self.processes.get(process_id)
@@ -270,7 +324,13 @@ class Orchestrator:
     # ------------------------------------------------------------------ supervision
 
     async def _supervise(
-        self, kind: ProcessKind, group: str, agent: str, name: str, task: str, policy: Policy,
+        self,
+        kind: ProcessKind,
+        group: str,
+        agent: str,
+        name: str,
+        task: str,
+        policy: Policy,
         factory: Callable[[], Awaitable[Any]],
     ) -> str:
         pid = self._register(ProcessInfo(id=new_process_id(), kind=kind, agent=agent, name=name, task=task))
@@ -310,8 +370,13 @@ class Orchestrator:
         decision: Decision = decide(child.policy, child.restart_times, now)
         info = self.processes[child.process_id]
         log.warning("%s %s died: %s", info.kind, info.name, decision.reason)
-        self._emit("process.died", process=child.process_id, agent=info.agent, decision=decision.action,
-                   reason=decision.reason)
+        self._emit(
+            "process.died",
+            process=child.process_id,
+            agent=info.agent,
+            decision=decision.action,
+            reason=decision.reason,
+        )
         if decision.action in ("stop", "escalate"):
             self._set_status(child.process_id, "failed", f"died; {decision.reason}")
             if decision.action == "escalate":
@@ -363,8 +428,15 @@ class Orchestrator:
             self.pool_filling -= want
 
     async def _add_to_pool(self) -> None:
-        pid = self._register(ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
-                                         task="Waiting for a caller"))
+        pid = self._register(
+            ProcessInfo(
+                id=new_process_id(),
+                kind="session",
+                agent="pool",
+                name="warm-session",
+                task="Waiting for a caller",
+            )
+        )
         try:
             handle = await self._make_session()
         except Exception as exc:
@@ -378,8 +450,15 @@ class Orchestrator:
             self._background(self._fill_pool())
             return pid, handle
         # pool empty (or disabled): a cold start, which the warm pool exists to avoid
-        pid = self._register(ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="cold-session",
-                                         task="Starting for a caller"))
+        pid = self._register(
+            ProcessInfo(
+                id=new_process_id(),
+                kind="session",
+                agent="pool",
+                name="cold-session",
+                task="Starting for a caller",
+            )
+        )
         handle = await self._make_session()
         self._background(self._fill_pool())
         return pid, handle
@@ -389,8 +468,9 @@ class Orchestrator:
         `failed_generation` says the door saw that session actor die; it is replaced at once."""
         definition = self.catalog.find(persona)
         if definition is None:
-            raise PersonaNotFound(f"Unknown persona {persona!r}. Known: {', '.join(self.catalog.names())}",
-                                  param="model")
+            raise PersonaNotFound(
+                f"Unknown persona {persona!r}. Known: {', '.join(self.catalog.names())}", param="model"
+            )
         key = (caller_id, definition.key)
         lock = self.session_locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -411,13 +491,22 @@ class Orchestrator:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
             pid, handle = await self._take_session_actor()
             session_id = await handle.bind.remote(caller_id, definition.name, pid, self.spend.get(definition.name, 0.0))
-            self._update(pid, agent=definition.name, name=f"{definition.key}-{caller_id}",
-                         task=f"Conversation with {caller_id}")
+            self._update(
+                pid,
+                agent=definition.name,
+                name=f"{definition.key}-{caller_id}",
+                task=f"Conversation with {caller_id}",
+            )
             self._set_status(pid, "running")
             slot = SessionSlot(caller_id, definition.name, pid, session_id, time.monotonic())
             self.sessions[key] = slot
-            child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY,
-                          factory=self._make_session, handle=handle)
+            child = Child(
+                process_id=pid,
+                group="sessions",
+                policy=SESSION_POLICY,
+                factory=self._make_session,
+                handle=handle,
+            )
             self.children[pid] = child
             self._watch_session(child, slot)
             self._emit("session.started", caller_id=caller_id, agent=definition.name, process=pid)
@@ -496,8 +585,15 @@ class Orchestrator:
         self._set_status(slot.process_id, "completed")
         self._emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
         if recycled:
-            pid = self._register(ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
-                                             task="Waiting for a caller"))
+            pid = self._register(
+                ProcessInfo(
+                    id=new_process_id(),
+                    kind="session",
+                    agent="pool",
+                    name="warm-session",
+                    task="Waiting for a caller",
+                )
+            )
             self.pool.append((pid, child.handle))
         else:
             self._kill(child.handle)
@@ -551,14 +647,23 @@ class Orchestrator:
             return f"There is no specialist called {specialist!r}."
         parent = self.processes.get(parent_id)
         requested_by = parent.agent if parent else "someone"
-        pid = self._register(ProcessInfo(id=new_process_id(), kind="task", agent=definition.name,
-                                         name=f"{definition.key}-task", task=task[:500], parent_id=parent_id))
+        pid = self._register(
+            ProcessInfo(
+                id=new_process_id(),
+                kind="task",
+                agent=definition.name,
+                name=f"{definition.key}-task",
+                task=task[:500],
+                parent_id=parent_id,
+            )
+        )
         handle = None
         try:
             if self.spend.get(definition.name, 0.0) >= definition.budget_usd:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
-            handle = TaskActor.remote(self.settings, self.catalog, definition.name,
-                                      self.spend.get(definition.name, 0.0))
+            handle = TaskActor.remote(
+                self.settings, self.catalog, definition.name, self.spend.get(definition.name, 0.0)
+            )
             self._set_status(pid, "running")
             result, delta = await handle.run.remote(task, requested_by)
             await self.report(pid, delta)
@@ -605,11 +710,16 @@ class Orchestrator:
         for slot in self.sessions.values():
             info = self.processes[slot.process_id]
             idle = time.monotonic() - slot.last_active
-            out.append(SessionInfo(
-                caller_id=slot.caller_id, process_id=slot.process_id, agent=slot.persona, status=info.status,
-                started_at=info.started_at,
-                last_active_at=datetime.fromtimestamp(time.time() - idle, tz=UTC),
-            ))
+            out.append(
+                SessionInfo(
+                    caller_id=slot.caller_id,
+                    process_id=slot.process_id,
+                    agent=slot.persona,
+                    status=info.status,
+                    started_at=info.started_at,
+                    last_active_at=datetime.fromtimestamp(time.time() - idle, tz=UTC),
+                )
+            )
         return out
 
     async def status(self) -> dict[str, Any]:
@@ -623,7 +733,8 @@ class Orchestrator:
             "personas": self.catalog.names(),
             "executives": [p.name for p in self.catalog.executives()],
             "active_personas": [
-                self.processes[pid].agent for pid in self.life_ids.values()
+                self.processes[pid].agent
+                for pid in self.life_ids.values()
                 if pid in self.processes and self.processes[pid].status == "running"
             ],
             "backend": self.settings.effective_backend,

@@ -78,7 +78,8 @@ class PersonaActor(ActorBase):
         )
         try:
             outcome = await answer_once(
-                loop, (ChatMessage(role="system", content=system), ChatMessage(role="user", content=user_text))
+                loop,
+                (ChatMessage(role="system", content=system), ChatMessage(role="user", content=user_text)),
             )
         except BudgetExceeded:
             await store.record_budget_event("persona", self.persona.name, self.persona.budget_usd, self.spent)
@@ -99,7 +100,9 @@ class PersonaActor(ActorBase):
     async def ask(self, question: str, asker: str) -> str:
         """Another persona consults this one."""
         return await self._run(
-            f"{asker} asks you: {question}\nAnswer them briefly, as yourself.", subject=asker, delegation=False
+            f"{asker} asks you: {question}\nAnswer them briefly, as yourself.",
+            subject=asker,
+            delegation=False,
         )
 
     async def run_activity(self, activity: str, brief: str) -> str:

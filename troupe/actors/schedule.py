@@ -73,9 +73,7 @@ def next_slot(expression: str, tz_name: str, now: datetime) -> datetime | None:
     return croniter(expression, now.astimezone(tz)).get_next(datetime).astimezone(UTC)
 
 
-def due(
-    expression: str, tz_name: str, *, last_slot: datetime | None, now: datetime, grace: timedelta
-) -> Due:
+def due(expression: str, tz_name: str, *, last_slot: datetime | None, now: datetime, grace: timedelta) -> Due:
     """Which slot (if any) should run now. Only the newest missed slot can run, and only within grace;
     an older one is reported as skipped, so a long outage never triggers a burst of catch-up runs."""
     slot = latest_slot(expression, tz_name, now)

@@ -71,9 +71,7 @@ class SessionActor(ActorBase):
         await self.store()
         return await self.ping()
 
-    async def bind(
-        self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0
-    ) -> str:
+    async def bind(self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0) -> str:
         """Take on a caller: continue their active conversation with this persona, or start one."""
         store = await self.store()
         self.caller_id = caller_id
@@ -135,7 +133,12 @@ class SessionActor(ActorBase):
         if added and self.transcript and self.transcript[-1] == added[-1]:
             added = ()  # a retried request: its input is already in the transcript
         if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
-            yield TurnEvent(kind="error", text="No new user message in the request.", error_code="invalid_request", error_status=400)
+            yield TurnEvent(
+                kind="error",
+                text="No new user message in the request.",
+                error_code="invalid_request",
+                error_status=400,
+            )
             return
         if added:
             await store.append_messages(self.session_id, added)  # durable before we answer
@@ -186,7 +189,12 @@ class SessionActor(ActorBase):
         except Exception as exc:  # never leave a caller hanging on an unexpected fault
             log.exception("turn failed")
             await self._finish(loop.outcome, failed=exc)
-            yield TurnEvent(kind="error", text="The persona failed to answer.", error_code="internal_error", error_status=500)
+            yield TurnEvent(
+                kind="error",
+                text="The persona failed to answer.",
+                error_code="internal_error",
+                error_status=500,
+            )
             return
         await self._finish(loop.outcome)
 
@@ -199,8 +207,12 @@ class SessionActor(ActorBase):
         self.spent += outcome.delta.cost_usd
         if isinstance(failed, BudgetExceeded):
             store = await self.store()
-            await store.record_budget_event("session", f"{self.persona.name}:{self.caller_id}",
-                                            self.settings.session_budget_usd, self.spent)
+            await store.record_budget_event(
+                "session",
+                f"{self.persona.name}:{self.caller_id}",
+                self.settings.session_budget_usd,
+                self.spent,
+            )
         self._report(outcome.delta, failed)
         if any(call.name == "remember" for m in outcome.new_messages for call in m.tool_calls):
             self._spawn(self._refresh_context())
@@ -247,12 +259,13 @@ class SessionActor(ActorBase):
         said = [m for m in self.transcript if m.role in ("user", "assistant") and m.content]
         if not said:
             return ""
-        lines = "\n".join(
-            f"{'Caller' if m.role == 'user' else self.persona.name}: {m.content}" for m in said[-30:]
-        )
+        lines = "\n".join(f"{'Caller' if m.role == 'user' else self.persona.name}: {m.content}" for m in said[-30:])
         request = ModelRequest(
             messages=(
-                ChatMessage(role="system", content=f"You are {self.persona.name}. Summarise conversations for your own memory."),
+                ChatMessage(
+                    role="system",
+                    content=f"You are {self.persona.name}. Summarise conversations for your own memory.",
+                ),
                 ChatMessage(
                     role="user",
                     content=f"Summarise this conversation with {self.caller_id} in two or three sentences: "

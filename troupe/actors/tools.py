@@ -63,7 +63,10 @@ class PersonaTools:
                 parameters=_schema(
                     {
                         "fact": {"type": "string", "description": "The fact, in one sentence."},
-                        "subject": {"type": "string", "description": "Who or what it is about; default: the caller."},
+                        "subject": {
+                            "type": "string",
+                            "description": "Who or what it is about; default: the caller.",
+                        },
                     },
                     ["fact"],
                 ),

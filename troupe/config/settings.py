@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     life_tick_s: float = Field(default=30.0, gt=0)
 
     # --- serving
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
@@ -89,9 +90,7 @@ class Settings(BaseSettings):
     def _check_database_url(self) -> Settings:
         url = self.database_url
         if url and not url.startswith(("sqlite", "postgres")):
-            raise ValueError(
-                f"TROUPE_DATABASE_URL must be a sqlite or postgresql URL, got {redact_url(url)}"
-            )
+            raise ValueError(f"TROUPE_DATABASE_URL must be a sqlite or postgresql URL, got {redact_url(url)}")
         return self
 
     @property

@@ -1,0 +1,81 @@
+"""Assembly of the one door in: the FastAPI app with its routers and error translation, and the
+uvicorn runner. No logic of its own."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from troupe.actors.persona_file import PersonaCatalog
+from troupe.config.settings import Settings
+from troupe.control_panel import api
+from troupe.errors import TroupeError
+from troupe.integrations import completions
+from troupe.integrations.openai_api import error_json
+from troupe.runtime import SessionClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """What the routes share: settings, personas, the orchestrator and the session client."""
+
+    settings: Settings
+    catalog: PersonaCatalog
+    orchestrator: Any
+    client: SessionClient
+    known_calls: dict[str, str] = field(default_factory=dict)
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(title="troupe", version="0.1.0", description="A company of AI personas, OpenAI-compatible.")
+    app.state.gateway = gateway
+    app.include_router(completions.router)
+    app.include_router(api.router)
+
+    @app.exception_handler(TroupeError)
+    async def troupe_error(request: Request, exc: TroupeError) -> JSONResponse:
+        headers = {"Retry-After": "60"} if exc.status == 429 else None
+        return JSONResponse(error_json(exc.message, exc.type, exc.code, exc.param), exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"])
+        return JSONResponse(
+            error_json(f"{param}: {first['msg']}", "invalid_request_error", "invalid_request", param), 422
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_json(str(exc.detail), kind, None), exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a stack trace never reaches a client; it goes to the log
+        log.exception("unhandled error on %s", request.url.path)
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, TroupeError):
+            return await troupe_error(request, cause)
+        return JSONResponse(error_json("Internal error.", "server_error", "internal_error"), 500)
+
+    return app
+
+
+def serve_uvicorn(runtime: Any) -> None:
+    """The single-node door: the same app under uvicorn in this process; the actors stay on Ray."""
+    import uvicorn
+
+    gateway = Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client())
+    config = uvicorn.Config(
+        create_app(gateway), host=runtime.settings.host, port=runtime.settings.port, log_level="warning"
+    )
+    uvicorn.Server(config).run()

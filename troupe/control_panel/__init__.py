@@ -1,0 +1,1 @@
+"""The operator side: the /api/* routes, probes, metrics and the live page."""

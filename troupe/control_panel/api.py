@@ -1,0 +1,119 @@
+"""Probes and the control-panel API: /health, /ready, /api/status, /api/processes, /api/sessions,
+/api/personas, in the contract's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from troupe.actors.messages import ProcessInfo
+from troupe.errors import TroupeError
+
+router = APIRouter()
+
+
+class NotFound(TroupeError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+def uptime_text(seconds: float) -> str:
+    s = int(seconds)
+    hours, minutes, secs = s // 3600, s % 3600 // 60, s % 60
+    return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def process_json(info: ProcessInfo) -> dict[str, Any]:
+    m = info.metrics
+    return {
+        "id": info.id,
+        "kind": info.kind,
+        "agent": info.agent,
+        "name": info.name,
+        "status": info.status,
+        "task": info.task,
+        "parent_id": info.parent_id,
+        "started_at": info.started_at.isoformat().replace("+00:00", "Z"),
+        "ended_at": info.ended_at.isoformat().replace("+00:00", "Z") if info.ended_at else None,
+        "restarts": info.restarts,
+        "error": info.error,
+        "metrics": {
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "total_tokens": m.total_tokens,
+            "llm_calls": m.llm_calls,
+            "tool_calls": m.tool_calls,
+            "estimated_cost": round(m.estimated_cost, 6),
+            "cost_known": m.cost_known,
+            "tokens_estimated": m.tokens_estimated,
+            "duration_ms": info.duration_ms,
+        },
+    }
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> Any:
+    gateway = request.app.state.gateway
+    checks: dict[str, str] = {}
+    try:
+        await gateway.orchestrator.ping.remote()
+        checks["ray"] = "ok"
+    except Exception as exc:
+        checks["ray"] = f"failed: {type(exc).__name__}"
+    failing = [name for name, result in checks.items() if result != "ok"]
+    body = {"status": "ready" if not failing else "not ready", "checks": checks}
+    return JSONResponse(body, status_code=503 if failing else 200)
+
+
+@router.get("/api/status")
+async def status(request: Request) -> dict[str, Any]:
+    raw = await request.app.state.gateway.orchestrator.status.remote()
+    return {
+        "status": "ok",
+        "uptime": uptime_text(raw["uptime_s"]),
+        "process_count": raw["process_count"],
+        "session_count": raw["session_count"],
+        "personas": raw["executives"],
+        "active_personas": raw["active_personas"],
+    }
+
+
+@router.get("/api/processes")
+async def processes(
+    request: Request, status: str | None = None, agent: str | None = None, kind: str | None = None
+) -> list[dict[str, Any]]:
+    found = await request.app.state.gateway.orchestrator.list_processes.remote(status=status, agent=agent, kind=kind)
+    return [process_json(p) for p in found]
+
+
+@router.get("/api/processes/{process_id}")
+async def process(request: Request, process_id: str) -> dict[str, Any]:
+    found = await request.app.state.gateway.orchestrator.get_process.remote(process_id)
+    if found is None:
+        raise NotFound(f"No process {process_id!r}.", param="process_id")
+    info, children = found
+    return {**process_json(info), "children": [process_json(c) for c in children]}
+
+
+@router.get("/api/sessions")
+async def sessions(request: Request) -> list[dict[str, Any]]:
+    found = await request.app.state.gateway.orchestrator.list_sessions.remote()
+    return [
+        {
+            "caller_id": s.caller_id,
+            "process_id": s.process_id,
+            "agent": s.agent,
+            "status": s.status,
+            "started_at": s.started_at.isoformat().replace("+00:00", "Z"),
+            "last_active_at": s.last_active_at.isoformat().replace("+00:00", "Z"),
+        }
+        for s in found
+    ]

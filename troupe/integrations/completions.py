@@ -1,0 +1,162 @@
+"""The OpenAI-compatible completions door that voice platforms call: `/chat/completions` and
+`/v1/chat/completions` (streaming and not), and `/v1/models`, which lists the personas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from troupe.actors.caller import resolve_caller_id
+from troupe.actors.messages import TurnEvent, TurnRequest
+from troupe.chat_model import ToolCall, Usage
+from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
+from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
+
+router = APIRouter()
+
+# model names that mean "whoever answers by default" rather than a persona
+GENERIC_MODELS = {"", "default", "troupe", "persona", "assistant", "custom-llm", "custom_llm"}
+GENERIC_PREFIXES = ("gpt-", "gpt4", "o1", "o3", "o4", "claude", "gemini", "llama", "mistral", "gemma", "chatgpt")
+
+
+def resolve_persona(gateway: Any, model: str) -> str:
+    name = model.strip()
+    found = gateway.catalog.find(name)
+    if found is not None:
+        return found.name
+    lowered = name.lower()
+    if lowered in GENERIC_MODELS or lowered.startswith(GENERIC_PREFIXES):
+        return gateway.catalog.get(gateway.settings.default_persona).name
+    raise PersonaNotFound(f"Unknown persona {model!r}. Known: {', '.join(gateway.catalog.names())}", param="model")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = await request.body()
+    if len(body) > limit:
+        raise BodyTooLarge(f"Request body is {len(body)} bytes; the limit is {limit}.")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+
+
+class BodyTooLarge(TroupeError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+def parse_request(body: Any) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"Invalid request: {param}: {first['msg']}", param=param) from None
+
+
+def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[str, str]) -> str:
+    headers = request.headers
+    return resolve_caller_id(
+        phone=headers.get("x-vapi-caller-phone"),
+        call_id=headers.get("x-vapi-call-id"),
+        request_id=headers.get("x-request-id"),
+        user=body.user,
+        known_calls=known_calls,
+    )
+
+
+@router.post("/chat/completions")
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Any:
+    gateway = request.app.state.gateway
+    body = parse_request(await read_json(request, gateway.settings.max_body_bytes))
+    persona = resolve_persona(gateway, body.model)
+    turn = TurnRequest(
+        caller_id=caller_of(request, body, gateway.known_calls),
+        persona=persona,
+        messages=tuple(m.to_chat() for m in body.messages),
+        temperature=body.temperature,
+        max_tokens=body.token_limit(),
+        stop=body.stops(),
+        client_tools=body.client_tools(),
+    )
+    model_name = body.model or persona.lower()
+    events = gateway.client.turn(turn).__aiter__()
+    first = await anext(events)
+    if first.kind == "error":
+        return _error_response(first)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(first, events, ChunkWriter(model_name), include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await _collect(first, events, model_name)
+
+
+def _error_response(event: TurnEvent) -> JSONResponse:
+    status = event.error_status or 500
+    kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
+    if event.error_code == "budget_exceeded":
+        kind = "insufficient_quota"
+    headers = {"Retry-After": "60"} if status == 429 else None
+    return JSONResponse(error_json(event.text, kind, event.error_code), status_code=status, headers=headers)
+
+
+async def _sse(
+    first: TurnEvent, events: AsyncIterator[TurnEvent], writer: ChunkWriter, include_usage: bool
+) -> AsyncIterator[bytes]:
+    yield writer.role()
+    event: TurnEvent | None = first
+    while event is not None:
+        if event.kind == "delta" and event.text:
+            yield writer.content(event.text)
+        elif event.kind == "tool_calls":
+            yield writer.tool_calls(event.tool_calls)
+        elif event.kind == "done":
+            yield writer.finish(event.finish_reason or "stop")
+            if include_usage:
+                yield writer.usage(event.usage or Usage())
+        elif event.kind == "error":
+            # headers are sent: report the error in-band and end the stream cleanly
+            yield writer.error(event.text, "server_error", event.error_code or "internal_error")
+        event = await anext(events, None)
+    yield writer.done()
+
+
+async def _collect(first: TurnEvent, events: AsyncIterator[TurnEvent], model_name: str) -> Any:
+    parts: list[str] = []
+    calls: tuple[ToolCall, ...] = ()
+    finish, usage = "stop", Usage()
+    event: TurnEvent | None = first
+    while event is not None:
+        if event.kind == "delta":
+            parts.append(event.text)
+        elif event.kind == "tool_calls":
+            calls = calls + event.tool_calls
+        elif event.kind == "done":
+            finish, usage = event.finish_reason or "stop", event.usage or Usage()
+        elif event.kind == "error":
+            return _error_response(event)
+        event = await anext(events, None)
+    return completion_json(model_name, "".join(parts), finish, usage, calls)
+
+
+@router.get("/v1/models")
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    gateway = request.app.state.gateway
+    return {
+        "object": "list",
+        "data": [
+            {"id": p.key, "object": "model", "created": 0, "owned_by": "troupe", "name": p.name, "role": p.role}
+            for p in gateway.catalog
+        ],
+    }
