@@ -153,11 +153,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_personas(args: argparse.Namespace) -> int:
-    from troupe.actors.persona_file import check_personas
+    from troupe.actors.persona_file import PersonaCatalog, check_personas
 
     directory = Path(args.personas_dir) if args.personas_dir else _settings(args).personas_dir
     valid, problems = check_personas(directory)
-    for persona in valid:
+    for persona in PersonaCatalog(valid):
         team = f" team: {', '.join(persona.team)}" if persona.team else ""
         print(
             f"{persona.name:10} {persona.kind:10} {persona.role} (budget ${persona.budget_usd:.2f}, "
