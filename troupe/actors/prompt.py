@@ -68,7 +68,7 @@ def build_system_prompt(
     memories, spent = _fit(ctx.memories, room // 2 if ctx.life_digest else room)
     if memories:
         parts.append("# What you remember about this caller\n" + "\n".join(f"- {m}" for m in memories))
-    digest, spent_digest = _fit(ctx.life_digest, room - spent)
+    digest, _ = _fit(ctx.life_digest, room - spent)
     if digest:
         parts.append("# Lately\n" + "\n".join(f"- {d}" for d in digest))
     text = "\n\n".join(parts)

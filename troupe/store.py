@@ -1,0 +1,645 @@
+"""The durable store: SQLAlchemy 2 (async) over SQLite by default or PostgreSQL, migrated by Alembic.
+
+Callers, sessions and their messages, persona memory, finished processes and their metrics, life-loop
+runs, journals, budget events and webhook ids. Everything here survives an actor's death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from troupe.actors.messages import ProcessInfo, ProcessMetrics
+from troupe.chat_model import ChatMessage, ToolCall
+from troupe.config.settings import redact_url
+from troupe.errors import StoreUnavailable
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything troupe stores is UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+Stamp = DateTime(timezone=True)
+
+
+class CallerRow(Base):
+    __tablename__ = "callers"
+    caller_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    phone: Mapped[str | None] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(200))
+    first_seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    last_seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    caller_id: Mapped[str] = mapped_column(String(160))
+    persona: Mapped[str] = mapped_column(String(40))
+    process_id: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    started_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    last_active_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    ended_at: Mapped[datetime | None] = mapped_column(Stamp)
+    summary: Mapped[str | None] = mapped_column(Text)
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    next_seq: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (Index("ix_sessions_caller_persona_status", "caller_id", "persona", "status"),)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32), ForeignKey("sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(64))
+    tool_calls: Mapped[str | None] = mapped_column(Text)
+    tool_call_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_messages_session_seq"),)
+
+
+class MemoryRow(Base):
+    __tablename__ = "memories"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (Index("ix_memories_persona_subject", "persona", "subject"),)
+
+
+class ProcessRow(Base):
+    __tablename__ = "processes"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    agent: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(240), default="")
+    task: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(Stamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Stamp)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    estimated_cost: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_known: Mapped[bool] = mapped_column(Boolean, default=True)
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LifeRunRow(Base):
+    __tablename__ = "life_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    activity: Mapped[str] = mapped_column(String(32))
+    slot: Mapped[datetime | None] = mapped_column(Stamp)
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[str] = mapped_column(Text, default="")
+    process_id: Mapped[str | None] = mapped_column(String(16))
+    triggered_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (UniqueConstraint("persona", "activity", "slot", name="uq_life_runs_slot"),)
+
+
+class JournalRow(Base):
+    __tablename__ = "journal_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    day: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (Index("ix_journal_persona_day", "persona", "day"),)
+
+
+class BudgetEventRow(Base):
+    __tablename__ = "budget_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(240))
+    limit_usd: Mapped[float] = mapped_column(Float)
+    spent_usd: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class SeenEventRow(Base):
+    __tablename__ = "seen_events"
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+# --- records handed out (frozen; never ORM objects)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class CallerRecord(_Record):
+    caller_id: str
+    phone: str | None
+    name: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+class SessionRecord(_Record):
+    id: str
+    caller_id: str
+    persona: str
+    process_id: str
+    status: str
+    started_at: datetime
+    last_active_at: datetime
+    ended_at: datetime | None
+    summary: str | None
+    turns: int
+
+
+class MemoryRecord(_Record):
+    id: int
+    persona: str
+    subject: str
+    kind: str
+    content: str
+    source: str
+    created_at: datetime
+
+
+class LifeRunRecord(_Record):
+    persona: str
+    activity: str
+    slot: datetime | None
+    status: str
+    output: str
+    process_id: str | None
+    triggered_at: datetime
+
+
+class JournalRecord(_Record):
+    persona: str
+    day: str
+    text: str
+    created_at: datetime
+
+
+class BudgetEventRecord(_Record):
+    scope: str
+    subject: str
+    limit_usd: float
+    spent_usd: float
+    created_at: datetime
+
+
+def _record(cls: type[_Record], row: Any) -> Any:
+    values = {}
+    for name in cls.model_fields:
+        value = getattr(row, name)
+        values[name] = _utc(value) if isinstance(value, datetime) else value
+    return cls(**values)
+
+
+_WORD = re.compile(r"[a-z0-9]{3,}")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def _message_row(session_id: str, seq: int, message: ChatMessage) -> MessageRow:
+    calls = json.dumps([c.model_dump() for c in message.tool_calls]) if message.tool_calls else None
+    return MessageRow(
+        session_id=session_id,
+        seq=seq,
+        role=message.role,
+        content=message.content,
+        name=message.name,
+        tool_calls=calls,
+        tool_call_id=message.tool_call_id,
+    )
+
+
+def _chat(row: MessageRow) -> ChatMessage:
+    calls = tuple(ToolCall(**c) for c in json.loads(row.tool_calls)) if row.tool_calls else ()
+    return ChatMessage(
+        role=row.role,  # type: ignore[arg-type]
+        content=row.content,
+        name=row.name,
+        tool_calls=calls,
+        tool_call_id=row.tool_call_id,
+    )
+
+
+def _process_info(row: ProcessRow) -> ProcessInfo:
+    return ProcessInfo(
+        id=row.id,
+        kind=row.kind,  # type: ignore[arg-type]
+        agent=row.agent,
+        name=row.name,
+        task=row.task,
+        status=row.status,  # type: ignore[arg-type]
+        parent_id=row.parent_id,
+        started_at=_utc(row.started_at) or _now(),
+        ended_at=_utc(row.ended_at),
+        restarts=row.restarts,
+        error=row.error,
+        metrics=ProcessMetrics(
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            llm_calls=row.llm_calls,
+            tool_calls=row.tool_calls,
+            estimated_cost=row.estimated_cost,
+            cost_known=row.cost_known,
+            tokens_estimated=row.tokens_estimated,
+        ),
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # several actor processes share one SQLite file: WAL lets readers and one writer work together
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def run_migrations(connection: Any) -> None:
+    """Alembic upgrade to head on an open (sync-facing) connection."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self._url = url
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._is_sqlite = url.startswith("sqlite")
+
+    @property
+    def url_redacted(self) -> str:
+        return redact_url(self._url)
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            path = url.split(":///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 10}
+        elif url.startswith("postgresql"):
+            kwargs["connect_args"] = {"timeout": 5}
+            kwargs.update(pool_size=5, max_overflow=5)
+        try:
+            engine = create_async_engine(url, **kwargs)
+        except Exception as exc:
+            raise StoreUnavailable(f"Cannot use the database at {redact_url(url)}: {exc}") from None
+        if url.startswith("sqlite"):
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine, url)
+        try:
+            async with asyncio.timeout(30):
+                async with engine.begin() as conn:
+                    if migrate:
+                        await conn.run_sync(run_migrations)
+                    else:
+                        await conn.execute(select(1))
+        except Exception as exc:
+            await engine.dispose()
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = reason.replace(url, redact_url(url))
+            raise StoreUnavailable(f"Cannot reach the database at {redact_url(url)}: {reason}") from None
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(select(1))
+        except Exception as exc:
+            raise StoreUnavailable(
+                f"The database at {self.url_redacted} is not answering: {type(exc).__name__}"
+            ) from None
+
+    # --- callers, sessions, messages
+
+    async def upsert_caller(self, caller_id: str, *, phone: str | None = None, name: str | None = None) -> CallerRecord:
+        for _ in range(3):
+            async with self.sessions() as db:
+                row = await db.get(CallerRow, caller_id)
+                if row is None:
+                    row = CallerRow(caller_id=caller_id, phone=phone, name=name)
+                    db.add(row)
+                else:
+                    row.last_seen_at = _now()
+                    row.phone = phone or row.phone
+                    row.name = name or row.name
+                try:
+                    await db.commit()
+                except IntegrityError:  # two first turns of one caller at once
+                    await db.rollback()
+                    continue
+                return _record(CallerRecord, row)
+        raise StoreUnavailable("could not record the caller")
+
+    async def get_caller(self, caller_id: str) -> CallerRecord | None:
+        async with self.sessions() as db:
+            row = await db.get(CallerRow, caller_id)
+            return _record(CallerRecord, row) if row else None
+
+    async def active_session(self, caller_id: str, persona: str) -> SessionRecord | None:
+        async with self.sessions() as db:
+            row = (
+                await db.execute(
+                    select(SessionRow)
+                    .where(SessionRow.caller_id == caller_id, SessionRow.persona == persona)
+                    .where(SessionRow.status == "active")
+                    .order_by(SessionRow.started_at.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            return _record(SessionRecord, row) if row else None
+
+    async def create_session(self, caller_id: str, persona: str, process_id: str) -> SessionRecord:
+        async with self.sessions() as db:
+            row = SessionRow(id=uuid4().hex, caller_id=caller_id, persona=persona, process_id=process_id)
+            db.add(row)
+            await db.commit()
+            return _record(SessionRecord, row)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self.sessions() as db:
+            row = await db.get(SessionRow, session_id)
+            return _record(SessionRecord, row) if row else None
+
+    async def set_session_process(self, session_id: str, process_id: str) -> None:
+        async with self.sessions() as db:
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(process_id=process_id))
+            await db.commit()
+
+    async def append_messages(self, session_id: str, messages: Sequence[ChatMessage]) -> int:
+        """Append in order; sequence numbers are claimed atomically on the session row."""
+        if not messages:
+            return -1
+        for attempt in range(20):
+            try:
+                async with self.sessions() as db, db.begin():
+                    # claiming the range with one UPDATE serialises concurrent writers on both databases
+                    claimed = (
+                        await db.execute(
+                            update(SessionRow)
+                            .where(SessionRow.id == session_id)
+                            .values(
+                                next_seq=SessionRow.next_seq + len(messages),
+                                last_active_at=_now(),
+                                turns=SessionRow.turns + sum(1 for m in messages if m.role == "user"),
+                            )
+                            .returning(SessionRow.next_seq)
+                        )
+                    ).scalar_one_or_none()
+                    if claimed is None:
+                        raise StoreUnavailable(f"no session {session_id}")
+                    first = claimed - len(messages)
+                    db.add_all(_message_row(session_id, first + i, m) for i, m in enumerate(messages))
+                return claimed - 1
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        return -1
+
+    async def load_messages(self, session_id: str, limit: int | None = None) -> list[ChatMessage]:
+        async with self.sessions() as db:
+            query = select(MessageRow).where(MessageRow.session_id == session_id).order_by(MessageRow.seq.desc())
+            if limit:
+                query = query.limit(limit)
+            rows = (await db.execute(query)).scalars().all()
+            return [_chat(row) for row in reversed(rows)]
+
+    async def end_session(self, session_id: str, summary: str | None) -> None:
+        async with self.sessions() as db:
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id)
+                .values(status="ended", ended_at=_now(), summary=summary)
+            )
+            await db.commit()
+
+    async def list_sessions(self, status: str | None = "active") -> list[SessionRecord]:
+        async with self.sessions() as db:
+            query = select(SessionRow).order_by(SessionRow.started_at)
+            if status:
+                query = query.where(SessionRow.status == status)
+            return [_record(SessionRecord, row) for row in (await db.execute(query)).scalars()]
+
+    # --- memory
+
+    async def add_memory(
+        self, persona: str, subject: str, content: str, *, kind: str = "note", source: str = ""
+    ) -> MemoryRecord:
+        async with self.sessions() as db:
+            row = MemoryRow(persona=persona, subject=subject[:200], kind=kind, content=content, source=source[:200])
+            db.add(row)
+            await db.commit()
+            return _record(MemoryRecord, row)
+
+    async def recall(
+        self, persona: str, *, subject: str | None = None, query: str | None = None, limit: int = 8
+    ) -> list[MemoryRecord]:
+        """Memories of `persona`, filtered by subject, ranked by word overlap with `query`, newest first."""
+        async with self.sessions() as db:
+            stmt = select(MemoryRow).where(MemoryRow.persona == persona)
+            if subject is not None:
+                stmt = stmt.where(MemoryRow.subject == subject)
+            stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(500)
+            rows = list((await db.execute(stmt)).scalars())
+        if query:
+            wanted = _words(query)
+            scored = [
+                (len(wanted & _words(row.content + " " + row.subject)), index, row) for index, row in enumerate(rows)
+            ]
+            scored = [item for item in scored if item[0] > 0]
+            scored.sort(key=lambda item: (-item[0], item[1]))
+            rows = [row for _, _, row in scored]
+        return [_record(MemoryRecord, row) for row in rows[:limit]]
+
+    # --- processes
+
+    async def save_process(self, info: ProcessInfo) -> None:
+        m = info.metrics
+        values = dict(
+            kind=info.kind, agent=info.agent, name=info.name, task=info.task, status=info.status,
+            parent_id=info.parent_id, started_at=info.started_at, ended_at=info.ended_at, restarts=info.restarts,
+            error=info.error, input_tokens=m.input_tokens, output_tokens=m.output_tokens, llm_calls=m.llm_calls,
+            tool_calls=m.tool_calls, estimated_cost=m.estimated_cost, cost_known=m.cost_known,
+            tokens_estimated=m.tokens_estimated,
+        )  # fmt: skip
+        async with self.sessions() as db:
+            row = await db.get(ProcessRow, info.id)
+            if row is None:
+                db.add(ProcessRow(id=info.id, **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+            await db.commit()
+
+    async def load_processes(self, *, status: str | None = None, limit: int = 1000) -> list[ProcessInfo]:
+        async with self.sessions() as db:
+            query = select(ProcessRow).order_by(ProcessRow.started_at.desc()).limit(limit)
+            if status:
+                query = query.where(ProcessRow.status == status)
+            return [_process_info(row) for row in (await db.execute(query)).scalars()]
+
+    async def spend_by_agent(self) -> dict[str, float]:
+        async with self.sessions() as db:
+            rows = await db.execute(
+                select(ProcessRow.agent, func.sum(ProcessRow.estimated_cost)).group_by(ProcessRow.agent)
+            )
+            return {agent: float(total or 0.0) for agent, total in rows}
+
+    # --- life loops
+
+    async def claim_life_slot(self, persona: str, activity: str, slot: datetime) -> bool:
+        """True for the one caller that claims this slot; the unique constraint refuses the rest."""
+        async with self.sessions() as db:
+            db.add(LifeRunRow(persona=persona, activity=activity, slot=slot, status="running", output=""))
+            try:
+                await db.commit()
+            except IntegrityError:
+                await db.rollback()
+                return False
+            return True
+
+    async def finish_life_run(
+        self, persona: str, activity: str, slot: datetime | None, *, status: str, output: str, process_id: str | None
+    ) -> None:
+        async with self.sessions() as db:
+            if slot is not None:
+                result = await db.execute(
+                    update(LifeRunRow)
+                    .where(LifeRunRow.persona == persona, LifeRunRow.activity == activity, LifeRunRow.slot == slot)
+                    .values(status=status, output=output, process_id=process_id)
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    await db.commit()
+                    return
+            db.add(LifeRunRow(persona=persona, activity=activity, slot=slot, status=status, output=output,
+                              process_id=process_id))  # fmt: skip
+            await db.commit()
+
+    async def last_life_run(self, persona: str, activity: str) -> LifeRunRecord | None:
+        async with self.sessions() as db:
+            row = (
+                await db.execute(
+                    select(LifeRunRow)
+                    .where(LifeRunRow.persona == persona, LifeRunRow.activity == activity)
+                    .where(LifeRunRow.slot.is_not(None))
+                    .order_by(LifeRunRow.slot.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            return _record(LifeRunRecord, row) if row else None
+
+    async def life_runs(
+        self, persona: str | None = None, activity: str | None = None, limit: int = 50
+    ) -> list[LifeRunRecord]:
+        async with self.sessions() as db:
+            query = select(LifeRunRow).order_by(LifeRunRow.triggered_at.desc(), LifeRunRow.id.desc()).limit(limit)
+            if persona:
+                query = query.where(LifeRunRow.persona == persona)
+            if activity:
+                query = query.where(LifeRunRow.activity == activity)
+            return [_record(LifeRunRecord, row) for row in (await db.execute(query)).scalars()]
+
+    async def append_journal(self, persona: str, day: str, text: str) -> None:
+        async with self.sessions() as db:
+            db.add(JournalRow(persona=persona, day=day, text=text))
+            await db.commit()
+
+    async def journal(self, persona: str, day: str) -> list[JournalRecord]:
+        async with self.sessions() as db:
+            query = (
+                select(JournalRow)
+                .where(JournalRow.persona == persona, JournalRow.day == day)
+                .order_by(JournalRow.created_at, JournalRow.id)
+            )
+            return [_record(JournalRecord, row) for row in (await db.execute(query)).scalars()]
+
+    # --- budgets and webhooks
+
+    async def record_budget_event(self, scope: str, subject: str, limit_usd: float, spent_usd: float) -> None:
+        async with self.sessions() as db:
+            db.add(BudgetEventRow(scope=scope, subject=subject[:240], limit_usd=limit_usd, spent_usd=spent_usd))
+            await db.commit()
+
+    async def budget_events(self, limit: int = 100) -> list[BudgetEventRecord]:
+        async with self.sessions() as db:
+            query = select(BudgetEventRow).order_by(BudgetEventRow.created_at.desc()).limit(limit)
+            return [_record(BudgetEventRecord, row) for row in (await db.execute(query)).scalars()]
+
+    async def claim_event(self, source: str, event_id: str) -> bool:
+        """True the first time an event id is seen; False for every replay, across restarts."""
+        async with self.sessions() as db:
+            db.add(SeenEventRow(source=source, event_id=event_id[:200]))
+            try:
+                await db.commit()
+            except IntegrityError:
+                await db.rollback()
+                return False
+            return True
