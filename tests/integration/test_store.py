@@ -1,0 +1,170 @@
+"""The store on SQLite and on a real PostgreSQL: every operation a restart depends on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from troupe.actors.messages import MetricsDelta, ProcessInfo, ProcessMetrics
+from troupe.chat_model import ChatMessage, ToolCall
+from troupe.errors import StoreUnavailable
+from troupe.store import Base, Store
+
+
+def postgres_url() -> str:
+    url = os.environ.get("TROUPE_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail("TROUPE_TEST_POSTGRES_URL is not set in CI: the PostgreSQL tests must run there")
+        pytest.skip("no PostgreSQL (set TROUPE_TEST_POSTGRES_URL; scripts/test.sh starts one)")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}"
+        return
+    base = postgres_url()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield "postgresql+asyncpg://" + base.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
+    admin = await asyncpg.connect(base)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(url)
+    yield opened
+    await opened.close()
+
+
+async def test_transcript_round_trip_with_tool_calls(store: Store) -> None:
+    await store.upsert_caller("+14155550100", phone="+14155550100")
+    session = await store.create_session("+14155550100", "Tony", "abcd1234")
+    messages = [
+        ChatMessage(role="user", content="hi"),
+        ChatMessage(role="assistant", tool_calls=(ToolCall(id="c1", name="recall", arguments='{"query": "x"}'),)),
+        ChatMessage(role="tool", content="nothing", tool_call_id="c1", name="recall"),
+        ChatMessage(role="assistant", content="Hello!"),
+    ]
+    assert await store.append_messages(session.id, messages) == 3
+    assert await store.load_messages(session.id) == messages
+    assert await store.load_messages(session.id, limit=1) == messages[-1:]
+    active = await store.active_session("+14155550100", "Tony")
+    assert active is not None and active.turns == 1 and active.started_at.tzinfo is not None
+
+
+async def test_concurrent_appends_from_two_stores_keep_order(url: str, store: Store) -> None:
+    other = await Store.open(url, migrate=False)
+    try:
+        session = await store.create_session("c", "Tony", "p1")
+
+        async def add(s: Store, i: int) -> None:
+            await s.append_messages(session.id, [ChatMessage(role="user", content=f"m{i}")])
+
+        await asyncio.gather(*(add(store if i % 2 else other, i) for i in range(20)))
+        loaded = await store.load_messages(session.id)
+        assert sorted(m.content for m in loaded) == sorted(f"m{i}" for i in range(20))
+        assert (await store.get_session(session.id)).turns == 20
+    finally:
+        await other.close()
+
+
+async def test_session_lifecycle(store: Store) -> None:
+    session = await store.create_session("c", "Maya", "p1")
+    assert [s.id for s in await store.list_sessions()] == [session.id]
+    await store.end_session(session.id, "Talked about the launch.")
+    assert await store.active_session("c", "Maya") is None
+    ended = await store.get_session(session.id)
+    assert ended.status == "ended" and ended.summary == "Talked about the launch." and ended.ended_at
+
+
+async def test_recall_filters_by_subject_and_ranks_by_query(store: Store) -> None:
+    await store.add_memory("Tony", "+1555", "Dana runs the payments team", kind="fact")
+    await store.add_memory("Tony", "+1555", "Dana prefers morning calls", kind="fact")
+    await store.add_memory("Tony", "other", "Payments migration is due in March")
+    await store.add_memory("Maya", "+1555", "Dana likes the new brand")
+    assert len(await store.recall("Tony", subject="+1555")) == 2
+    ranked = await store.recall("Tony", query="payments team")
+    assert ranked[0].content == "Dana runs the payments team"
+    assert {m.content for m in ranked} == {"Dana runs the payments team", "Payments migration is due in March"}
+    newest = await store.recall("Tony", subject="+1555", limit=1)
+    assert newest[0].content == "Dana prefers morning calls"
+
+
+async def test_processes_upsert_and_spend(store: Store) -> None:
+    info = ProcessInfo(id="a1b2c3d4", kind="session", agent="Tony", name="tony-x", status="running")
+    await store.save_process(info)
+    done = info.model_copy(
+        update={
+            "status": "completed",
+            "ended_at": datetime.now(UTC),
+            "metrics": ProcessMetrics().plus(MetricsDelta(input_tokens=10, cost_usd=0.25)),
+        }
+    )
+    await store.save_process(done)
+    await store.save_process(
+        ProcessInfo(
+            id="00000001", kind="task", agent="Tony", status="failed", metrics=ProcessMetrics(estimated_cost=0.5)
+        )
+    )
+    loaded = {p.id: p for p in await store.load_processes()}
+    assert loaded["a1b2c3d4"].status == "completed" and loaded["a1b2c3d4"].metrics.input_tokens == 10
+    assert (await store.spend_by_agent())["Tony"] == pytest.approx(0.75)
+    assert [p.id for p in await store.load_processes(status="failed")] == ["00000001"]
+
+
+async def test_a_life_slot_is_claimed_once_even_across_stores(url: str, store: Store) -> None:
+    other = await Store.open(url, migrate=False)
+    try:
+        slot = datetime(2026, 11, 24, 9, tzinfo=UTC)
+        results = await asyncio.gather(*(s.claim_life_slot("Tony", "news", slot) for s in (store, other, store)))
+        assert sorted(results) == [False, False, True]
+        await store.finish_life_run("Tony", "news", slot, status="completed", output="Read 3 items", process_id="p")
+        last = await other.last_life_run("Tony", "news")
+        assert last.slot == slot and last.status == "completed" and last.output == "Read 3 items"
+        await store.finish_life_run("Tony", "news", None, status="completed", output="manual", process_id=None)
+        assert [r.output for r in await store.life_runs("Tony")][0] == "manual"
+    finally:
+        await other.close()
+
+
+async def test_replayed_events_and_budget_events_and_journal(store: Store) -> None:
+    assert await store.claim_event("slack", "Ev1") is True
+    assert await store.claim_event("slack", "Ev1") is False
+    assert await store.claim_event("vapi", "Ev1") is True
+    await store.record_budget_event("session", "Tony:+1555", 1.0, 1.2)
+    assert (await store.budget_events())[0].spent_usd == pytest.approx(1.2)
+    await store.append_journal("Tony", "2026-11-24", "Good day.")
+    await store.append_journal("Tony", "2026-11-24", "Shipped it.")
+    assert [j.text for j in await store.journal("Tony", "2026-11-24")] == ["Good day.", "Shipped it."]
+
+
+async def test_migrations_match_the_models(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    try:
+        async with store.engine.connect() as conn:
+            diffs = await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata))
+        assert diffs == []
+    finally:
+        await store.close()
+
+
+async def test_unreachable_database_is_named_without_its_password() -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        await Store.open("postgresql+asyncpg://troupe:sekret@127.0.0.1:1/nowhere")
+    assert "127.0.0.1:1" in caught.value.message and "sekret" not in caught.value.message
