@@ -17,13 +17,13 @@ from pathlib import Path
 
 import psutil
 import ray
-from troupe.actors.persona_file import load_personas
-from troupe.integrations.fake_model import ScriptedChatModel
 
 from troupe.actors.agent import AgentLoop
 from troupe.actors.messages import TurnRequest
+from troupe.actors.persona_file import load_personas
 from troupe.chat_model import ChatMessage
 from troupe.config.settings import Settings
+from troupe.integrations.fake_model import ScriptedChatModel
 from troupe.runtime import Runtime, init_ray
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import ray
-from troupe.store import Store
 
 from tests.integration.conftest import make_settings, write_script
 from troupe.actors.messages import TurnEvent, TurnRequest
 from troupe.chat_model import ChatMessage
 from troupe.errors import PersonaNotFound, SessionLimit, StoreUnavailable
 from troupe.runtime import Runtime
+from troupe.store import Store
 
 
 async def say(runtime: Runtime, caller: str, text: str, persona: str = "Tony", client: Any = None) -> list[TurnEvent]:
@@ -71,8 +71,12 @@ async def test_a_turn_streams_and_is_kept_in_the_store(runtime: Runtime, tmp_pat
 
     sessions = await runtime.orchestrator.list_sessions.remote()
     assert [(s.caller_id, s.agent, s.status) for s in sessions] == [("+14155550001", "Tony", "running")]
-    session_process = (await processes(runtime, kind="session", agent="Tony"))[0]
-    assert session_process.metrics.llm_calls == 1
+    # metrics are reported off the hot path, so they land a moment after the reply
+    async def counted() -> Any:
+        found = (await processes(runtime, kind="session", agent="Tony"))[0]
+        return found if found.metrics.llm_calls == 1 else None
+
+    session_process = await wait_for(counted)
     assert session_process.metrics.output_tokens > 0
 
     store = await Store.open(runtime.settings.resolved_database_url)
@@ -145,7 +149,12 @@ async def test_spawn_agent_runs_a_child_task_process(runtime: Runtime) -> None:
     assert task.task == "Review the API design"
     parent, children = await runtime.orchestrator.get_process.remote(task.parent_id)
     assert parent.kind == "session" and [c.id for c in children] == [task.id]
-    assert parent.metrics.tool_calls == 1
+
+    async def counted() -> Any:
+        found = (await runtime.orchestrator.get_process.remote(task.parent_id))[0]
+        return found.metrics.tool_calls == 1
+
+    await wait_for(counted)
 
 
 async def test_unknown_persona_is_a_clear_error(runtime: Runtime) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from troupe.store import Store
-from troupe.testing.fake_openai import FakeOpenAIServer
 
 from tests.integration.conftest import make_settings
 from tests.integration.test_runtime import processes, say, text_of, wait_for
+from troupe.store import Store
+from troupe.testing.fake_openai import FakeOpenAIServer
 
 
 @pytest.fixture
@@ -44,8 +44,10 @@ async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, t
     assert sent["model"] == "gpt-4o-mini"
     assert "Tony" in sent["messages"][0]["content"]
     assert sent["messages"][-1] == {"role": "user", "content": "My name is Dana and I run payments."}
-    session_process = (await processes(runtime, kind="session", agent="Tony"))[0]
-    assert session_process.metrics.estimated_cost > 0  # gpt-4o-mini is in the pricing table
+    async def costed() -> Any:  # gpt-4o-mini is in the pricing table
+        return (await processes(runtime, kind="session", agent="Tony"))[0].metrics.estimated_cost > 0
+
+    await wait_for(costed)
 
     # idle for longer than the timeout: the conversation is summarised into Tony's memory of the caller
     async def summarised() -> Any:
@@ -103,8 +105,11 @@ async def test_an_endpoint_that_is_down_fails_the_turn_cleanly(start_runtime: An
     assert events[-1].kind == "error"
     assert events[-1].error_code == "model_unavailable" and events[-1].error_status == 503
     assert "sk-secret-value" not in events[-1].text
-    process = (await processes(runtime, kind="session", agent="Tony"))[0]
-    assert process.status == "failed" and process.error
+    async def failed() -> Any:
+        found = (await processes(runtime, kind="session", agent="Tony"))[0]
+        return found if found.status == "failed" else None
+
+    assert (await wait_for(failed)).error
     # the actor is still alive and serves the next turn (which fails the same way, not with a crash)
     again = await say(runtime, "+14155550102", "still there?")
     assert again[-1].error_code == "model_unavailable"

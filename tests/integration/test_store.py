@@ -138,7 +138,7 @@ async def test_a_life_slot_is_claimed_once_even_across_stores(url: str, store: S
         last = await other.last_life_run("Tony", "news")
         assert last.slot == slot and last.status == "completed" and last.output == "Read 3 items"
         await store.finish_life_run("Tony", "news", None, status="completed", output="manual", process_id=None)
-        assert [r.output for r in await store.life_runs("Tony")][0] == "manual"
+        assert (await store.life_runs("Tony"))[0].output == "manual"
     finally:
         await other.close()
 

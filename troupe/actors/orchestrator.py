@@ -278,9 +278,9 @@ class Orchestrator:
         if finished:
             self._background(self._flush())
 
-    def _emit(self, kind: str, **data: Any) -> None:
+    def _emit(self, event_type: str, **data: Any) -> None:
         self.event_seq += 1
-        self.events.append({"seq": self.event_seq, "type": kind, "at": utcnow().isoformat(), **data})
+        self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
 
     async def _flush(self) -> None:
         if self.store is None:
