@@ -71,6 +71,7 @@ async def test_a_turn_streams_and_is_kept_in_the_store(runtime: Runtime, tmp_pat
 
     sessions = await runtime.orchestrator.list_sessions.remote()
     assert [(s.caller_id, s.agent, s.status) for s in sessions] == [("+14155550001", "Tony", "running")]
+
     # metrics are reported off the hot path, so they land a moment after the reply
     async def counted() -> Any:
         found = (await processes(runtime, kind="session", agent="Tony"))[0]

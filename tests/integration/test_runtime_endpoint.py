@@ -44,6 +44,7 @@ async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, t
     assert sent["model"] == "gpt-4o-mini"
     assert "Tony" in sent["messages"][0]["content"]
     assert sent["messages"][-1] == {"role": "user", "content": "My name is Dana and I run payments."}
+
     async def costed() -> Any:  # gpt-4o-mini is in the pricing table
         return (await processes(runtime, kind="session", agent="Tony"))[0].metrics.estimated_cost > 0
 
@@ -105,6 +106,7 @@ async def test_an_endpoint_that_is_down_fails_the_turn_cleanly(start_runtime: An
     assert events[-1].kind == "error"
     assert events[-1].error_code == "model_unavailable" and events[-1].error_status == 503
     assert "sk-secret-value" not in events[-1].text
+
     async def failed() -> Any:
         found = (await processes(runtime, kind="session", agent="Tony"))[0]
         return found if found.status == "failed" else None
