@@ -20,4 +20,5 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy troupe
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

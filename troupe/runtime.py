@@ -64,7 +64,7 @@ class Runtime:
         options: dict[str, Any] = {"name": ORCHESTRATOR_NAME, "namespace": settings.namespace}
         if detached:
             options["lifetime"] = "detached"
-        orchestrator = Orchestrator.options(**options).remote(settings, catalog)
+        orchestrator = Orchestrator.options(**options).remote(settings, catalog)  # type: ignore[attr-defined]
         try:
             ray.get(orchestrator.start.remote())
         except Exception as exc:

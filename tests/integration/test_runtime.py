@@ -181,3 +181,17 @@ async def test_unreachable_database_names_url_without_password(ray_session: None
     assert "hunter2" not in caught.value.message
     with pytest.raises(ValueError):  # no orchestrator left behind
         ray.get_actor("orchestrator", namespace=settings.namespace)
+
+
+async def test_a_triggered_life_activity_is_logged_and_reaches_conversations(runtime: Runtime) -> None:
+    output = await runtime.orchestrator.trigger.remote("Tony", "journal")
+    assert output == "Hello from the fake model."
+    store = await Store.open(runtime.settings.resolved_database_url)
+    try:
+        runs = await store.life_runs("Tony", "journal")
+        assert [(r.status, r.output) for r in runs] == [("completed", "Hello from the fake model.")]
+        assert (await store.journal("Tony", runs[0].triggered_at.date().isoformat()))[0].text == output
+    finally:
+        await store.close()
+    life = (await processes(runtime, kind="life_loop", agent="Tony"))[0]
+    assert life.status == "running"

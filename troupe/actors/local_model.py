@@ -87,7 +87,7 @@ class LlamaBackend:
             stop=stops,
             stream=True,
         ):
-            choice = part["choices"][0]
+            choice: dict[str, Any] = part["choices"][0]  # type: ignore[index,assignment]
             text = choice.get("text", "")
             if text:
                 produced += 1

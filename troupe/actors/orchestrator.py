@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import ray
@@ -79,7 +80,7 @@ class SessionSlot:
     last_active: float
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class Orchestrator:
     def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
         self.settings = settings
@@ -140,7 +141,7 @@ class Orchestrator:
                 f"{persona.key}-main",
                 "Persona agent",
                 self._policy(persona.name),
-                lambda name=persona.name: self._make_persona(name),
+                partial(self._make_persona, persona.name),
             )
             self.persona_ids[persona.key] = pid
         for persona in self.catalog.executives():
@@ -151,7 +152,7 @@ class Orchestrator:
                 f"{persona.key}-life",
                 "Life loop",
                 self._policy(persona.name),
-                lambda name=persona.name: self._make_life_loop(name),
+                partial(self._make_life_loop, persona.name),
             )
             self.life_ids[persona.key] = pid
         await self._fill_pool()
@@ -249,7 +250,7 @@ class Orchestrator:
         return handle
 
     async def _make_session(self) -> Any:
-        handle = SessionActor.remote(self.settings, self.catalog, self.me)
+        handle = SessionActor.remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
         await handle.warm.remote()
         return handle
 
@@ -661,7 +662,7 @@ class Orchestrator:
         try:
             if self.spend.get(definition.name, 0.0) >= definition.budget_usd:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
-            handle = TaskActor.remote(
+            handle = TaskActor.remote(  # type: ignore[attr-defined]
                 self.settings, self.catalog, definition.name, self.spend.get(definition.name, 0.0)
             )
             self._set_status(pid, "running")

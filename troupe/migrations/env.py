@@ -19,7 +19,7 @@ def run() -> None:
             context.run_migrations()
         return
     # `alembic` on the command line: a sync URL in sqlalchemy.url
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///troupe.db")
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -55,8 +55,8 @@ class FakeOpenAI:
             self.requests.append(body)
             b = self.behaviour
             if b.fail_status:
-                message = {"error": {"message": "upstream failure", "type": "server_error", "code": None}}
-                return JSONResponse(message, status_code=b.fail_status)
+                failure = {"error": {"message": "upstream failure", "type": "server_error", "code": None}}
+                return JSONResponse(failure, status_code=b.fail_status)
             words = self.words(body)
             prompt = sum(len(str(m.get("content") or "").split()) for m in body.get("messages", []))
             usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words)}
