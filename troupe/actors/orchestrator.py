@@ -428,6 +428,11 @@ class Orchestrator:
         finally:
             self.pool_filling -= want
 
+    async def _refill_later(self) -> None:
+        # a new actor process costs about a core-second; let the caller's first turn have the CPU first
+        await asyncio.sleep(1.0)
+        await self._fill_pool()
+
     async def _add_to_pool(self) -> None:
         pid = self._register(
             ProcessInfo(
@@ -448,7 +453,7 @@ class Orchestrator:
     async def _take_session_actor(self) -> tuple[str, Any]:
         while self.pool:
             pid, handle = self.pool.popleft()
-            self._background(self._fill_pool())
+            self._background(self._refill_later())
             return pid, handle
         # pool empty (or disabled): a cold start, which the warm pool exists to avoid
         pid = self._register(

@@ -67,8 +67,11 @@ class SessionActor(ActorBase):
         self._background: set[asyncio.Task[Any]] = set()
 
     async def warm(self) -> dict[str, Any]:
-        """Connect to the store before any caller needs us, so a bind costs only a query or two."""
+        """Connect to the store and import what a turn needs before any caller is waiting on us."""
         await self.store()
+        import troupe.integrations.fake_model
+        import troupe.integrations.model_endpoint  # noqa: F401
+
         return await self.ping()
 
     async def bind(self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0) -> str:
@@ -140,8 +143,10 @@ class SessionActor(ActorBase):
                 error_status=400,
             )
             return
+        persisted = None
         if added:
-            await store.append_messages(self.session_id, added)  # durable before we answer
+            # written while the model thinks (off the time to first token), and always before the turn ends
+            persisted = asyncio.ensure_future(store.append_messages(self.session_id, added))
             self.transcript.extend(added)
         system, _report = build_system_prompt(
             persona,
@@ -183,11 +188,13 @@ class SessionActor(ActorBase):
             ):
                 yield event
         except TroupeError as exc:
+            await self._settle(persisted)
             await self._finish(loop.outcome, failed=exc)
             yield TurnEvent(kind="error", text=exc.message, error_code=exc.code, error_status=exc.status)
             return
         except Exception as exc:  # never leave a caller hanging on an unexpected fault
             log.exception("turn failed")
+            await self._settle(persisted)
             await self._finish(loop.outcome, failed=exc)
             yield TurnEvent(
                 kind="error",
@@ -196,7 +203,13 @@ class SessionActor(ActorBase):
                 error_status=500,
             )
             return
+        await self._settle(persisted)
         await self._finish(loop.outcome)
+
+    @staticmethod
+    async def _settle(persisted: asyncio.Future[int] | None) -> None:
+        if persisted is not None:
+            await persisted
 
     async def _finish(self, outcome: Outcome, failed: Exception | None = None) -> None:
         assert self.session_id is not None and self.persona is not None
