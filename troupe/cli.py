@@ -55,7 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = Runtime.start(settings, detached=True)
     status = asyncio.run(_await(runtime.orchestrator.status.remote()))
     print(
-        f"troupe: running: {len(status['personas'])} personas, {status['process_count']} processes, "
+        f"troupe: running: {len(status['executives'])} executives and "
+        f"{len(status['personas']) - len(status['executives'])} specialists, {status['process_count']} processes, "
         f"{status['pool_size']} warm sessions.",
         flush=True,
     )
