@@ -220,12 +220,15 @@ class SessionActor(ActorBase):
         self.spent += outcome.delta.cost_usd
         if isinstance(failed, BudgetExceeded):
             store = await self.store()
-            await store.record_budget_event(
-                "session",
-                f"{self.persona.name}:{self.caller_id}",
-                self.settings.session_budget_usd,
-                self.spent,
-            )
+            if failed.message.startswith("This session"):
+                scope, subject, limit = (
+                    "session",
+                    f"{self.persona.name}:{self.caller_id}",
+                    self.settings.session_budget_usd,
+                )
+            else:
+                scope, subject, limit = "persona", self.persona.name, self.persona.budget_usd
+            await store.record_budget_event(scope, subject, limit, self.spent)
         self._report(outcome.delta, failed)
         if any(call.name == "remember" for m in outcome.new_messages for call in m.tool_calls):
             self._spawn(self._refresh_context())
