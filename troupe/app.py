@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException
 from troupe.actors.persona_file import PersonaCatalog
 from troupe.config.settings import Settings
 from troupe.control_panel import api
+from troupe.control_panel.access import Door
+from troupe.control_panel.limits import RateLimiter
 from troupe.errors import TroupeError
 from troupe.integrations import completions
 from troupe.integrations.openai_api import error_json
@@ -32,9 +34,18 @@ class Gateway:
     orchestrator: Any
     client: SessionClient
     known_calls: dict[str, str] = field(default_factory=dict)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit_per_minute)
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway) -> Any:
+    """The ASGI app: FastAPI routes inside the access layer (keys, CORS, limits, request metrics)."""
+    return Door(create_routes(gateway), gateway.settings)
+
+
+def create_routes(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="troupe", version="0.1.0", description="A company of AI personas, OpenAI-compatible.")
     app.state.gateway = gateway
     app.include_router(completions.router)

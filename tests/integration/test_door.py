@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def door(start_runtime: Any, tmp_path: Path) -> Iterator[str]:
-    script = write_script(
-        tmp_path / "script.json",
-        [
-            {"when": "weather", "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}},
-            {"when": "", "reply": "Hello from the fake model."},
-        ],
-    )
-    runtime = start_runtime(make_settings(tmp_path, fake_script=script, max_body_bytes=4096))
-    app = create_app(Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client()))
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -43,9 +35,30 @@ def door(start_runtime: Any, tmp_path: Path) -> Iterator[str]:
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def runtime(start_runtime: Any, tmp_path: Path) -> Any:
+    script = write_script(
+        tmp_path / "script.json",
+        [
+            {"when": "weather", "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}},
+            {"when": "", "reply": "Hello from the fake model."},
+        ],
+    )
+    return start_runtime(make_settings(tmp_path, fake_script=script, max_body_bytes=4096, rate_limit_per_minute=20))
+
+
+@pytest.fixture
+def door(runtime: Any) -> Iterator[str]:
+    app = create_app(Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client()))
+    with serving(app) as url:
+        yield url
 
 
 def test_sdk_non_streaming(door: str) -> None:
@@ -123,3 +136,91 @@ def test_probes_and_panel_api(door: str) -> None:
     assert httpx.get(f"{door}/api/processes/ffffffff").status_code == 404
     models = httpx.get(f"{door}/v1/models").json()
     assert "tony" in {m["id"] for m in models["data"]}
+
+
+def test_api_keys_guard_every_door_but_the_probes(runtime: Any) -> None:
+    settings = runtime.settings.model_copy(update={"api_keys": "k-one, k-two"})
+    app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))
+    with serving(app) as url:
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+        assert "k-one" not in refused.text
+        assert (
+            httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"}).status_code
+            == 401
+        )
+        assert httpx.get(f"{url}/api/status").status_code == 401
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="k-two")
+        assert client.chat.completions.create(model="tony", messages=body["messages"]).choices[0].message.content
+        assert httpx.get(f"{url}/api/status", headers={"Authorization": "Bearer k-one"}).status_code == 200
+
+
+def test_cors_on_the_panel_api_only(door: str) -> None:
+    headers = {"Origin": "https://panel.example", "Access-Control-Request-Method": "GET"}
+    preflight = httpx.options(f"{door}/api/processes", headers=headers)
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] in (
+        "*",
+        "https://panel.example",
+    )
+    assert httpx.get(f"{door}/api/status", headers={"Origin": "https://x.example"}).headers[
+        "access-control-allow-origin"
+    ]
+    assert (
+        "access-control-allow-origin"
+        not in httpx.get(f"{door}/health", headers={"Origin": "https://x.example"}).headers
+    )
+
+
+def test_metrics_count_requests_and_tokens(door: str) -> None:
+    client = openai.OpenAI(base_url=f"{door}/v1", api_key="unused")
+    client.chat.completions.create(model="jordan", messages=[{"role": "user", "content": "How is cash?"}])
+    text = httpx.get(f"{door}/metrics").text
+    assert 'troupe_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    assert 'troupe_time_to_first_token_seconds_count{persona="Jordan"}' in text
+    assert 'troupe_tokens_total{direction="output",persona="Jordan"}' in text
+    assert "troupe_session_pool_size" in text and "troupe_active_sessions" in text
+
+
+def test_events_stream_shows_a_session_starting(door: str) -> None:
+    received: list[str] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{door}/api/events", timeout=20) as response:
+            for line in response.iter_lines():
+                received.append(line)
+                if line.startswith("data: ") and "session.started" in line:
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(1.0)
+    httpx.post(
+        f"{door}/v1/chat/completions",
+        json={"model": "riley", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-Request-ID": "evt-1"},
+        timeout=30,
+    )
+    listener.join(20)
+    assert any(line == "event: session.started" for line in received)
+    data = [json.loads(line[6:]) for line in received if line.startswith("data: ") and "session.started" in line]
+    assert data[-1]["caller_id"] == "req-evt-1" and data[-1]["agent"] == "Riley"
+
+
+def test_personas_ready_and_rate_limit(door: str) -> None:
+    personas = {p["name"]: p for p in httpx.get(f"{door}/api/personas").json()}
+    tony = personas["Tony"]
+    assert tony["budget_usd"] == 25.0 and set(tony["layers"]) >= {"soul", "identity", "instructions"}
+    assert "Tony loves" not in json.dumps(tony)  # never the raw prompt
+    ready = httpx.get(f"{door}/ready").json()
+    assert ready["checks"] == {"ray": "ok", "store": "ok", "model": "ok"}
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    statuses = [
+        httpx.post(f"{door}/chat/completions", json=body, headers={"X-Request-ID": "flood"}).status_code
+        for _ in range(22)
+    ]
+    assert statuses[:20] == [200] * 20 and statuses[-1] == 429
+    limited = httpx.post(f"{door}/chat/completions", json=body, headers={"X-Request-ID": "flood"})
+    assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"

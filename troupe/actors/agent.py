@@ -127,7 +127,7 @@ class AgentLoop:
             new.append(reply)
             if not calls:
                 self.outcome = Outcome(new, delta, "stop", "".join(texts))
-                yield TurnEvent(kind="done", finish_reason="stop", usage=turn_usage(delta))
+                yield TurnEvent(kind="done", finish_reason="stop", usage=turn_usage(delta), cost_usd=delta.cost_usd)
                 return
             client_calls = [c for c in calls if c.name not in own_names]
             for call in calls:
@@ -143,10 +143,12 @@ class AgentLoop:
                 # the caller's own tools: hand them back; its results arrive with the next request
                 self.outcome = Outcome(new, delta, "tool_calls", "".join(texts))
                 yield TurnEvent(kind="tool_calls", tool_calls=tuple(client_calls))
-                yield TurnEvent(kind="done", finish_reason="tool_calls", usage=turn_usage(delta))
+                yield TurnEvent(
+                    kind="done", finish_reason="tool_calls", usage=turn_usage(delta), cost_usd=delta.cost_usd
+                )
                 return
         self.outcome = Outcome(new, delta, "length", "".join(texts))
-        yield TurnEvent(kind="done", finish_reason="length", usage=turn_usage(delta))
+        yield TurnEvent(kind="done", finish_reason="length", usage=turn_usage(delta), cost_usd=delta.cost_usd)
 
     async def _run_tool(self, call: ToolCall) -> str:
         try:

@@ -133,6 +133,7 @@ class TurnEvent(_Frozen):
     tool_calls: tuple[ToolCall, ...] = ()
     finish_reason: str | None = None
     usage: Usage | None = None
+    cost_usd: float = 0.0
     error_code: str | None = None
     error_status: int | None = None
 

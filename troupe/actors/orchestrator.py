@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -745,6 +745,8 @@ class Orchestrator:
             ],
             "backend": self.settings.effective_backend,
             "spend": dict(self.spend),
+            "processes": dict(Counter((p.kind, p.status) for p in self.processes.values())),
+            "restarts": _restarts_by_kind(self.processes.values()),
         }
 
     async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
@@ -753,9 +755,54 @@ class Orchestrator:
     async def ping(self) -> bool:
         return True
 
+    async def readiness(self) -> dict[str, str]:
+        """Is each thing a turn needs reachable right now? ("ok" or what failed)."""
+        checks: dict[str, str] = {}
+        try:
+            assert self.store is not None
+            await self.store.ping()
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"failed: {getattr(exc, 'message', type(exc).__name__)}"
+        checks["model"] = await self._model_check()
+        return checks
+
+    async def _model_check(self) -> str:
+        backend = self.settings.effective_backend
+        if backend == "fake":
+            return "ok"
+        if backend == "local":
+            child = next(
+                (c for c in self.children.values() if self.processes[c.process_id].kind == "local_model"), None
+            )
+            if child is None or child.handle is None:
+                return "failed: the offline model is not running"
+            try:
+                await asyncio.wait_for(child.handle.ping.remote(), 5)
+                return "ok"
+            except Exception as exc:
+                return f"failed: offline model {type(exc).__name__}"
+        import httpx
+
+        base = (self.settings.openai_base_url or "https://api.openai.com/v1").rstrip("/")
+        host = httpx.URL(base).host
+        try:
+            async with httpx.AsyncClient(timeout=3) as http:
+                response = await http.get(f"{base}/models")
+            return "ok" if response.status_code < 500 else f"failed: {host} answered {response.status_code}"
+        except httpx.HTTPError as exc:
+            return f"failed: {host} unreachable ({type(exc).__name__})"
+
     # ------------------------------------------------------------------ helpers
 
     def _background(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _restarts_by_kind(processes: Any) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for info in processes:
+        totals[info.kind] += info.restarts
+    return dict(totals)

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
 
     # --- serving
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
+    max_message_chars: int = Field(default=32_000, ge=100, description="Longest single message accepted.")
+    api_keys: str = Field(default="", description="Comma-separated bearer keys; empty leaves the doors open.")
+    metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")
+    cors_origins: str = Field(default="*", description="Comma-separated origins allowed on /api/*.")
+    rate_limit_per_minute: int = Field(default=120, ge=0, description="Requests per caller per minute; 0 = off.")
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
@@ -92,6 +97,10 @@ class Settings(BaseSettings):
         if url and not url.startswith(("sqlite", "postgres")):
             raise ValueError(f"TROUPE_DATABASE_URL must be a sqlite or postgresql URL, got {redact_url(url)}")
         return self
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
     def resolved_database_url(self) -> str:

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from troupe.actors.messages import ProcessInfo
+from troupe.control_panel.metrics import render
 from troupe.errors import TroupeError
 
 router = APIRouter()
@@ -64,13 +69,73 @@ async def ready(request: Request) -> Any:
     gateway = request.app.state.gateway
     checks: dict[str, str] = {}
     try:
-        await gateway.orchestrator.ping.remote()
         checks["ray"] = "ok"
+        checks.update(await asyncio.wait_for(gateway.orchestrator.readiness.remote(), 10))
     except Exception as exc:
-        checks["ray"] = f"failed: {type(exc).__name__}"
+        checks["ray"] = f"failed: orchestrator not answering ({type(exc).__name__})"
     failing = [name for name, result in checks.items() if result != "ok"]
-    body = {"status": "ready" if not failing else "not ready", "checks": checks}
+    body = {"status": "ready" if not failing else "not ready", "checks": checks, "failing": failing}
     return JSONResponse(body, status_code=503 if failing else 200)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    snapshot = await request.app.state.gateway.orchestrator.status.remote()
+    return Response(render(snapshot), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/personas")
+async def personas(request: Request) -> list[dict[str, Any]]:
+    gateway = request.app.state.gateway
+    status = await gateway.orchestrator.status.remote()
+    spend = status["spend"]
+    return [
+        {
+            "name": p.name,
+            "role": p.role,
+            "kind": p.kind,
+            "reports_to": p.reports_to,
+            "team": list(p.team),
+            "model": p.model,
+            "budget_usd": p.budget_usd,
+            "spent_usd": round(spend.get(p.name, 0.0), 6),
+            "token_budget": p.token_budget,
+            "total_tokens": p.layers_tokens,
+            "layers": {
+                layer.name: {"version": layer.version, "token_estimate": layer.token_estimate} for layer in p.layers
+            },
+            "active": p.name in status["active_personas"],
+        }
+        for p in gateway.catalog
+    ]
+
+
+@router.get("/api/events")
+async def events(request: Request, since: int = 0) -> StreamingResponse:
+    """Server-sent events: what happens in the company, live (process and session lifecycle, tools...)."""
+    orchestrator = request.app.state.gateway.orchestrator
+    last = request.headers.get("last-event-id")
+    cursor = int(last) if last and last.isdigit() else since
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal cursor
+        yield b"retry: 2000\n\n"
+        idle = 0.0
+        while not await request.is_disconnected():
+            found = await orchestrator.events_since.remote(cursor)
+            for item in found:
+                cursor = item["seq"]
+                yield f"id: {cursor}\nevent: {item['type']}\ndata: {json.dumps(item)}\n\n".encode()
+            if found:
+                idle = 0.0
+            else:
+                idle += 0.5
+                if idle >= 15:
+                    yield b": keep-alive\n\n"
+                    idle = 0.0
+                await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/api/status")

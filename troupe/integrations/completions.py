@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from troupe.actors.caller import resolve_caller_id
 from troupe.actors.messages import TurnEvent, TurnRequest
 from troupe.chat_model import ToolCall, Usage
+from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
 from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
 
@@ -86,8 +88,16 @@ async def chat_completions(request: Request) -> Any:
         stop=body.stops(),
         client_tools=body.client_tools(),
     )
+    for message in turn.messages:
+        if message.content and len(message.content) > gateway.settings.max_message_chars:
+            raise InvalidRequest(
+                f"A message is {len(message.content)} characters; the limit is {gateway.settings.max_message_chars}.",
+                param="messages",
+            )
+    gateway.limiter.check(turn.caller_id)
     model_name = body.model or persona.lower()
-    events = gateway.client.turn(turn).__aiter__()
+    began = time.perf_counter()
+    events = _observed(gateway.client.turn(turn), persona, began).__aiter__()
     first = await anext(events)
     if first.kind == "error":
         return _error_response(first)
@@ -99,6 +109,22 @@ async def chat_completions(request: Request) -> Any:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     return await _collect(first, events, model_name)
+
+
+async def _observed(events: AsyncIterator[TurnEvent], persona: str, began: float) -> AsyncIterator[TurnEvent]:
+    """Records time to first token, tokens, cost and failures by persona as the events pass."""
+    first = True
+    async for event in events:
+        if first and event.kind in ("delta", "tool_calls", "done"):
+            TTFT.labels(persona).observe(time.perf_counter() - began)
+            first = False
+        if event.kind == "done" and event.usage:
+            TOKENS.labels(persona, "input").inc(event.usage.input_tokens)
+            TOKENS.labels(persona, "output").inc(event.usage.output_tokens)
+            COST.labels(persona).inc(event.cost_usd)
+        elif event.kind == "error":
+            MODEL_ERRORS.labels(persona, event.error_code or "internal_error").inc()
+        yield event
 
 
 def _error_response(event: TurnEvent) -> JSONResponse:

@@ -1,0 +1,28 @@
+"""Dashboards depend on metric names and labels: this pins them."""
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from troupe.control_panel import metrics
+
+
+def test_metric_names_and_labels_are_pinned():
+    metrics.REQUESTS.labels("/v1/chat/completions", "POST", "200").inc()
+    metrics.LATENCY.labels("/v1/chat/completions", "POST").observe(0.1)
+    metrics.TTFT.labels("Tony").observe(0.2)
+    metrics.TOKENS.labels("Tony", "input").inc(10)
+    metrics.COST.labels("Tony").inc(0.01)
+    metrics.MODEL_ERRORS.labels("Tony", "model_unavailable").inc()
+    text = metrics.render(
+        {"session_count": 3, "pool_size": 2, "processes": {("session", "running"): 3}, "restarts": {"persona": 1}}
+    ).decode()
+    seen: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            seen.setdefault(sample.name, set()).update(k for k in sample.labels if k != "le")
+    for name, labels in metrics.NAMES.items():
+        sample = name if name in seen else name.removesuffix("_total")
+        if name.endswith("_seconds"):
+            sample = name + "_count"
+        assert sample in seen or name in seen, name
+        assert seen.get(sample, seen.get(name)) == set(labels), name
+    assert "troupe_active_sessions 3.0" in text

@@ -1,0 +1,70 @@
+"""Every Prometheus metric troupe exports, declared in one place with fixed label names.
+
+Dashboards depend on these names; tests/unit/test_metrics.py pins them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "troupe_http_requests",
+    "HTTP requests by route, method and status",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "troupe_http_request_duration_seconds",
+    "Time to the response's first byte, by route",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+TTFT = Histogram(
+    "troupe_time_to_first_token_seconds",
+    "Time from a completion request to its first content, by persona",
+    ["persona"],
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
+    registry=REGISTRY,
+)
+TOKENS = Counter("troupe_tokens", "Model tokens by persona and direction", ["persona", "direction"], registry=REGISTRY)
+COST = Counter("troupe_cost_usd", "Estimated model cost in USD by persona", ["persona"], registry=REGISTRY)
+MODEL_ERRORS = Counter(
+    "troupe_model_errors", "Failed turns by persona and error code", ["persona", "code"], registry=REGISTRY
+)
+ACTIVE_SESSIONS = Gauge("troupe_active_sessions", "Sessions bound to a caller", registry=REGISTRY)
+POOL_SIZE = Gauge("troupe_session_pool_size", "Warm session actors waiting for a caller", registry=REGISTRY)
+PROCESSES = Gauge(
+    "troupe_processes", "Processes in the registry by kind and status", ["kind", "status"], registry=REGISTRY
+)
+RESTARTS = Gauge("troupe_process_restarts", "Restarts so far of live processes, by kind", ["kind"], registry=REGISTRY)
+
+NAMES = {
+    "troupe_http_requests_total": ("route", "method", "status"),
+    "troupe_http_request_duration_seconds": ("route", "method"),
+    "troupe_time_to_first_token_seconds": ("persona",),
+    "troupe_tokens_total": ("persona", "direction"),
+    "troupe_cost_usd_total": ("persona",),
+    "troupe_model_errors_total": ("persona", "code"),
+    "troupe_active_sessions": (),
+    "troupe_session_pool_size": (),
+    "troupe_processes": ("kind", "status"),
+    "troupe_process_restarts": ("kind",),
+}
+
+
+def render(snapshot: dict[str, Any]) -> bytes:
+    """The exposition text, with the gauges set from the orchestrator's snapshot of this moment."""
+    ACTIVE_SESSIONS.set(snapshot.get("session_count", 0))
+    POOL_SIZE.set(snapshot.get("pool_size", 0))
+    PROCESSES.clear()
+    for (kind, status), count in snapshot.get("processes", {}).items():
+        PROCESSES.labels(kind, status).set(count)
+    RESTARTS.clear()
+    for kind, count in snapshot.get("restarts", {}).items():
+        RESTARTS.labels(kind).set(count)
+    return generate_latest(REGISTRY)
