@@ -90,3 +90,43 @@ def serve_uvicorn(runtime: Any) -> None:
         create_app(gateway), host=runtime.settings.host, port=runtime.settings.port, log_level="warning"
     )
     uvicorn.Server(config).run()
+
+
+def serve_with_ray(runtime: Any, *, blocking: bool = True) -> None:
+    """The default door: the same app as a Ray Serve deployment (what a cluster uses)."""
+    from ray import serve
+
+    settings = runtime.settings
+    serve.start(http_options={"host": settings.host, "port": settings.port}, detached=False)
+    door = TroupeDoor.options(  # type: ignore[attr-defined]
+        name="troupe-door",
+        num_replicas=1,
+        max_ongoing_requests=settings.serve_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(settings, runtime.catalog)
+    serve.run(door, name="troupe", route_prefix="/", blocking=blocking)
+
+
+def _build_serve_door() -> Any:
+    from ray import serve
+
+    @serve.ingress()
+    class _Door:
+        """A Serve replica: looks the orchestrator up by name and serves the shared app."""
+
+        def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
+            self.settings = settings
+            self.catalog = catalog
+
+        def __serve_build_asgi_app__(self) -> Any:
+            import ray
+
+            from troupe.actors.orchestrator import ORCHESTRATOR_NAME
+
+            orchestrator = ray.get_actor(ORCHESTRATOR_NAME, namespace=self.settings.namespace)
+            return create_app(Gateway(self.settings, self.catalog, orchestrator, SessionClient(orchestrator)))
+
+    return serve.deployment(_Door)
+
+
+TroupeDoor = _build_serve_door()

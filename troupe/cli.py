@@ -26,6 +26,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         "personas_dir": getattr(args, "personas_dir", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
+        "door": getattr(args, "door", None),
         **extra,
     }
     return load_settings(**overrides)
@@ -42,7 +43,7 @@ def _is_loopback(host: str) -> bool:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    if not _is_loopback(settings.host) and not args.insecure:
+    if not _is_loopback(settings.host) and not settings.keys and not args.insecure:
         print(
             f"troupe: refusing to bind {settings.host} with no API key configured; set TROUPE_API_KEYS "
             "or pass --insecure",
@@ -60,11 +61,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{status['pool_size']} warm sessions.",
         flush=True,
     )
-    print(f"troupe: serving on http://{settings.host}:{settings.port}", flush=True)
-    from troupe.app import serve_uvicorn
+    print(f"troupe: serving on http://{settings.host}:{settings.port} ({settings.door} door)", flush=True)
+    from troupe.app import serve_uvicorn, serve_with_ray
 
     try:
-        serve_uvicorn(runtime)
+        if settings.door == "uvicorn":
+            serve_uvicorn(runtime)
+        else:
+            serve_with_ray(runtime, blocking=True)
     except KeyboardInterrupt:
         pass
     print("troupe: stopping", flush=True)
@@ -187,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 3000)")
+    serve.add_argument("--door", choices=["serve", "uvicorn"], help="Ray Serve (default) or uvicorn in this process")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without an API key")
     serve.set_defaults(func=cmd_serve)
 

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")
     cors_origins: str = Field(default="*", description="Comma-separated origins allowed on /api/*.")
     rate_limit_per_minute: int = Field(default=120, ge=0, description="Requests per caller per minute; 0 = off.")
+    door: Literal["serve", "uvicorn"] = Field(default="serve", description="Ray Serve, or uvicorn in-process.")
+    serve_max_ongoing_requests: int = Field(default=256, ge=1, description="Concurrent requests per Serve replica.")
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")

@@ -1,0 +1,74 @@
+"""The same app deployed with Ray Serve (the default door): the contract holds through Serve too."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from ray import serve
+
+from tests.integration.conftest import make_settings, write_script
+from tests.integration.test_door import free_port
+from troupe.app import serve_with_ray
+from troupe.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def serve_door(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp: Path = tmp_path_factory.mktemp("serve")
+    script = write_script(tmp / "script.json", [
+        {"when": "weather", "reply": {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}},
+        {"when": "", "reply": "Hello through Serve."},
+    ])  # fmt: skip
+    port = free_port()
+    runtime = Runtime.start(make_settings(tmp, fake_script=script, port=port, api_keys="serve-key"))
+    serve_with_ray(runtime, blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    serve.shutdown()
+    runtime.stop()
+
+
+def test_sdk_streams_and_answers_through_serve(serve_door: str) -> None:
+    client = openai.OpenAI(base_url=f"{serve_door}/v1", api_key="serve-key")
+    reply = client.chat.completions.create(model="tony", messages=[{"role": "user", "content": "Hi"}])
+    assert reply.choices[0].message.content == "Hello through Serve."
+    chunks = list(client.chat.completions.create(
+        model="maya", messages=[{"role": "user", "content": "Hi"}], stream=True, stream_options={"include_usage": True}
+    ))  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello through Serve."
+    assert chunks[-1].usage.total_tokens > 0
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    called = client.chat.completions.create(
+        model="tony", messages=[{"role": "user", "content": "weather?"}], tools=tools, stream=True
+    )
+    deltas = [c.choices[0].delta for c in called if c.choices]
+    calls = [tc for d in deltas for tc in d.tool_calls or ()]
+    assert calls[0].function.name == "get_weather" and json.loads(calls[0].function.arguments) == {"city": "Oslo"}
+
+
+def test_errors_and_keys_through_serve(serve_door: str) -> None:
+    key = {"Authorization": "Bearer serve-key"}
+    assert httpx.post(f"{serve_door}/v1/chat/completions", json={"messages": []}).status_code == 401
+    unknown = httpx.post(
+        f"{serve_door}/v1/chat/completions", json={"model": "zed", "messages": [{"role": "user", "content": "x"}]},
+        headers=key,
+    )  # fmt: skip
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+    malformed = httpx.post(f"{serve_door}/chat/completions", content=b"{", headers=key)
+    assert malformed.status_code == 400
+    processes: Any = httpx.get(f"{serve_door}/api/processes", params={"kind": "session"}, headers=key).json()
+    assert any(p["agent"] == "Tony" and p["status"] == "running" for p in processes)
