@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from troupe.actors.messages import ProcessInfo
+from troupe.actors.schedule import ACTIVITIES
 from troupe.control_panel.metrics import render
-from troupe.errors import TroupeError
+from troupe.errors import InvalidRequest, TroupeError
 
 router = APIRouter()
 
@@ -182,3 +184,52 @@ async def sessions(request: Request) -> list[dict[str, Any]]:
         }
         for s in found
     ]
+
+
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> HTMLResponse:
+    """The live control panel: a static page; all its data comes from /api/* (which needs the key)."""
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+@router.post("/api/sessions/{caller_id}/end")
+async def end_session(request: Request, caller_id: str, persona: str) -> dict[str, Any]:
+    gateway = request.app.state.gateway
+    name = gateway.catalog.get(persona).name
+    summary = await gateway.orchestrator.end_session.remote(caller_id, name)
+    if summary is None:
+        raise NotFound(f"No active session for {caller_id!r} with {name}.", param="caller_id")
+    gateway.client.forget(caller_id, name)
+    return {"caller_id": caller_id, "persona": name, "ended": True, "summary": summary}
+
+
+@router.api_route("/internal/life/trigger", methods=["GET", "POST"])
+async def life_trigger(request: Request, activity: str | None = None, persona: str | None = None) -> Any:
+    gateway = request.app.state.gateway
+    executives = [p.name for p in gateway.catalog.executives()]
+    if not activity:
+        return JSONResponse(
+            {
+                "error": "Missing 'activity' query parameter",
+                "activities": list(ACTIVITIES),
+                "personas": executives,
+                "examples": [
+                    "/internal/life/trigger?activity=post&persona=Tony",
+                    "/internal/life/trigger?activity=post (triggers all personas)",
+                ],
+            },
+            status_code=400,
+        )
+    if activity not in ACTIVITIES:
+        raise InvalidRequest(f"Unknown activity {activity!r}; one of {', '.join(ACTIVITIES)}.", param="activity")
+    if persona:
+        name = gateway.catalog.get(persona).name
+        if name not in executives:
+            raise NotFound(f"{name} has no life loop (only executives do).", param="persona")
+        result = await gateway.orchestrator.trigger.remote(name, activity)
+        return {"persona": name, "activity": activity, "result": result}
+    results = await asyncio.gather(*(gateway.orchestrator.trigger.remote(n, activity) for n in executives))
+    return {"activity": activity, "results": dict(zip(executives, results, strict=True))}

@@ -1,0 +1,64 @@
+"""The control panel in a real headless Chromium (Debian's): it loads, and a completion made while it
+is open shows up in the process list without a reload."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import make_settings
+from tests.integration.test_door import serving
+from troupe.app import Gateway, create_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+def test_panel_shows_a_new_completion_live(start_runtime: Any, browser: Any, tmp_path: Path) -> None:
+    runtime = start_runtime(make_settings(tmp_path))
+    settings = runtime.settings.model_copy(update={"api_keys": "panel-key"})
+    app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))
+    with serving(app) as url:
+        page = browser.new_page()
+        page.add_init_script("sessionStorage.setItem('troupe-key', 'panel-key')")
+        page.goto(url + "/")
+        page.wait_for_selector(".persona[data-persona='Riley']", timeout=20_000)
+        assert page.locator(".persona").count() == 5
+        page.wait_for_selector("#live.on", timeout=20_000)
+        before = page.locator("#processes tbody tr").count()
+
+        reply = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "jordan", "messages": [{"role": "user", "content": "How is cash?"}]},
+            headers={"Authorization": "Bearer panel-key", "X-Vapi-Caller-Phone": "+14155559999"},
+            timeout=30,
+        )
+        assert reply.status_code == 200
+        session = next(p for p in httpx.get(f"{url}/api/processes", params={"kind": "session", "agent": "Jordan"},
+                                            headers={"Authorization": "Bearer panel-key"}).json())  # fmt: skip
+        # no reload: the event stream tells the page, which refetches
+        page.wait_for_selector(f"#processes tr[data-id='{session['id']}']:has-text('Jordan')", timeout=20_000)
+        row = page.locator(f"#processes tr[data-id='{session['id']}']").inner_text()
+        assert "Jordan" in row and "running" in row
+        page.wait_for_selector("#feed li:has-text('session.started')", timeout=20_000)
+        assert "+14155559999" in page.locator("#sessions").inner_text()
+        assert page.locator("#processes tbody tr").count() >= before
+        page.screenshot(path=str(tmp_path / "panel.png"), full_page=True)
