@@ -73,8 +73,33 @@ def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[s
     )
 
 
-@router.post("/chat/completions")
-@router.post("/v1/chat/completions")
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic's schema with its $defs inlined, so it can sit inside an OpenAPI operation."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node and node["$ref"].startswith("#/$defs/"):
+                return walk(dict(defs[node["$ref"].split("/")[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+# The body is parsed by hand (for exact OpenAI-style errors), so its schema is declared here for the spec.
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline_refs(ChatCompletionRequest.model_json_schema())}},
+    }
+}
+
+
+@router.post("/chat/completions", openapi_extra=REQUEST_BODY)
+@router.post("/v1/chat/completions", openapi_extra=REQUEST_BODY)
 async def chat_completions(request: Request) -> Any:
     gateway = request.app.state.gateway
     body = parse_request(await read_json(request, gateway.settings.max_body_bytes))
