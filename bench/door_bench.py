@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -146,8 +145,11 @@ def serve_passthrough(upstream: str, base: dict[int, dict[str, float]], requests
     sp = port()
     serve.start(http_options={"host": "127.0.0.1", "port": sp})
 
+    def builder() -> object:  # built on the replica: an HTTP client does not pickle
+        return build(upstream + "/v1")
+
     @serve.deployment(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
-    @serve.ingress(build(upstream + "/v1"))
+    @serve.ingress(builder)
     class Relay:
         pass
 
@@ -159,5 +161,4 @@ def serve_passthrough(upstream: str, base: dict[int, dict[str, float]], requests
 
 
 if __name__ == "__main__":
-    json.dumps({})
     main()
