@@ -224,3 +224,18 @@ def test_personas_ready_and_rate_limit(door: str) -> None:
     assert statuses[:20] == [200] * 20 and statuses[-1] == 429
     limited = httpx.post(f"{door}/chat/completions", json=body, headers={"X-Request-ID": "flood"})
     assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_client_tool_results_continue_the_turn(door: str) -> None:
+    client = openai.OpenAI(base_url=f"{door}/v1", api_key="unused")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    messages: list[Any] = [{"role": "user", "content": "what's the weather?"}]
+    first = client.chat.completions.create(model="tony", messages=messages, tools=tools, user="tool-user")
+    call = first.choices[0].message.tool_calls[0]
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21C"},
+    ]
+    second = client.chat.completions.create(model="tony", messages=messages, tools=tools, user="tool-user")
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == "Hello from the fake model."
