@@ -139,12 +139,17 @@ class SessionClient:
         for attempt in range(3):
             started = False
             try:
+                stale = False
                 async for ref in lease.handle.turn.options(num_returns="streaming").remote(request):
-                    event: TurnEvent = await ref
-                    if not started and event.kind == "error" and event.error_code == STALE and attempt < 2:
+                    batch: list[TurnEvent] = await ref
+                    for event in batch:
+                        if not started and event.kind == "error" and event.error_code == STALE and attempt < 2:
+                            stale = True
+                            break
+                        started = True
+                        yield event
+                    if stale:
                         break
-                    started = True
-                    yield event
                 else:
                     return
                 self.forget(request.caller_id, request.persona)

@@ -113,8 +113,9 @@ class SessionActor(ActorBase):
                 f"{self.persona.name} has spent ${self.persona_spent:.4f} of a ${self.persona.budget_usd:.2f} budget."
             )
 
-    async def turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
-        """Stream one turn's reply. Ends with exactly one `done` or `error` event."""
+    async def turn(self, request: TurnRequest) -> AsyncIterator[list[TurnEvent]]:
+        """Stream one turn's reply as batches of events: whatever is ready together travels as one Ray
+        object (a chunk is one transfer). Ends with exactly one `done` or `error` event."""
         if (
             self.persona is None
             or self.session_id is None
@@ -122,11 +123,36 @@ class SessionActor(ActorBase):
             or request.persona.lower() != self.persona.key
         ):
             # the door held a handle to an actor since released (and perhaps given to someone else)
-            yield TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
+            yield [TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)]
             return
         async with self.turn_lock:  # one turn at a time per caller keeps the transcript in order
-            async for event in self._turn(request):
-                yield event
+            queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+
+            async def produce() -> None:
+                try:
+                    async for event in self._turn(request):
+                        queue.put_nowait(event)
+                finally:
+                    queue.put_nowait(None)
+
+            producer = asyncio.ensure_future(produce())
+            try:
+                finished = False
+                while not finished:
+                    batch: list[TurnEvent] = []
+                    item = await queue.get()
+                    while item is not None:
+                        batch.append(item)
+                        if queue.empty():
+                            break
+                        item = queue.get_nowait()
+                    finished = item is None
+                    if batch:
+                        yield batch
+                await producer
+            finally:
+                if not producer.done():
+                    producer.cancel()
 
     async def _turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
         assert self.persona is not None and self.session_id is not None and self.caller_id is not None
