@@ -350,7 +350,9 @@ class Orchestrator:
         self._watch(child)
         return pid
 
-    def _watch(self, child: Child) -> None:
+    def _watch(self, child: Child, on_death: Callable[[int], Awaitable[None]] | None = None) -> None:
+        """Wait on the child's `watch()`; when it dies (and was not stopped on purpose), handle it.
+        `on_death` gets the generation that died; by default the child's supervision policy applies."""
         generation = child.generation
         handle = child.handle
 
@@ -361,7 +363,11 @@ class Orchestrator:
                 pass
             except asyncio.CancelledError:
                 return
-            if not child.stopping and child.generation == generation:
+            if child.stopping:
+                return
+            if on_death is not None:
+                await on_death(generation)
+            elif child.generation == generation:
                 await self._on_death(child)
 
         child.watcher = asyncio.ensure_future(watcher())
@@ -519,31 +525,23 @@ class Orchestrator:
             return SessionLease(handle, pid, session_id, child.generation)
 
     def _watch_session(self, child: Child, slot: SessionSlot) -> None:
-        generation = child.generation
-        handle = child.handle
-
-        async def watcher() -> None:
-            try:
-                await handle.watch.remote()
-            except RayActorError:
-                pass
-            except asyncio.CancelledError:
-                return
-            if child.stopping:
-                return
-            key = (slot.caller_id, self.catalog.get(slot.persona).key)
+        async def on_death(generation: int) -> None:
+            key = self._key(slot)
             async with self.session_locks.setdefault(key, asyncio.Lock()):
                 if child.generation == generation and self.sessions.get(key) is slot:
                     await self._restart_session(child, slot)
 
-        child.watcher = asyncio.ensure_future(watcher())
+        self._watch(child, on_death)
+
+    def _key(self, slot: SessionSlot) -> tuple[str, str]:
+        return (slot.caller_id, self.catalog.get(slot.persona).key)
 
     async def _restart_session(self, child: Child, slot: SessionSlot) -> None:
         """A session actor died: a fresh actor takes over and reloads the transcript from the store."""
         decision = decide(child.policy, child.restart_times, time.monotonic())
         if decision.action != "restart":
             self._set_status(child.process_id, "failed", f"session died; {decision.reason}")
-            self.sessions.pop((slot.caller_id, self.catalog.get(slot.persona).key), None)
+            self.sessions.pop(self._key(slot), None)
             self.children.pop(child.process_id, None)
             return
         child.generation += 1
@@ -573,8 +571,7 @@ class Orchestrator:
 
     async def _release(self, slot: SessionSlot, *, summarise: bool) -> str | None:
         """Summarise the conversation into memory, then recycle the actor into the pool (or stop it)."""
-        key = (slot.caller_id, self.catalog.get(slot.persona).key)
-        self.sessions.pop(key, None)
+        self.sessions.pop(self._key(slot), None)
         child = self.children.pop(slot.process_id, None)
         summary = None
         if child is None:
@@ -614,7 +611,7 @@ class Orchestrator:
                 now = time.monotonic()
                 for slot in list(self.sessions.values()):
                     if now - slot.last_active >= self.settings.session_idle_timeout_s:
-                        key = (slot.caller_id, self.catalog.get(slot.persona).key)
+                        key = self._key(slot)
                         async with self.session_locks.setdefault(key, asyncio.Lock()):
                             if self.sessions.get(key) is slot:
                                 await self._release(slot, summarise=True)
