@@ -124,7 +124,11 @@ def _build_serve_door() -> Any:
             from troupe.actors.orchestrator import ORCHESTRATOR_NAME
 
             orchestrator = ray.get_actor(ORCHESTRATOR_NAME, namespace=self.settings.namespace)
-            return create_app(Gateway(self.settings, self.catalog, orchestrator, SessionClient(orchestrator)))
+            return create_app(
+                Gateway(
+                    self.settings, self.catalog, orchestrator, SessionClient(orchestrator, self.settings, self.catalog)
+                )
+            )
 
     return serve.deployment(_Door)
 

@@ -1,7 +1,8 @@
 """The driver side of troupe: start (or join) Ray, start the orchestrator, and talk to sessions.
 
 `Runtime` is what the CLI and the door hold. `SessionClient` resolves a caller's session once, caches
-its handle, and streams turns straight from the session actor, keeping the orchestrator off the hot path.
+its handle, and runs each turn in the door: the session assembles it, the model streams straight to the
+caller, and the finished turn goes back to the session. The orchestrator stays off the hot path.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from troupe.actors.messages import TurnEvent, TurnRequest
+from troupe.actors.agent import AgentLoop, budget_guard
+from troupe.actors.messages import TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator, SessionLease
 from troupe.actors.persona_file import PersonaCatalog, load_personas
 from troupe.actors.session import STALE
+from troupe.chat_model import ToolCall, ToolSpec
 from troupe.config.settings import Settings
 from troupe.errors import ConfigError, TroupeError
 
@@ -90,7 +94,7 @@ class Runtime:
         ray.kill(self.orchestrator, no_restart=True)
 
     def client(self) -> SessionClient:
-        return SessionClient(self.orchestrator)
+        return SessionClient(self.orchestrator, self.settings, self.catalog)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -103,11 +107,32 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-class SessionClient:
-    """Streams caller turns. Holds session handles so only a caller's first turn visits the orchestrator."""
+class RemoteTools:
+    """The persona's own tools for one turn, run by its session actor (they need the store and the
+    company); the door runs the rest of the turn itself."""
 
-    def __init__(self, orchestrator: Any) -> None:
+    def __init__(self, session: Any, plan: TurnPlan) -> None:
+        self.session = session
+        self.plan = plan
+
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return self.plan.own_tools
+
+    async def run(self, call: ToolCall) -> str:
+        result: str = await self.session.run_tool.remote(self.plan.turn_id, call)
+        return result
+
+
+class SessionClient:
+    """Runs caller turns in the door. Holds session handles so only a caller's first turn visits the
+    orchestrator; each turn then costs two calls to the session actor: `prepare` before the model
+    speaks and `finish` once it has, and the reply streams from the model straight to the caller."""
+
+    def __init__(self, orchestrator: Any, settings: Settings, catalog: PersonaCatalog) -> None:
         self.orchestrator = orchestrator
+        self.settings = settings
+        self.catalog = catalog
+        self.models = ModelFactory(settings)
         self.leases: dict[tuple[str, str], SessionLease] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -132,36 +157,78 @@ class SessionClient:
     def forget(self, caller_id: str, persona: str) -> None:
         self.leases.pop((caller_id, persona.lower()), None)
 
-    async def turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
-        """Stream a turn. If the session actor died (or was released) before saying anything, the turn
-        goes to the caller's current session actor instead; the transcript is in the store either way."""
+    async def _prepare(self, request: TurnRequest) -> tuple[SessionLease, TurnPlan | TurnEvent]:
+        """Open the turn on the caller's session. If that actor died (or was released and reused), the
+        turn goes to the caller's current session actor instead: the transcript is in the store."""
         lease = await self.lease(request.caller_id, request.persona)
         for attempt in range(3):
-            started = False
             try:
-                stale = False
-                async for ref in lease.handle.turn.options(num_returns="streaming").remote(request):
-                    batch: list[TurnEvent] = await ref
-                    for event in batch:
-                        if not started and event.kind == "error" and event.error_code == STALE and attempt < 2:
-                            stale = True
-                            break
-                        started = True
-                        yield event
-                    if stale:
-                        break
-                else:
-                    return
+                plan: TurnPlan | TurnEvent = await lease.handle.prepare.remote(request)
+            except RayActorError:
+                lease = await self.lease(request.caller_id, request.persona, failed=lease)
+                continue
+            if isinstance(plan, TurnEvent) and plan.error_code == STALE and attempt < 2:
                 self.forget(request.caller_id, request.persona)
                 lease = await self.lease(request.caller_id, request.persona)
-            except RayActorError:
-                if started or attempt == 2:
-                    self.forget(request.caller_id, request.persona)
-                    yield TurnEvent(
-                        kind="error",
-                        text="The session restarted mid-reply; please say that again.",
-                        error_code="session_restarted",
-                        error_status=503,
-                    )
-                    return
-                lease = await self.lease(request.caller_id, request.persona, failed=lease)
+                continue
+            return lease, plan
+        unavailable = TurnEvent(
+            kind="error", text="The session is restarting; please try again.", error_code="session_restarted",
+            error_status=503,
+        )  # fmt: skip
+        return lease, unavailable
+
+    async def turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
+        """Stream a turn: the session assembles it, the model's reply streams from here, and the
+        finished turn is in the store before the stream's last event (the `done` or `error`)."""
+        lease, plan = await self._prepare(request)
+        if isinstance(plan, TurnEvent):
+            yield plan
+            return
+        loop = AgentLoop(
+            speaker=plan.persona,
+            model=self.models.for_persona(self.catalog.get(plan.persona)),
+            model_name=plan.model_name,
+            toolbox=RemoteTools(lease.handle, plan),
+            max_iterations=plan.max_iterations,
+            temperature=plan.temperature,
+            budget_guard=budget_guard(plan.allowance),
+        )
+        last: TurnEvent | None = None
+        failure: TroupeError | None = None
+        try:
+            async for event in loop.run(
+                plan.messages,
+                client_tools=request.client_tools,
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                stop=request.stop,
+            ):
+                if event.kind == "done":
+                    last = event
+                    break
+                yield event
+        except TroupeError as exc:
+            failure = exc
+        except Exception:  # never leave a caller hanging on an unexpected fault
+            log.exception("turn failed")
+            failure = TroupeError("The persona failed to answer.")
+        finally:
+            # a caller who hung up mid-reply still has their words kept
+            outcome = loop.outcome
+            result = TurnResult(
+                turn_id=plan.turn_id,
+                new_messages=tuple(outcome.new_messages),
+                delta=outcome.delta,
+                error_code=failure.code if failure else None,
+                error_text=failure.message if failure else None,
+            )
+            finishing = lease.handle.finish.remote(result)
+        try:
+            await finishing
+        except Exception:
+            log.warning("the session could not keep turn %s", plan.turn_id, exc_info=True)
+        if failure is not None:
+            yield TurnEvent(kind="error", text=failure.message, error_code=failure.code, error_status=failure.status)
+        elif last is not None:
+            yield last

@@ -50,15 +50,20 @@ async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, t
 
     await wait_for(costed)
 
-    # idle for longer than the timeout: the conversation is summarised into Tony's memory of the caller
-    async def summarised() -> Any:
+    # idle for longer than the timeout: the session ends and the conversation is summarised into
+    # Tony's memory of the caller
+    async def ended() -> Any:
         return not await runtime.orchestrator.list_sessions.remote()
 
-    await wait_for(summarised, within=30)
+    await wait_for(ended, within=30)
     store = await Store.open(runtime.settings.resolved_database_url)
     try:
-        memories = await store.recall("Tony", subject="+14155550100")
-        assert memories and memories[0].kind == "summary"
+
+        async def summarised() -> Any:
+            return await store.recall("Tony", subject="+14155550100")
+
+        memories = await wait_for(summarised, within=30)
+        assert memories[0].kind == "summary"
     finally:
         await store.close()
 

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from troupe.actors.messages import MetricsDelta, TurnEvent
+from troupe.actors.messages import Allowance, MetricsDelta, TurnEvent
 from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, ToolCall, ToolSpec, Usage
 from troupe.config.pricing import cost
+from troupe.errors import BudgetExceeded
 
 
 class ToolBox(Protocol):
@@ -41,6 +42,30 @@ class Outcome:
 
 
 BudgetGuard = Callable[[float], None]  # raises BudgetExceeded given the cost spent so far this turn
+
+
+def budget_guard(allowance: Allowance) -> BudgetGuard:
+    """Stops a piece of work before a model call that its session or persona can no longer afford."""
+
+    def guard(spent_now: float) -> None:
+        session = allowance.session_spent + spent_now
+        if allowance.session_budget > 0 and session >= allowance.session_budget:
+            raise BudgetExceeded(
+                f"This session has spent ${allowance.session_spent:.4f} of its ${allowance.session_budget:.2f} budget."
+            )
+        if allowance.persona_spent + spent_now >= allowance.persona_budget:
+            raise BudgetExceeded(
+                f"{allowance.persona} has spent ${allowance.persona_spent:.4f} of a "
+                f"${allowance.persona_budget:.2f} budget."
+            )
+
+    return guard
+
+
+def exceeded_scope(allowance: Allowance, spent_now: float) -> str:
+    """Which budget a BudgetExceeded came from: 'session' or 'persona'."""
+    session = allowance.session_spent + spent_now
+    return "session" if allowance.session_budget > 0 and session >= allowance.session_budget else "persona"
 
 
 def turn_usage(delta: MetricsDelta) -> Usage:

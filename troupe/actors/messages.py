@@ -122,6 +122,42 @@ class TurnRequest(_Frozen):
     client_tools: tuple[ToolSpec, ...] = ()
 
 
+class Allowance(_Frozen):
+    """What a piece of work may still spend: its persona's budget and, for a caller's session, the
+    session's own (0 means none)."""
+
+    persona: str
+    persona_budget: float
+    persona_spent: float = 0.0
+    session_budget: float = 0.0
+    session_spent: float = 0.0
+
+
+class TurnPlan(_Frozen):
+    """A turn assembled by the caller's session for the door to run: the prompt and history, the
+    persona's own tools (which still run in the session), and what the turn may spend."""
+
+    turn_id: str
+    persona: str
+    model_name: str
+    messages: tuple[ChatMessage, ...]
+    own_tools: tuple[ToolSpec, ...] = ()
+    temperature: float | None = None
+    max_iterations: int = 4
+    allowance: Allowance
+
+
+class TurnResult(_Frozen):
+    """What the door hands back to the session when a turn ends: the new transcript messages, what
+    they cost, and the failure, if any."""
+
+    turn_id: str
+    new_messages: tuple[ChatMessage, ...] = ()
+    delta: MetricsDelta = MetricsDelta()
+    error_code: str | None = None
+    error_text: str | None = None
+
+
 TurnEventKind = Literal["delta", "tool_calls", "done", "error"]
 
 

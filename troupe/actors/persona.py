@@ -8,9 +8,9 @@ from typing import Any
 
 import ray
 
-from troupe.actors.agent import AgentLoop, answer_once
+from troupe.actors.agent import AgentLoop, answer_once, budget_guard
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import MetricsDelta
+from troupe.actors.messages import Allowance, MetricsDelta
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.prompt import PromptContext, build_system_prompt
@@ -38,12 +38,6 @@ class PersonaActor(ActorBase):
         self.spent = spent
         await self.store()
         return await self.ping()
-
-    def _guard(self, spent_now: float) -> None:
-        if self.spent + spent_now >= self.persona.budget_usd:
-            raise BudgetExceeded(
-                f"{self.persona.name} has spent ${self.spent:.4f} of a ${self.persona.budget_usd:.2f} budget."
-            )
 
     async def _run(self, user_text: str, *, subject: str, delegation: bool, extra: str | None = None) -> str:
         store = await self.store()
@@ -74,7 +68,9 @@ class PersonaActor(ActorBase):
             toolbox=toolbox,
             max_iterations=self.settings.max_tool_iterations,
             temperature=self.persona.temperature,
-            budget_guard=self._guard,
+            budget_guard=budget_guard(
+                Allowance(persona=self.persona.name, persona_budget=self.persona.budget_usd, persona_spent=self.spent)
+            ),
         )
         try:
             outcome = await answer_once(

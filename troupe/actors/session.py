@@ -1,25 +1,27 @@
-"""The session actor: one per active caller. It holds the durable conversation, runs the persona's
-agent loop for each turn and streams the reply; metrics go to the orchestrator off the hot path."""
+"""The session actor: one per active caller. It holds the durable conversation and the persona's own
+tools. For each turn it hands the door the assembled request in one call (`prepare`); the door streams
+from the model itself and hands the finished turn back in one call (`finish`), so no chunk of a reply
+crosses an actor boundary. Metrics go to the orchestrator off the hot path."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import secrets
 from typing import Any
 
 import ray
 
-from troupe.actors.agent import AgentLoop, Outcome
+from troupe.actors.agent import exceeded_scope
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import MetricsDelta, TurnEvent, TurnRequest
+from troupe.actors.messages import Allowance, MetricsDelta, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.persona_file import PersonaCatalog, PersonaDef
 from troupe.actors.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage, ModelRequest, complete
+from troupe.chat_model import ChatMessage, ModelRequest, ToolCall, complete
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded, TroupeError
+from troupe.errors import BudgetExceeded
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,12 @@ class SessionActor(ActorBase):
         self.digest: tuple[str, ...] = ()
         self.spent = 0.0
         self.persona_spent = 0.0
+        self.tools: PersonaTools | None = None
         self.turn_lock = asyncio.Lock()
+        self._turn_id: str | None = None
+        self._open: asyncio.Future[None] | None = None
+        self._input_write: asyncio.Future[int] | None = None
+        self._prompt: tuple[tuple[Any, ...], str] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     async def warm(self) -> dict[str, Any]:
@@ -102,20 +109,46 @@ class SessionActor(ActorBase):
         runs = await store.life_runs(self.persona.name, limit=6)
         self.digest = tuple(f"{run.activity}: {run.output}" for run in runs if run.output and run.status == "completed")
 
-    def _budget_guard(self, spent_this_turn: float) -> None:
+    def _allowance(self) -> Allowance:
         assert self.persona is not None
-        if self.spent + spent_this_turn >= self.settings.session_budget_usd > 0:
-            raise BudgetExceeded(
-                f"This session has spent ${self.spent:.4f} of its ${self.settings.session_budget_usd:.2f} budget."
-            )
-        if self.persona_spent + spent_this_turn >= self.persona.budget_usd:
-            raise BudgetExceeded(
-                f"{self.persona.name} has spent ${self.persona_spent:.4f} of a ${self.persona.budget_usd:.2f} budget."
-            )
+        return Allowance(
+            persona=self.persona.name,
+            persona_budget=self.persona.budget_usd,
+            persona_spent=self.persona_spent,
+            session_budget=self.settings.session_budget_usd,
+            session_spent=self.spent,
+        )
 
-    async def turn(self, request: TurnRequest) -> AsyncIterator[list[TurnEvent]]:
-        """Stream one turn's reply as batches of events: whatever is ready together travels as one Ray
-        object (a chunk is one transfer). Ends with exactly one `done` or `error` event."""
+    def _toolbox(self, store: Any) -> PersonaTools:
+        assert self.persona is not None and self.caller_id is not None
+        if self.tools is None:
+            self.tools = PersonaTools(
+                persona=self.persona.name,
+                allowed=self.persona.tools,
+                store=store,
+                subject=self.caller_id,
+                team=self.persona.team,
+                executives=[p.name for p in self.catalog.executives()],
+                delegate=self._delegate,
+                consult=self._consult,
+            )
+        return self.tools
+
+    def _system_prompt(self, client_system: str | None) -> str:
+        """Built once per change of what goes into it (memories, life digest, the client's instructions)."""
+        assert self.persona is not None and self.caller_id is not None
+        key = (self.memories, self.digest, client_system)
+        if self._prompt is None or self._prompt[0] != key:
+            context = PromptContext(
+                caller_id=self.caller_id, memories=self.memories, life_digest=self.digest, client_system=client_system
+            )
+            self._prompt = (key, build_system_prompt(self.persona, context, self.catalog)[0])
+        return self._prompt[1]
+
+    async def prepare(self, request: TurnRequest) -> TurnPlan | TurnEvent:
+        """Open a turn: take the caller's new input into the transcript (written to the store while the
+        model thinks) and hand the door the assembled request in one reply. The door streams from the
+        model itself and closes the turn with `finish`. Turns of one caller run one at a time."""
         if (
             self.persona is None
             or self.session_id is None
@@ -123,145 +156,98 @@ class SessionActor(ActorBase):
             or request.persona.lower() != self.persona.key
         ):
             # the door held a handle to an actor since released (and perhaps given to someone else)
-            yield [TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)]
-            return
-        async with self.turn_lock:  # one turn at a time per caller keeps the transcript in order
-            queue: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
-
-            async def produce() -> None:
-                try:
-                    async for event in self._turn(request):
-                        queue.put_nowait(event)
-                finally:
-                    queue.put_nowait(None)
-
-            producer = asyncio.ensure_future(produce())
-            try:
-                finished = False
-                while not finished:
-                    batch: list[TurnEvent] = []
-                    item = await queue.get()
-                    while item is not None:
-                        batch.append(item)
-                        if queue.empty():
-                            break
-                        item = queue.get_nowait()
-                    finished = item is None
-                    if batch:
-                        yield batch
-                await producer
-            finally:
-                if not producer.done():
-                    producer.cancel()
-
-    async def _turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
-        assert self.persona is not None and self.session_id is not None and self.caller_id is not None
-        persona = self.persona
-        store = await self.store()
-        added, client_system = new_input(request.messages)
-        if added and self.transcript and self.transcript[-1] == added[-1]:
-            added = ()  # a retried request: its input is already in the transcript
-        if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
-            yield TurnEvent(
-                kind="error",
-                text="No new user message in the request.",
-                error_code="invalid_request",
-                error_status=400,
-            )
-            return
-        persisted = None
-        if added:
-            # written while the model thinks (off the time to first token), and always before the turn ends
-            persisted = asyncio.ensure_future(store.append_messages(self.session_id, added))
-            self.transcript.extend(added)
-        system, _report = build_system_prompt(
-            persona,
-            PromptContext(
-                caller_id=self.caller_id,
-                memories=self.memories,
-                life_digest=self.digest,
-                client_system=client_system,
-            ),
-            self.catalog,
-        )
-        history = transcript_window(self.transcript, self.settings.history_turns)
-        toolbox = PersonaTools(
-            persona=persona.name,
-            allowed=persona.tools,
-            store=store,
-            subject=self.caller_id,
-            team=persona.team,
-            executives=[p.name for p in self.catalog.executives()],
-            delegate=self._delegate,
-            consult=self._consult,
-        )
-        loop = AgentLoop(
-            speaker=persona.name,
-            model=self.models.for_persona(persona),
-            model_name=model_name_for(self.settings, persona),
-            toolbox=toolbox,
-            max_iterations=self.settings.max_tool_iterations,
-            temperature=persona.temperature,
-            budget_guard=self._budget_guard,
-        )
-        try:
-            async for event in loop.run(
-                (ChatMessage(role="system", content=system), *history),
-                client_tools=request.client_tools,
-                temperature=request.temperature,
-                max_tokens=request.max_tokens,
-                stop=request.stop,
-            ):
-                yield event
-        except TroupeError as exc:
-            await self._settle(persisted)
-            await self._finish(loop.outcome, failed=exc)
-            yield TurnEvent(kind="error", text=exc.message, error_code=exc.code, error_status=exc.status)
-            return
-        except Exception as exc:  # never leave a caller hanging on an unexpected fault
-            log.exception("turn failed")
-            await self._settle(persisted)
-            await self._finish(loop.outcome, failed=exc)
-            yield TurnEvent(
-                kind="error",
-                text="The persona failed to answer.",
-                error_code="internal_error",
-                error_status=500,
-            )
-            return
-        await self._settle(persisted)
-        await self._finish(loop.outcome)
-
-    @staticmethod
-    async def _settle(persisted: asyncio.Future[int] | None) -> None:
-        if persisted is not None:
-            await persisted
-
-    async def _finish(self, outcome: Outcome, failed: Exception | None = None) -> None:
-        assert self.session_id is not None and self.persona is not None
-        if outcome.new_messages:
+            return TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
+        async with self.turn_lock:
+            await self._await_open_turn()
+            persona = self.persona
             store = await self.store()
-            await store.append_messages(self.session_id, outcome.new_messages)
-            self.transcript.extend(outcome.new_messages)
-        self.spent += outcome.delta.cost_usd
-        if isinstance(failed, BudgetExceeded):
-            store = await self.store()
-            if failed.message.startswith("This session"):
-                scope, subject, limit = (
-                    "session",
-                    f"{self.persona.name}:{self.caller_id}",
-                    self.settings.session_budget_usd,
+            added, client_system = new_input(request.messages)
+            if added and self.transcript and self.transcript[-1] == added[-1]:
+                added = ()  # a retried request: its input is already in the transcript
+            if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
+                return TurnEvent(
+                    kind="error",
+                    text="No new user message in the request.",
+                    error_code="invalid_request",
+                    error_status=400,
                 )
+            if added:
+                self.transcript.extend(added)
+                self._input_write = asyncio.ensure_future(store.append_messages(self.session_id, added))
+            history = transcript_window(self.transcript, self.settings.history_turns)
+            self._turn_id = secrets.token_hex(8)
+            self._open = asyncio.get_running_loop().create_future()
+            return TurnPlan(
+                turn_id=self._turn_id,
+                persona=persona.name,
+                model_name=model_name_for(self.settings, persona),
+                messages=(ChatMessage(role="system", content=self._system_prompt(client_system)), *history),
+                own_tools=self._toolbox(store).specs(),
+                temperature=persona.temperature,
+                max_iterations=self.settings.max_tool_iterations,
+                allowance=self._allowance(),
+            )
+
+    async def _await_open_turn(self) -> None:
+        """Wait for the turn in flight to be finished; one whose door vanished is given up after a while."""
+        if self._open is None or self._open.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._open), self.settings.turn_timeout_s)
+        except TimeoutError:
+            log.warning("turn %s of %s was never finished; moving on", self._turn_id, self.process_id)
+            self._close_turn()
+
+    def _close_turn(self) -> None:
+        if self._open is not None and not self._open.done():
+            self._open.set_result(None)
+        self._open = None
+        self._turn_id = None
+
+    async def run_tool(self, turn_id: str, call: ToolCall) -> str:
+        """Run one of the persona's own tools for the turn in flight (they need the store and the company)."""
+        if turn_id != self._turn_id or self.tools is None:
+            return "Error: this turn has ended."
+        return await self.tools.run(call)
+
+    async def finish(self, result: TurnResult) -> bool:
+        """Close a turn: keep its reply in the transcript and the store, count what it cost."""
+        if result.turn_id != self._turn_id:
+            log.warning("finish for turn %s, which is not open; ignored", result.turn_id)
+            return False
+        try:
+            await self._settle_input()
+            await self._keep(result)
+        finally:
+            self._close_turn()
+        return True
+
+    async def _settle_input(self) -> None:
+        write, self._input_write = self._input_write, None
+        if write is not None:
+            await write
+
+    async def _keep(self, result: TurnResult) -> None:
+        assert self.session_id is not None and self.persona is not None
+        allowance = self._allowance()
+        if result.new_messages:
+            store = await self.store()
+            await store.append_messages(self.session_id, result.new_messages)
+            self.transcript.extend(result.new_messages)
+        self.spent += result.delta.cost_usd
+        if result.error_code == BudgetExceeded.code:
+            store = await self.store()
+            if exceeded_scope(allowance, result.delta.cost_usd) == "session":
+                scope, subject, limit = "session", f"{self.persona.name}:{self.caller_id}", allowance.session_budget
             else:
                 scope, subject, limit = "persona", self.persona.name, self.persona.budget_usd
             await store.record_budget_event(scope, subject, limit, self.spent)
-        self._report(outcome.delta, failed)
-        if any(call.name == "remember" for m in outcome.new_messages for call in m.tool_calls):
+        self._report(result.delta, result.error_text)
+        if any(call.name == "remember" for m in result.new_messages for call in m.tool_calls):
             self._spawn(self._refresh_context())
 
-    def _report(self, delta: MetricsDelta, failed: Exception | None) -> None:
-        status = "failed" if failed is not None else "running"
-        error = str(failed) if failed is not None else None
+    def _report(self, delta: MetricsDelta, error: str | None) -> None:
+        status = "failed" if error is not None else "running"
         ref = self.orchestrator.report.remote(self.process_id, delta, status=status, error=error)
         self._spawn(self._take_spend(ref))
 
@@ -288,6 +274,8 @@ class SessionActor(ActorBase):
         if self.persona is None or self.session_id is None or self.caller_id is None:
             return None
         async with self.turn_lock:
+            await self._await_open_turn()
+            await self._settle_input()
             summary = await self._summarise()
             store = await self.store()
             if summary:

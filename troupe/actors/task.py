@@ -7,16 +7,15 @@ from typing import Any
 
 import ray
 
-from troupe.actors.agent import AgentLoop, answer_once
+from troupe.actors.agent import AgentLoop, answer_once, budget_guard
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import MetricsDelta
+from troupe.actors.messages import Allowance, MetricsDelta
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.prompt import PromptContext, build_system_prompt
 from troupe.actors.tools import PersonaTools
 from troupe.chat_model import ChatMessage
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -25,12 +24,6 @@ class TaskActor(ActorBase):
         super().__init__(settings, catalog)
         self.persona = catalog.get(specialist)
         self.spent = spent
-
-    def _guard(self, spent_now: float) -> None:
-        if self.spent + spent_now >= self.persona.budget_usd:
-            raise BudgetExceeded(
-                f"{self.persona.name} has spent ${self.spent:.4f} of a ${self.persona.budget_usd:.2f} budget."
-            )
 
     async def run(self, task: str, requested_by: str) -> tuple[str, MetricsDelta]:
         store = await self.store()
@@ -50,7 +43,9 @@ class TaskActor(ActorBase):
             ),
             max_iterations=self.settings.max_tool_iterations,
             temperature=self.persona.temperature,
-            budget_guard=self._guard,
+            budget_guard=budget_guard(
+                Allowance(persona=self.persona.name, persona_budget=self.persona.budget_usd, persona_spent=self.spent)
+            ),
         )
         prompt = f"{requested_by} has delegated this task to you:\n{task}\n\nDo it and report the result concisely."
         outcome = await answer_once(

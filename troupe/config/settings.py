@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     session_pool_size: int = Field(default=2, ge=0, le=256, description="Warm session actors kept ready.")
     max_sessions: int = Field(default=64, ge=1, le=4096, description="Concurrent sessions before 'at capacity'.")
     session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    turn_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long a turn may run before its session moves on."
+    )
     session_budget_usd: float = Field(default=1.0, ge=0, description="Per-session spend cap.")
     history_turns: int = Field(default=20, ge=1, description="Messages of transcript replayed to the model.")
 
