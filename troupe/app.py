@@ -18,7 +18,7 @@ from troupe.control_panel import api
 from troupe.control_panel.access import Door
 from troupe.control_panel.limits import RateLimiter
 from troupe.errors import TroupeError
-from troupe.integrations import completions
+from troupe.integrations import completions, elevenlabs, slack, vapi
 from troupe.integrations.openai_api import error_json
 from troupe.runtime import SessionClient
 
@@ -49,6 +49,9 @@ def create_routes(gateway: Gateway) -> FastAPI:
     app = FastAPI(title="troupe", version="0.1.0", description="A company of AI personas, OpenAI-compatible.")
     app.state.gateway = gateway
     app.include_router(completions.router)
+    app.include_router(vapi.router)
+    app.include_router(elevenlabs.router)
+    app.include_router(slack.router)
     app.include_router(api.router)
 
     @app.exception_handler(TroupeError)
@@ -96,8 +99,14 @@ def serve_with_ray(runtime: Any, *, blocking: bool = True) -> None:
     """The default door: the same app as a Ray Serve deployment (what a cluster uses)."""
     from ray import serve
 
+    from troupe.runtime import direct_ingress_active
+
     settings = runtime.settings
-    serve.start(http_options={"host": settings.host, "port": settings.port}, detached=False)
+    proxy_port = settings.port
+    if direct_ingress_active(settings):
+        # the replica answers on settings.port itself; Serve's proxy still runs, one port over
+        proxy_port = settings.serve_proxy_port or settings.port + 1
+    serve.start(http_options={"host": settings.host, "port": proxy_port}, detached=False)
     door = TroupeDoor.options(  # type: ignore[attr-defined]
         name="troupe-door",
         num_replicas=1,

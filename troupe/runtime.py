@@ -39,10 +39,29 @@ def init_ray(settings: Settings) -> float:
             kwargs["address"] = settings.ray_address
         else:
             kwargs.update(include_dashboard=False, num_cpus=os.cpu_count() or 2)
+            if settings.door == "serve" and settings.serve_direct_ingress:
+                os.environ.update(serve_direct_ingress_env(settings))
         # actors on other nodes rebuild the same settings from these variables
         kwargs["runtime_env"] = {"env_vars": settings.env_for_workers()}
         ray.init(**kwargs)
     return time.perf_counter() - began
+
+
+def serve_direct_ingress_env(settings: Settings) -> dict[str, str]:
+    """Serve's throughput-optimized mode with the ingress replica bound to troupe's own port.
+
+    Serve reads these when its controller, proxy and replicas start, so they must be in the environment
+    before Ray starts (its processes inherit it)."""
+    return {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),  # exclusive bound
+    }
+
+
+def direct_ingress_active(settings: Settings) -> bool:
+    """True when this Ray was started with the direct-ingress environment for this port."""
+    return all(os.environ.get(k) == v for k, v in serve_direct_ingress_env(settings).items())
 
 
 class Runtime:

@@ -33,6 +33,7 @@ from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.session import SessionActor
 from troupe.actors.supervision import Decision, Policy, decide
 from troupe.actors.task import TaskActor
+from troupe.chat_model import ToolCall
 from troupe.config.settings import Settings
 from troupe.errors import BudgetExceeded, PersonaNotFound, SessionLimit
 from troupe.store import Store
@@ -679,6 +680,53 @@ class Orchestrator:
         finally:
             if handle is not None:
                 self._kill(handle)
+
+    async def schedule_callback(self, parent_id: str, persona: str, number: str, specialist: str, task: str) -> str:
+        """Delegate `task` now and phone `number` back with the result when it is done (VAPI create-call).
+        Answers at once: the caller need not hold the line."""
+        from troupe.actors.caller import normalise_phone
+
+        phone = normalise_phone(number)
+        if phone is None:
+            return f"Error: {number!r} is not a phone number (use E.164, like +15551234567)."
+        if self.catalog.find(specialist) is None:
+            return f"There is no specialist called {specialist!r}."
+        self._background(self._callback(parent_id, persona, phone, specialist, task))
+        return f"{specialist} is on it; {persona} will call {phone} back with the result."
+
+    async def _callback(self, parent_id: str, persona: str, phone: str, specialist: str, task: str) -> None:
+        from troupe.integrations.outbound import OutboundFailed, vapi_create_call
+
+        result = await self.spawn_task(parent_id, specialist, task)
+        pid = self._register(
+            ProcessInfo(
+                id=new_process_id(), kind="task", agent=persona, name="vapi-callback",
+                task=f"Call {phone} back: {task[:200]}", parent_id=parent_id,
+            )
+        )  # fmt: skip
+        self._set_status(pid, "running")
+        try:
+            call_id = await vapi_create_call(self.settings, phone, persona, f"Hi, it's {persona}. {result}")
+        except OutboundFailed as exc:
+            self._set_status(pid, "failed", f"callback not placed: {exc}")
+            self._emit("callback.failed", process=pid, agent=persona, error=str(exc))
+            return
+        self._set_status(pid, "completed")
+        self._emit("callback.placed", process=pid, agent=persona, call_id=call_id)
+
+    async def remember_call(self, persona: str, caller_id: str, transcript: str, source: str) -> str:
+        """A finished call or thread goes into the persona's memory of the caller: the live session's own
+        transcript when troupe served the conversation, else the platform's transcript."""
+        summary = await self.end_session(caller_id, persona)
+        if summary:
+            return summary
+        handle = await self.persona_handle(persona)
+        return await handle.remember_conversation.remote(caller_id, transcript, source)
+
+    async def run_persona_tool(self, persona: str, caller_id: str, call: ToolCall) -> str:
+        handle = await self.persona_handle(persona)
+        self._emit("tool.call", agent=persona, tool=call.name, caller_id=caller_id)
+        return await handle.run_tool.remote(caller_id, call)
 
     async def trigger(self, persona: str, activity: str) -> str:
         definition = self.catalog.get(persona)

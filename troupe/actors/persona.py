@@ -15,7 +15,7 @@ from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.prompt import PromptContext, build_system_prompt
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage
+from troupe.chat_model import ChatMessage, ToolCall
 from troupe.config.settings import Settings
 from troupe.errors import BudgetExceeded
 
@@ -104,6 +104,52 @@ class PersonaActor(ActorBase):
     async def run_activity(self, activity: str, brief: str) -> str:
         """A life-loop activity, written by the persona itself."""
         return await self._run(brief, subject=f"life:{activity}", delegation=activity == "team_check")
+
+    async def remember_conversation(self, caller_id: str, transcript: str, source: str) -> str:
+        """A conversation held elsewhere (a voice platform's call, a Slack thread), summarised by this
+        persona into its memory of the caller, so the next conversation starts knowing it."""
+        text = transcript.strip()[-12_000:]
+        if not text:
+            return ""
+        try:
+            summary = await self._run(
+                f"Summarise this conversation with {caller_id} in two or three sentences for your own memory: "
+                f"who they are, what they wanted, what you promised.\n\n{text}",
+                subject=caller_id,
+                delegation=False,
+            )
+        except Exception:
+            log.warning("summary by the model failed; keeping an extract", exc_info=True)
+            summary = ""
+        summary = summary or f"{caller_id} talked with {self.persona.name} ({source}): " + text[-400:]
+        store = await self.store()
+        await store.add_memory(self.persona.name, caller_id, summary, kind="summary", source=source)
+        return summary
+
+    async def run_tool(self, caller_id: str, call: ToolCall) -> str:
+        """One of this persona's tools run on a platform's behalf (VAPI `tool-calls`), for `caller_id`."""
+        toolbox = PersonaTools(
+            persona=self.persona.name,
+            allowed=self.persona.tools,
+            store=await self.store(),
+            subject=caller_id,
+            team=self.persona.team,
+            executives=[p.name for p in self.catalog.executives()],
+            delegate=self._delegate,
+            consult=self._consult,
+            callback=self._callback if self.settings.vapi_api_key else None,
+        )
+        if call.name not in {spec.name for spec in toolbox.specs()}:
+            return f"Error: {self.persona.name} has no tool called {call.name!r}."
+        return await toolbox.run(call)
+
+    async def _consult(self, persona: str, question: str) -> str:
+        return await self.orchestrator.ask_persona.remote(persona, question, self.persona.name, self.process_id)
+
+    async def _callback(self, number: str, specialist: str, task: str) -> str:
+        return await self.orchestrator.schedule_callback.remote(
+            self.process_id, self.persona.name, number, specialist, task
+        )
 
     async def describe(self) -> dict[str, Any]:
         return {"name": self.persona.name, "process_id": self.process_id, "spent": self.spent}

@@ -131,6 +131,7 @@ class SessionActor(ActorBase):
                 executives=[p.name for p in self.catalog.executives()],
                 delegate=self._delegate,
                 consult=self._consult,
+                callback=self._callback if self.settings.vapi_api_key else None,
             )
         return self.tools
 
@@ -268,6 +269,12 @@ class SessionActor(ActorBase):
     async def _consult(self, persona: str, question: str) -> str:
         assert self.persona is not None
         return await self.orchestrator.ask_persona.remote(persona, question, self.persona.name, self.process_id)
+
+    async def _callback(self, number: str, specialist: str, task: str) -> str:
+        assert self.persona is not None
+        return await self.orchestrator.schedule_callback.remote(
+            self.process_id, self.persona.name, number, specialist, task
+        )
 
     async def release(self) -> str | None:
         """End the conversation: summarise it into the persona's memory of this caller, then unbind."""

@@ -22,6 +22,7 @@ class MemoryStore(Protocol):
 
 Delegate = Callable[[str, str], Awaitable[str]]  # (specialist, task) -> result
 Consult = Callable[[str, str], Awaitable[str]]  # (persona, question) -> answer
+Callback = Callable[[str, str, str], Awaitable[str]]  # (phone number, specialist, task) -> acknowledgement
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -42,6 +43,7 @@ class PersonaTools:
         executives: Sequence[str] = (),
         delegate: Delegate | None = None,
         consult: Consult | None = None,
+        callback: Callback | None = None,
     ) -> None:
         self.persona = persona
         self.store = store
@@ -50,7 +52,9 @@ class PersonaTools:
         self.peers = [name for name in executives if name.lower() != persona.lower()]
         self.delegate = delegate
         self.consult = consult
-        self._specs = tuple(spec for spec in self._all_specs() if spec.name in set(allowed))
+        self.callback = callback
+        permitted = set(allowed) | ({"schedule_callback"} if "spawn_agent" in allowed else set())
+        self._specs = tuple(spec for spec in self._all_specs() if spec.name in permitted)
 
     def specs(self) -> tuple[ToolSpec, ...]:
         return self._specs
@@ -97,6 +101,22 @@ class PersonaTools:
                     ),
                 )
             )
+        if self.callback and self.delegate and self.team:
+            specs.append(
+                ToolSpec(
+                    name="schedule_callback",
+                    description="Delegate work to a specialist and have the caller phoned back with the result "
+                    "when it is done (they need not wait on the line).",
+                    parameters=_schema(
+                        {
+                            "phone_number": {"type": "string", "description": "Who to call, E.164 (+15551234567)."},
+                            "specialist": {"type": "string", "enum": self.team},
+                            "task": {"type": "string", "description": "What they should do, self-contained."},
+                        },
+                        ["phone_number", "specialist", "task"],
+                    ),
+                )
+            )
         if self.consult and self.peers:
             specs.append(
                 ToolSpec(
@@ -138,6 +158,11 @@ class PersonaTools:
             if match is None:
                 return f"Error: {specialist!r} is not on your team ({', '.join(self.team)})."
             return await self.delegate(match, str(args.get("task", "")))
+        if call.name == "schedule_callback" and self.callback and self.delegate:
+            number, specialist, task = (str(args.get(k, "")).strip() for k in ("phone_number", "specialist", "task"))
+            if not (number and specialist and task):
+                return "Error: phone_number, specialist and task are all required."
+            return await self.callback(number, specialist, task)
         if call.name == "ask_persona" and self.consult:
             target = str(args.get("persona", ""))
             match = next((name for name in self.peers if name.lower() == target.lower()), None)

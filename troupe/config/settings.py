@@ -30,6 +30,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+PLATFORM_PREFIXES = ("VAPI_", "ELEVENLABS_", "SLACK_")
+
+
+def platform_secret(prefix: str, persona: str) -> str | None:
+    """A persona's own platform credential, e.g. SLACK_BOT_TOKEN_MAYA (read at use: the set is open-ended)."""
+    return os.environ.get(f"{prefix}_{persona.upper()}") or None
+
+
 class Settings(BaseSettings):
     """All of troupe's configuration. Environment names are TROUPE_<FIELD> unless noted."""
 
@@ -86,6 +94,30 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=120, ge=0, description="Requests per caller per minute; 0 = off.")
     door: Literal["serve", "uvicorn"] = Field(default="serve", description="Ray Serve, or uvicorn in-process.")
     serve_max_ongoing_requests: int = Field(default=256, ge=1, description="Concurrent requests per Serve replica.")
+    serve_direct_ingress: bool = Field(
+        default=True,
+        description="Serve's throughput-optimized mode: the replica itself listens on --port (direct ingress) "
+        "and Serve's proxy moves to serve_proxy_port. Applies when troupe starts Ray; a joined cluster keeps its own.",
+    )
+    serve_proxy_port: int = Field(
+        default=0, ge=0, le=65535, description="Serve proxy port with direct ingress; 0 = port+1."
+    )
+    # --- voice and chat platforms (names as each platform's docs use them; secrets never logged)
+    public_url: str = Field(default="", description="troupe's URL as platforms reach it (VAPI assistant-request).")
+    vapi_secret: SecretStr | None = Field(default=None, validation_alias="VAPI_SECRET")
+    vapi_api_key: SecretStr | None = Field(default=None, validation_alias="VAPI_API_KEY")
+    vapi_base_url: str = Field(default="https://api.vapi.ai", validation_alias="VAPI_BASE_URL")
+    vapi_phone_number_id: str = Field(default="", validation_alias="VAPI_PHONE_NUMBER_ID")
+    elevenlabs_api_key: SecretStr | None = Field(default=None, validation_alias="ELEVENLABS_API_KEY")
+    elevenlabs_webhook_secret: SecretStr | None = Field(default=None, validation_alias="ELEVENLABS_WEBHOOK_SECRET")
+    elevenlabs_base_url: str = Field(default="https://api.elevenlabs.io", validation_alias="ELEVENLABS_BASE_URL")
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_api_base_url: str = Field(default="https://slack.com/api/", validation_alias="SLACK_API_BASE_URL")
+    slack_admin_users: str = Field(default="", description="Comma-separated Slack user ids allowed admin words.")
+    webhook_tolerance_s: int = Field(default=300, ge=1, description="Oldest signed webhook timestamp accepted.")
+    outbound_retries: int = Field(default=3, ge=0, le=10, description="Retries of a call to a platform that is down.")
+
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
@@ -128,6 +160,9 @@ class Settings(BaseSettings):
     def env_for_workers(self) -> dict[str, str]:
         """Variables a Ray worker on another node needs to rebuild these settings (secrets included)."""
         env = {k: v for k, v in os.environ.items() if k.startswith("TROUPE_")}
+        for name, value in os.environ.items():
+            if name.startswith(PLATFORM_PREFIXES) and name not in env:
+                env[name] = value
         for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
             if name in os.environ:
                 env[name] = os.environ[name]
