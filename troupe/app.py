@@ -36,8 +36,18 @@ class Gateway:
     known_calls: dict[str, str] = field(default_factory=dict)
     limiter: RateLimiter = field(init=False)
 
+    _store: Any = None
+
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_limit_per_minute)
+
+    async def store(self) -> Any:
+        """The door's own store handle (webhook de-duplication, reads), opened on first use."""
+        if self._store is None:
+            from troupe.store import Store
+
+            self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
+        return self._store
 
 
 def create_app(gateway: Gateway) -> Any:

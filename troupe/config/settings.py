@@ -108,6 +108,7 @@ class Settings(BaseSettings):
     vapi_api_key: SecretStr | None = Field(default=None, validation_alias="VAPI_API_KEY")
     vapi_base_url: str = Field(default="https://api.vapi.ai", validation_alias="VAPI_BASE_URL")
     vapi_phone_number_id: str = Field(default="", validation_alias="VAPI_PHONE_NUMBER_ID")
+    vapi_assistants: str = Field(default="", description="VAPI assistant ids mapped to personas: 'asst-1=Maya,...'.")
     elevenlabs_api_key: SecretStr | None = Field(default=None, validation_alias="ELEVENLABS_API_KEY")
     elevenlabs_webhook_secret: SecretStr | None = Field(default=None, validation_alias="ELEVENLABS_WEBHOOK_SECRET")
     elevenlabs_base_url: str = Field(default="https://api.elevenlabs.io", validation_alias="ELEVENLABS_BASE_URL")

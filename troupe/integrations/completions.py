@@ -12,12 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from troupe.actors.caller import resolve_caller_id
+from troupe.actors.caller import normalise_phone, resolve_caller_id
 from troupe.actors.messages import TurnEvent, TurnRequest
 from troupe.chat_model import ToolCall, Usage
 from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
 from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
+from troupe.integrations.vapi import assistant_persona, call_identity
 
 router = APIRouter()
 
@@ -63,10 +64,18 @@ def parse_request(body: Any) -> ChatCompletionRequest:
 
 
 def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[str, str]) -> str:
+    """Who is calling: VAPI's headers, else VAPI's body fields (`call.customer.number`, `call.id`), else
+    the request id or the body's `user`, else anonymous. A call id seen with a number maps to it."""
     headers = request.headers
+    extra = body.model_extra or {}
+    phone, call_id = call_identity(extra)
+    phone = headers.get("x-vapi-caller-phone") or phone
+    call_id = headers.get("x-vapi-call-id") or call_id
+    if phone and call_id and (number := normalise_phone(phone)):
+        known_calls.setdefault(resolve_caller_id(call_id=call_id), number)
     return resolve_caller_id(
-        phone=headers.get("x-vapi-caller-phone"),
-        call_id=headers.get("x-vapi-call-id"),
+        phone=phone,
+        call_id=call_id,
         request_id=headers.get("x-request-id"),
         user=body.user,
         known_calls=known_calls,
@@ -104,6 +113,9 @@ async def chat_completions(request: Request) -> Any:
     gateway = request.app.state.gateway
     body = parse_request(await read_json(request, gateway.settings.max_body_bytes))
     persona = resolve_persona(gateway, body.model)
+    if not gateway.catalog.find(body.model.strip()):
+        # a generic model name: VAPI's assistant may say which persona it stands for
+        persona = assistant_persona(gateway.settings, gateway.catalog, body.model_extra or {}) or persona
     turn = TurnRequest(
         caller_id=caller_of(request, body, gateway.known_calls),
         persona=persona,
