@@ -176,7 +176,7 @@ def test_assistant_request_points_vapi_at_troupe(door: Any) -> None:
 
 
 def test_tool_calls_run_the_personas_tools(door: Any) -> None:
-    url, runtime = door
+    url, _ = door
     answer = httpx.post(f"{url}/vapi/events", **event({
         "type": "tool-calls",
         "call": {"id": "call-tools", "customer": {"number": NUMBER}},
@@ -195,7 +195,7 @@ def test_tool_calls_run_the_personas_tools(door: Any) -> None:
 
 
 def test_schedule_callback_phones_back_with_the_result(door: Any, vapi_api: FakeVapiServer) -> None:
-    url, runtime = door
+    url, _ = door
     answer = httpx.post(f"{url}/vapi/events", **event({
         "type": "tool-calls",
         "call": {"id": "call-cb", "customer": {"number": NUMBER}},
@@ -215,7 +215,7 @@ def test_schedule_callback_phones_back_with_the_result(door: Any, vapi_api: Fake
 
 
 def test_a_vapi_that_is_down_is_retried_then_recorded_failed(door: Any, vapi_api: FakeVapiServer) -> None:
-    url, runtime = door
+    url, _ = door
     vapi_api.fail_status = 503
     httpx.post(f"{url}/vapi/events", **event({
         "type": "tool-calls", "call": {"id": "call-down", "customer": {"number": NUMBER}},
