@@ -1,4 +1,5 @@
-"""The `troupe` command: serve, chat with a persona in the terminal, show status, list personas.
+"""The `troupe` command: serve, chat with a persona in the terminal, show status, list personas, and say
+text in a persona's voice.
 
 Assembly only: every command reads Settings once, then calls into the runtime.
 """
@@ -173,6 +174,23 @@ def cmd_personas(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_say(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from troupe.actors.persona_file import load_personas
+    from troupe.integrations.elevenlabs import speak
+
+    persona = load_personas(settings.personas_dir).get(args.persona)
+    audio = asyncio.run(speak(settings, persona, args.text))
+    if args.out == "-":
+        sys.stdout.buffer.write(audio)
+        sys.stdout.buffer.flush()
+        return 0
+    out = Path(args.out or f"{persona.key}.mp3")
+    out.write_bytes(audio)
+    print(f"troupe: {persona.name} said it: {out} ({len(audio)} bytes)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="troupe", description="Run a company of AI personas on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -207,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     personas = sub.add_parser("personas", help="list personas and their validation errors")
     personas.add_argument("--personas-dir", help="directory of persona files")
     personas.set_defaults(func=cmd_personas)
+
+    say = sub.add_parser("say", help="speak text in a persona's voice (ElevenLabs; needs ELEVENLABS_API_KEY)")
+    say.add_argument("--personas-dir", help="directory of persona files")
+    say.add_argument("persona", help="persona name, e.g. maya")
+    say.add_argument("text", help="what to say")
+    say.add_argument("--out", help="MP3 file to write (default <persona>.mp3; - for standard output)")
+    say.set_defaults(func=cmd_say)
     return parser
 
 
