@@ -116,7 +116,8 @@ async def vapi_events(request: Request) -> Any:
     body = await read_json(request, settings.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object with a `message`.")
-    message = body.get("message") if isinstance(body.get("message"), dict) else body
+    inner = body.get("message")
+    message: dict[str, Any] = inner if isinstance(inner, dict) else body
     kind = message.get("type")
     if not isinstance(kind, str):
         raise InvalidRequest("message.type is missing.", param="message.type")
@@ -173,7 +174,8 @@ async def _run_tools(gateway: Any, persona: str, caller: str, message: dict[str,
         if not isinstance(raw, dict):
             continue
         call_id = str(raw.get("id", ""))
-        function = raw.get("function") if isinstance(raw.get("function"), dict) else raw
+        nested = raw.get("function")
+        function: dict[str, Any] = nested if isinstance(nested, dict) else raw
         name = str(function.get("name", ""))
         arguments = function.get("arguments", function.get("parameters", {}))
         if not isinstance(arguments, str):
