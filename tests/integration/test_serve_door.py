@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 from ray import serve
 
@@ -72,3 +77,52 @@ def test_errors_and_keys_through_serve(serve_door: str) -> None:
     assert malformed.status_code == 400
     processes: Any = httpx.get(f"{serve_door}/api/processes", params={"kind": "session"}, headers=key).json()
     assert any(p["agent"] == "Tony" and p["status"] == "running" for p in processes)
+
+
+def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
+    """`troupe serve` as an operator runs it: its own Ray, Serve's throughput-optimized mode, the replica
+    itself on --port (direct ingress) and Serve's proxy one port over; both answer."""
+    port = free_port()
+    while not _free(port + 1):
+        port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TROUPE_", "RAY_"))},
+        "TROUPE_MODEL_BACKEND": "fake",
+        "TROUPE_DATA_DIR": str(tmp_path),
+        "TROUPE_LIFE_LOOPS_ENABLED": "false",
+        "TROUPE_SESSION_POOL_SIZE": "1",
+        "TROUPE_NAMESPACE": f"troupe-cli-{os.getpid()}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        stream = client.chat.completions.create(model="maya", messages=[{"role": "user", "content": "Hi"}], stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert httpx.get(f"http://127.0.0.1:{port + 1}/health", timeout=10).status_code == 200  # Serve's proxy
+        owner = next(
+            c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port and c.pid
+        )
+        assert "ServeReplica" in " ".join(psutil.Process(owner).cmdline())  # the replica, not the proxy
+    finally:
+        proc.terminate()
+        proc.wait(90)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
