@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from troupe.actors.schedule import ACTIVITIES
 from troupe.config.settings import Settings, load_settings
 from troupe.errors import TroupeError
 
@@ -191,6 +192,35 @@ def cmd_say(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Run a life activity now on a running troupe, through its /internal/life/trigger door."""
+    import httpx
+
+    settings = _settings(args)
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    key = args.key or (settings.keys[0] if settings.keys else None)
+    params = {"activity": args.activity, **({"persona": args.persona} if args.persona else {})}
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.post(f"{url}/internal/life/trigger", params=params, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"troupe: cannot reach troupe at {url}: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code >= 400:
+        error = body.get("error") if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else error or response.text[:200]
+        print(f"troupe: {message} (HTTP {response.status_code})", file=sys.stderr)
+        return 1
+    results = body.get("results") or {body.get("persona", "?"): body.get("result", "")}
+    for persona, result in results.items():
+        print(f"{persona}: {result}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="troupe", description="Run a company of AI personas on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -232,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text", help="what to say")
     say.add_argument("--out", help="MP3 file to write (default <persona>.mp3; - for standard output)")
     say.set_defaults(func=cmd_say)
+
+    trigger = sub.add_parser("trigger", help="run a life activity now on a running troupe")
+    trigger.add_argument("activity", choices=ACTIVITIES, help="the activity to run")
+    trigger.add_argument("--persona", help="one executive (default: all of them)")
+    trigger.add_argument("--url", help="troupe's URL (default http://TROUPE_HOST:TROUPE_PORT)")
+    trigger.add_argument("--key", help="an API key (default: the first of TROUPE_API_KEYS)")
+    trigger.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the activity")
+    trigger.set_defaults(func=cmd_trigger)
     return parser
 
 

@@ -144,7 +144,47 @@ class LifeRunRow(Base):
     output: Mapped[str] = mapped_column(Text, default="")
     process_id: Mapped[str | None] = mapped_column(String(16))
     triggered_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(Stamp)
     __table_args__ = (UniqueConstraint("persona", "activity", "slot", name="uq_life_runs_slot"),)
+
+
+class ScheduleRow(Base):
+    """An operator's change to a schedule (paused, or a new cron expression); absent means the default."""
+
+    __tablename__ = "schedules"
+    persona: Mapped[str] = mapped_column(String(40), primary_key=True)
+    activity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cron_expression: Mapped[str | None] = mapped_column(String(120))
+    is_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class NewsReadRow(Base):
+    __tablename__ = "news_read"
+    persona: Mapped[str] = mapped_column(String(40), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    title: Mapped[str] = mapped_column(String(400))
+    url: Mapped[str] = mapped_column(String(1000))
+    take: Mapped[str] = mapped_column(Text, default="")
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    read_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class PostRow(Base):
+    """A persona's post and where it has been delivered: kept until every target has taken it."""
+
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(String(400))
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, blocked
+    pending_targets: Mapped[str] = mapped_column(String(64), default="")  # comma-separated: slack, webhook
+    delivered_targets: Mapped[str] = mapped_column(String(64), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    delivered_at: Mapped[datetime | None] = mapped_column(Stamp)
+    __table_args__ = (Index("ix_posts_persona_created", "persona", "created_at"),)
 
 
 class JournalRow(Base):
@@ -220,6 +260,38 @@ class LifeRunRecord(_Record):
     output: str
     process_id: str | None
     triggered_at: datetime
+    finished_at: datetime | None
+
+
+class ScheduleOverride(_Record):
+    persona: str
+    activity: str
+    cron_expression: str | None
+    is_paused: bool
+    updated_at: datetime
+
+
+class NewsReadRecord(_Record):
+    persona: str
+    item_id: str
+    title: str
+    url: str
+    take: str
+    score: float
+    read_at: datetime
+
+
+class PostRecord(_Record):
+    id: int
+    persona: str
+    text: str
+    status: str
+    pending_targets: str
+    delivered_targets: str
+    attempts: int
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None
 
 
 class JournalRecord(_Record):
@@ -555,10 +627,11 @@ class Store:
 
     # --- life loops
 
-    async def claim_life_slot(self, persona: str, activity: str, slot: datetime) -> bool:
+    async def claim_life_slot(self, persona: str, activity: str, slot: datetime, at: datetime | None = None) -> bool:
         """True for the one caller that claims this slot; the unique constraint refuses the rest."""
         async with self.sessions() as db:
-            db.add(LifeRunRow(persona=persona, activity=activity, slot=slot, status="running", output=""))
+            db.add(LifeRunRow(persona=persona, activity=activity, slot=slot, status="running", output="",
+                              triggered_at=at or _now()))  # fmt: skip
             try:
                 await db.commit()
             except IntegrityError:
@@ -567,20 +640,28 @@ class Store:
             return True
 
     async def finish_life_run(
-        self, persona: str, activity: str, slot: datetime | None, *, status: str, output: str, process_id: str | None
+        self,
+        persona: str,
+        activity: str,
+        slot: datetime | None,
+        *,
+        status: str,
+        output: str,
+        process_id: str | None,
+        at: datetime | None = None,
     ) -> None:
         async with self.sessions() as db:
             if slot is not None:
                 result = await db.execute(
                     update(LifeRunRow)
                     .where(LifeRunRow.persona == persona, LifeRunRow.activity == activity, LifeRunRow.slot == slot)
-                    .values(status=status, output=output, process_id=process_id)
+                    .values(status=status, output=output, process_id=process_id, finished_at=_now())
                 )
                 if result.rowcount:  # type: ignore[attr-defined]
                     await db.commit()
                     return
             db.add(LifeRunRow(persona=persona, activity=activity, slot=slot, status=status, output=output,
-                              process_id=process_id))  # fmt: skip
+                              process_id=process_id, triggered_at=at or _now(), finished_at=_now()))  # fmt: skip
             await db.commit()
 
     async def last_life_run(self, persona: str, activity: str) -> LifeRunRecord | None:
@@ -597,7 +678,12 @@ class Store:
             return _record(LifeRunRecord, row) if row else None
 
     async def life_runs(
-        self, persona: str | None = None, activity: str | None = None, limit: int = 50
+        self,
+        persona: str | None = None,
+        activity: str | None = None,
+        limit: int = 50,
+        *,
+        since: datetime | None = None,
     ) -> list[LifeRunRecord]:
         async with self.sessions() as db:
             query = select(LifeRunRow).order_by(LifeRunRow.triggered_at.desc(), LifeRunRow.id.desc()).limit(limit)
@@ -605,7 +691,139 @@ class Store:
                 query = query.where(LifeRunRow.persona == persona)
             if activity:
                 query = query.where(LifeRunRow.activity == activity)
+            if since is not None:
+                query = query.where(LifeRunRow.triggered_at >= since)
             return [_record(LifeRunRecord, row) for row in (await db.execute(query)).scalars()]
+
+    async def schedule_overrides(self, persona: str | None = None) -> list[ScheduleOverride]:
+        async with self.sessions() as db:
+            query = select(ScheduleRow)
+            if persona:
+                query = query.where(ScheduleRow.persona == persona)
+            return [_record(ScheduleOverride, row) for row in (await db.execute(query)).scalars()]
+
+    async def set_schedule(
+        self, persona: str, activity: str, *, cron_expression: str | None = None, is_paused: bool | None = None
+    ) -> ScheduleOverride:
+        """Change what is given; what is not keeps its stored (or default) value."""
+        async with self.sessions() as db, db.begin():
+            row = await db.get(ScheduleRow, (persona, activity))
+            if row is None:
+                row = ScheduleRow(persona=persona, activity=activity, cron_expression=None, is_paused=False)
+                db.add(row)
+            if cron_expression is not None:
+                row.cron_expression = cron_expression
+            if is_paused is not None:
+                row.is_paused = is_paused
+            row.updated_at = _now()
+            await db.flush()
+            record: ScheduleOverride = _record(ScheduleOverride, row)
+        return record
+
+    async def count_user_turns(self, persona: str, since: datetime) -> int:
+        """Messages callers sent to `persona` since a moment: how much it has talked lately."""
+        async with self.sessions() as db:
+            query = (
+                select(func.count(MessageRow.id))
+                .join(SessionRow, SessionRow.id == MessageRow.session_id)
+                .where(SessionRow.persona == persona, MessageRow.role == "user", MessageRow.created_at >= since)
+            )
+            return int((await db.execute(query)).scalar_one())
+
+    # --- news, posts
+
+    async def read_news_ids(self, persona: str) -> set[str]:
+        async with self.sessions() as db:
+            rows = await db.execute(select(NewsReadRow.item_id).where(NewsReadRow.persona == persona))
+            return set(rows.scalars())
+
+    async def mark_news_read(
+        self, persona: str, items: Sequence[tuple[str, str, str, str, float]], at: datetime | None = None
+    ) -> None:
+        """(item_id, title, url, take, score) for each item read; an item already read is left as it was."""
+        read_at = at or _now()
+        async with self.sessions() as db:
+            known = set(
+                (
+                    await db.execute(
+                        select(NewsReadRow.item_id).where(
+                            NewsReadRow.persona == persona, NewsReadRow.item_id.in_([i[0] for i in items])
+                        )
+                    )
+                ).scalars()
+            )
+            db.add_all(
+                NewsReadRow(persona=persona, item_id=i, title=t[:400], url=u[:1000], take=k, score=sc, read_at=read_at)
+                for i, t, u, k, sc in items
+                if i not in known
+            )
+            await db.commit()
+
+    async def news_read(self, persona: str, limit: int = 10) -> list[NewsReadRecord]:
+        async with self.sessions() as db:
+            query = (
+                select(NewsReadRow)
+                .where(NewsReadRow.persona == persona)
+                .order_by(NewsReadRow.read_at.desc(), NewsReadRow.score.desc())
+                .limit(limit)
+            )
+            return [_record(NewsReadRecord, row) for row in (await db.execute(query)).scalars()]
+
+    async def add_post(
+        self,
+        persona: str,
+        text: str,
+        *,
+        status: str,
+        targets: Sequence[str],
+        error: str = "",
+        at: datetime | None = None,
+    ) -> int:
+        async with self.sessions() as db:
+            row = PostRow(
+                persona=persona,
+                text=text,
+                status=status,
+                pending_targets=",".join(targets),
+                last_error=error[:400],
+                created_at=at or _now(),
+            )
+            db.add(row)
+            await db.commit()
+            return row.id
+
+    async def post_delivered(self, post_id: int, target: str) -> None:
+        async with self.sessions() as db, db.begin():
+            row = await db.get(PostRow, post_id)
+            if row is None:
+                return
+            pending = [t for t in row.pending_targets.split(",") if t and t != target]
+            row.pending_targets = ",".join(pending)
+            row.delivered_targets = ",".join(sorted({*row.delivered_targets.split(","), target} - {""}))
+            if not pending:
+                row.status, row.delivered_at, row.last_error = "delivered", _now(), ""
+
+    async def post_failed(self, post_id: int, error: str) -> None:
+        async with self.sessions() as db:
+            await db.execute(
+                update(PostRow)
+                .where(PostRow.id == post_id)
+                .values(attempts=PostRow.attempts + 1, last_error=error[:400])
+            )
+            await db.commit()
+
+    async def posts(
+        self, persona: str | None = None, *, status: str | None = None, since: datetime | None = None, limit: int = 50
+    ) -> list[PostRecord]:
+        async with self.sessions() as db:
+            query = select(PostRow).order_by(PostRow.created_at.desc(), PostRow.id.desc()).limit(limit)
+            if persona:
+                query = query.where(PostRow.persona == persona)
+            if status:
+                query = query.where(PostRow.status == status)
+            if since is not None:
+                query = query.where(PostRow.created_at >= since)
+            return [_record(PostRecord, row) for row in (await db.execute(query)).scalars()]
 
     async def append_journal(self, persona: str, day: str, text: str) -> None:
         async with self.sessions() as db:

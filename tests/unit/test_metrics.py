@@ -13,7 +13,14 @@ def test_metric_names_and_labels_are_pinned():
     metrics.COST.labels("Tony").inc(0.01)
     metrics.MODEL_ERRORS.labels("Tony", "model_unavailable").inc()
     text = metrics.render(
-        {"session_count": 3, "pool_size": 2, "processes": {("session", "running"): 3}, "restarts": {"persona": 1}}
+        {
+            "session_count": 3,
+            "pool_size": 2,
+            "processes": {("session", "running"): 3},
+            "restarts": {"persona": 1},
+            "life_runs": {("Tony", "news", "completed"): 2},
+            "life_seconds": {("Tony", "news"): 1.5},
+        }
     ).decode()
     seen: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
@@ -26,3 +33,4 @@ def test_metric_names_and_labels_are_pinned():
         assert sample in seen or name in seen, name
         assert seen.get(sample, seen.get(name)) == set(labels), name
     assert "troupe_active_sessions 3.0" in text
+    assert 'troupe_life_activity_runs{activity="news",persona="Tony",status="completed"} 2.0' in text

@@ -101,6 +101,8 @@ class Orchestrator:
         self.persona_ids: dict[str, str] = {}
         self.life_ids: dict[str, str] = {}
         self.known_calls: dict[str, str] = {}
+        self.life_counts: Counter[tuple[str, str, str]] = Counter()  # (persona, activity, status) since start
+        self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -728,13 +730,51 @@ class Orchestrator:
         self._emit("tool.call", agent=persona, tool=call.name, caller_id=caller_id)
         return await handle.run_tool.remote(caller_id, call)
 
-    async def trigger(self, persona: str, activity: str) -> str:
+    def _life_loop(self, persona: str) -> Any:
         definition = self.catalog.get(persona)
         pid = self.life_ids.get(definition.key)
         child = self.children.get(pid) if pid else None
-        if child is None:
+        if child is None or child.handle is None:
             raise PersonaNotFound(f"{definition.name} has no running life loop.")
-        return await child.handle.trigger.remote(activity)
+        return child.handle
+
+    async def trigger(self, persona: str, activity: str) -> str:
+        return await self._life_loop(persona).trigger.remote(activity)
+
+    async def schedules(self, persona: str | None = None) -> list[dict[str, Any]]:
+        names = [self.catalog.get(persona).name] if persona else [p.name for p in self.catalog.executives()]
+        found = await asyncio.gather(*(self._life_loop(n).schedules.remote() for n in names))
+        return [entry for entries in found for entry in entries]
+
+    async def update_schedule(
+        self, persona: str, activity: str, cron_expression: str | None, is_paused: bool | None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._life_loop(persona).update_schedule.remote(
+            activity, cron_expression=cron_expression, is_paused=is_paused
+        )
+        self._emit("schedule.changed", agent=result["persona"], activity=activity,
+                   cron_expression=result["cron_expression"], is_paused=result["is_paused"])  # fmt: skip
+        return result
+
+    async def life_started(self, parent_id: str, persona: str, activity: str) -> str:
+        """A life activity is a process of its own, a child of the persona's life loop."""
+        pid = self._register(
+            ProcessInfo(
+                id=new_process_id(), kind="task", agent=persona, name=f"life:{activity}",
+                task=f"{persona}'s {activity}", parent_id=parent_id,
+            )
+        )  # fmt: skip
+        self._set_status(pid, "running")
+        return pid
+
+    async def life_finished(
+        self, pid: str | None, persona: str, activity: str, status: str, error: str | None, seconds: float
+    ) -> None:
+        self.life_counts[(persona, activity, status)] += 1
+        self.life_seconds[(persona, activity)] = self.life_seconds.get((persona, activity), 0.0) + seconds
+        if pid is not None:
+            self._set_status(pid, "failed" if status == "failed" else "completed", error)
+        self._emit(f"life.{status}", agent=persona, activity=activity, process=pid, error=error)
 
     # ------------------------------------------------------------------ read side (control panel, CLI)
 
@@ -792,6 +832,8 @@ class Orchestrator:
             "spend": dict(self.spend),
             "processes": dict(Counter((p.kind, p.status) for p in self.processes.values())),
             "restarts": _restarts_by_kind(self.processes.values()),
+            "life_runs": dict(self.life_counts),
+            "life_seconds": dict(self.life_seconds),
         }
 
     async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from troupe.actors.tools import PersonaTools
 from troupe.chat_model import ChatMessage, ToolCall
 from troupe.config.settings import Settings
 from troupe.errors import BudgetExceeded
+from troupe.life.digest import life_digest
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,11 @@ class PersonaActor(ActorBase):
     async def _run(self, user_text: str, *, subject: str, delegation: bool, extra: str | None = None) -> str:
         store = await self.store()
         memories = await store.recall(self.persona.name, query=user_text, limit=6)
-        runs = await store.life_runs(self.persona.name, limit=6)
         system, _ = build_system_prompt(
             self.persona,
             PromptContext(
                 memories=tuple(m.content for m in memories),
-                life_digest=tuple(f"{r.activity}: {r.output}" for r in runs if r.output and r.status == "completed"),
+                life_digest=await life_digest(store, self.persona.name),
                 client_system=extra,
             ),
             self.catalog,

@@ -22,6 +22,7 @@ from troupe.actors.tools import PersonaTools
 from troupe.chat_model import ChatMessage, ModelRequest, ToolCall, complete
 from troupe.config.settings import Settings
 from troupe.errors import BudgetExceeded
+from troupe.life.digest import life_digest
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,7 @@ class SessionActor(ActorBase):
         store = await self.store()
         remembered = await store.recall(self.persona.name, subject=self.caller_id, limit=8)
         self.memories = tuple(entry.content for entry in remembered)
-        runs = await store.life_runs(self.persona.name, limit=6)
-        self.digest = tuple(f"{run.activity}: {run.output}" for run in runs if run.output and run.status == "completed")
+        self.digest = await life_digest(store, self.persona.name)
 
     def _allowance(self) -> Allowance:
         assert self.persona is not None

@@ -7,6 +7,8 @@ except the `openai` SDK, which reads OPENAI_API_KEY / OPENAI_BASE_URL itself exa
 from __future__ import annotations
 
 import os
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -31,6 +33,10 @@ def redact_url(url: str) -> str:
 
 
 PLATFORM_PREFIXES = ("VAPI_", "ELEVENLABS_", "SLACK_")
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def platform_secret(prefix: str, persona: str) -> str | None:
@@ -83,7 +89,35 @@ class Settings(BaseSettings):
 
     # --- life loops
     life_loops_enabled: bool = True
-    life_tick_s: float = Field(default=30.0, gt=0)
+    life_tick_s: float = Field(default=30.0, gt=0, description="How often each life loop looks for due activities.")
+    life_grace_s: float = Field(
+        default=900.0, ge=0, description="A slot missed by up to this long still runs (on start-up); older: skipped."
+    )
+    life_clock_start: datetime | None = Field(
+        default=None, description="Run life loops on a simulated clock starting here (demos, tests); unset: real."
+    )
+    life_clock_speed: float = Field(default=1.0, gt=0, description="Simulated seconds per real second.")
+    life_clock_anchor: float = Field(default_factory=time.time, description="Real time at which the clock starts.")
+    news_sources: str = Field(
+        default="https://hacker-news.firebaseio.com/v0/topstories.json",
+        description="Comma-separated RSS/Atom/JSON feeds for personas whose file names none.",
+    )
+    news_blocked_topics: str = Field(default="", description="Comma-separated topics no persona reads about.")
+    news_items: int = Field(default=3, ge=1, le=20, description="Articles a persona keeps (with its take) per run.")
+    news_timeout_s: float = Field(default=10.0, gt=0, description="Per-feed fetch timeout.")
+    goals_dir: Path | None = Field(default=None, description="Goals files (<persona>.yaml); default: the shipped ones.")
+    reflection_threshold: int = Field(
+        default=12, ge=1, description="Things lived through (turns, articles, entries) that prompt an early reflection."
+    )
+    life_slack_channel: str = Field(default="", description="Slack channel that receives personas' posts.")
+    social_webhook_url: str = Field(
+        default="", description="Social webhook for posts; each persona's key is TROUPE_SOCIAL_KEY_<PERSONA>."
+    )
+    posts_per_day: int = Field(default=3, ge=0, description="Posts one persona may publish per 24 hours.")
+    post_blocked_words: str = Field(
+        default="password,api key,secret,confidential,layoff,acquisition,lawsuit",
+        description="Comma-separated words and phrases a post may not contain (it is kept, not published).",
+    )
 
     # --- serving
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")

@@ -4,19 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 
 from troupe.actors.messages import ProcessInfo
-from troupe.actors.schedule import ACTIVITIES
+from troupe.actors.schedule import ACTIVITIES, validate
 from troupe.control_panel.metrics import render
 from troupe.errors import InvalidRequest, TroupeError
+from troupe.life import goals as goals_file
 
 router = APIRouter()
 
@@ -233,3 +237,150 @@ async def life_trigger(request: Request, activity: str | None = None, persona: s
         return {"persona": name, "activity": activity, "result": result}
     results = await asyncio.gather(*(gateway.orchestrator.trigger.remote(n, activity) for n in executives))
     return {"activity": activity, "results": dict(zip(executives, results, strict=True))}
+
+
+# ---------------------------------------------------------------------- life: schedules, journal, goals, posts
+
+
+class Unprocessable(TroupeError):
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ScheduleChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron_expression: str | None = Field(default=None, max_length=120)
+    is_paused: bool | None = None
+
+
+def _stamp(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _schedule_json(entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **entry,
+        "next_trigger_at": _stamp(entry["next_trigger_at"]),
+        "last_triggered_at": _stamp(entry["last_triggered_at"]),
+    }
+
+
+def _schedule_of(request: Request, schedule_id: str) -> tuple[str, str]:
+    """'tony.news' -> ('Tony', 'news'), or 404 naming what is unknown."""
+    key, _, activity = schedule_id.partition(".")
+    gateway = request.app.state.gateway
+    executives = {p.key: p.name for p in gateway.catalog.executives()}
+    if key not in executives or activity not in ACTIVITIES:
+        raise NotFound(
+            f"No schedule {schedule_id!r}; ids are <persona>.<activity>, e.g. 'tony.news'.", param="schedule_id"
+        )
+    return executives[key], activity
+
+
+@router.get("/api/schedules")
+async def schedules(request: Request, persona: str | None = None) -> dict[str, Any]:
+    gateway = request.app.state.gateway
+    name = gateway.catalog.get(persona).name if persona else None
+    found = await gateway.orchestrator.schedules.remote(name)
+    return {"schedules": [_schedule_json(entry) for entry in found]}
+
+
+@router.get("/api/schedules/{schedule_id}/executions")
+async def schedule_executions(request: Request, schedule_id: str, limit: int = 50) -> dict[str, Any]:
+    persona, activity = _schedule_of(request, schedule_id)
+    store = await request.app.state.gateway.store()
+    runs = await store.life_runs(persona, activity, limit=max(1, min(limit, 500)))
+    return {
+        "schedule_id": schedule_id,
+        "executions": [
+            {
+                "triggered_at": _stamp(run.triggered_at),
+                "finished_at": _stamp(run.finished_at),
+                "slot": _stamp(run.slot),
+                "status": run.status,
+                "output_summary": run.output[:500],
+                "process_id": run.process_id,
+            }
+            for run in runs
+        ],
+    }
+
+
+@router.patch("/api/schedules/{schedule_id}")
+async def change_schedule(request: Request, schedule_id: str, change: ScheduleChange) -> dict[str, Any]:
+    persona, activity = _schedule_of(request, schedule_id)
+    if change.cron_expression is None and change.is_paused is None:
+        raise Unprocessable("Nothing to change: send cron_expression and/or is_paused.", param="body")
+    if change.cron_expression is not None:
+        problem = validate(" ".join(change.cron_expression.split()))
+        if problem:
+            raise Unprocessable(f"Invalid cron_expression: {problem}", param="cron_expression")
+    result = await request.app.state.gateway.orchestrator.update_schedule.remote(
+        persona, activity, change.cron_expression, change.is_paused
+    )
+    return _schedule_json(result)
+
+
+@router.get("/api/personas/{name}/journal")
+async def journal(request: Request, name: str, date: str | None = None) -> dict[str, Any]:
+    gateway = request.app.state.gateway
+    persona = gateway.catalog.get(name)
+    if date is None:
+        date = dt.datetime.now(ZoneInfo(persona.timezone)).date().isoformat()
+    try:
+        day = dt.date.fromisoformat(date).isoformat()
+    except ValueError:
+        raise InvalidRequest(f"date must be YYYY-MM-DD, got {date!r}.", param="date") from None
+    store = await gateway.store()
+    entries = await store.journal(persona.name, day)
+    markdown = f"# {persona.name}'s journal, {day}\n\n" + "\n\n".join(e.text for e in entries) if entries else ""
+    return {
+        "persona": persona.name,
+        "date": day,
+        "entries": [{"created_at": _stamp(e.created_at), "text": e.text} for e in entries],
+        "markdown": markdown,
+    }
+
+
+@router.get("/api/personas/{name}/goals")
+async def goals(request: Request, name: str) -> dict[str, Any]:
+    gateway = request.app.state.gateway
+    persona = gateway.catalog.get(name)
+    path = goals_file.goals_path(gateway.settings.goals_dir, persona.key)
+    if not path.exists():
+        raise NotFound(f"{persona.name} has no goals file.", param="name")
+    try:
+        loaded = goals_file.load_goals(path)
+    except goals_file.GoalsFileError as exc:
+        raise Unprocessable(str(exc), param="goals") from None
+    today = dt.datetime.now(ZoneInfo(persona.timezone)).date()
+    return {"persona": persona.name, **goals_file.to_dict(loaded, goals_file.at_risk(loaded, today))}
+
+
+@router.get("/api/posts")
+async def posts(request: Request, persona: str | None = None, status: str | None = None, limit: int = 50) -> Any:
+    gateway = request.app.state.gateway
+    name = gateway.catalog.get(persona).name if persona else None
+    store = await gateway.store()
+    found = await store.posts(name, status=status, limit=max(1, min(limit, 500)))
+    return {
+        "posts": [
+            {
+                "id": p.id,
+                "persona": p.persona,
+                "text": p.text,
+                "status": p.status,
+                "delivered_to": [t for t in p.delivered_targets.split(",") if t],
+                "pending": [t for t in p.pending_targets.split(",") if t],
+                "attempts": p.attempts,
+                "last_error": p.last_error or None,
+                "created_at": _stamp(p.created_at),
+                "delivered_at": _stamp(p.delivered_at),
+            }
+            for p in found
+        ]
+    }

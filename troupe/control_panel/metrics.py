@@ -42,6 +42,18 @@ PROCESSES = Gauge(
     "troupe_processes", "Processes in the registry by kind and status", ["kind", "status"], registry=REGISTRY
 )
 RESTARTS = Gauge("troupe_process_restarts", "Restarts so far of live processes, by kind", ["kind"], registry=REGISTRY)
+LIFE_RUNS = Gauge(
+    "troupe_life_activity_runs",
+    "Life activities run since start, by persona, activity and status (completed, failed)",
+    ["persona", "activity", "status"],
+    registry=REGISTRY,
+)
+LIFE_SECONDS = Gauge(
+    "troupe_life_activity_seconds",
+    "Time spent in life activities since start, by persona and activity",
+    ["persona", "activity"],
+    registry=REGISTRY,
+)
 
 NAMES = {
     "troupe_http_requests_total": ("route", "method", "status"),
@@ -54,6 +66,8 @@ NAMES = {
     "troupe_session_pool_size": (),
     "troupe_processes": ("kind", "status"),
     "troupe_process_restarts": ("kind",),
+    "troupe_life_activity_runs": ("persona", "activity", "status"),
+    "troupe_life_activity_seconds": ("persona", "activity"),
 }
 
 
@@ -67,4 +81,10 @@ def render(snapshot: dict[str, Any]) -> bytes:
     RESTARTS.clear()
     for kind, count in snapshot.get("restarts", {}).items():
         RESTARTS.labels(kind).set(count)
+    LIFE_RUNS.clear()
+    for (persona, activity, status), count in snapshot.get("life_runs", {}).items():
+        LIFE_RUNS.labels(persona, activity, status).set(count)
+    LIFE_SECONDS.clear()
+    for (persona, activity), seconds in snapshot.get("life_seconds", {}).items():
+        LIFE_SECONDS.labels(persona, activity).set(round(seconds, 3))
     return generate_latest(REGISTRY)
