@@ -1,0 +1,1 @@
+"""What personas live through: news, goals, posts (the life loop's activities)."""
