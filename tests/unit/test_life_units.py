@@ -1,0 +1,35 @@
+"""Posts are shaped and checked before they go out; schedules read as words on the control panel."""
+
+from __future__ import annotations
+
+from troupe.actors.schedule import describe
+from troupe.life.posts import MAX_CHARS, shape, unsafe
+
+
+def test_a_long_post_keeps_whole_sentences_within_280_characters() -> None:
+    text = "Boring systems win. " * 13 + "This sentence would run past the limit and must go."
+    post = shape(text)
+    assert len(post) <= MAX_CHARS and post.endswith("win.")
+
+
+def test_a_post_without_sentence_ends_is_cut_at_a_word() -> None:
+    post = shape("word " * 100)
+    assert len(post) <= MAX_CHARS and post.endswith("word…")
+
+
+def test_markdown_and_quotes_are_removed() -> None:
+    assert shape('"**Ship** it, _today_."') == "Ship it, today."
+
+
+def test_blocked_words_match_whole_words_in_any_case() -> None:
+    blocked = ("api key", "layoff")
+    assert unsafe("Never paste your API key in chat.", blocked) == "api key"
+    assert unsafe("Layoffs are not on the table.", blocked) is None  # a different word
+    assert unsafe("We discussed the LAYOFF rumours.", blocked) == "layoff"
+
+
+def test_cron_in_words() -> None:
+    assert describe("0 6,12,18 * * *", "UTC") == "At 06:00, 12:00 and 18:00 every day (UTC)"
+    assert describe("30 9 * * 1,5", "Europe/Paris") == "At 09:30 on Monday and Friday (Europe/Paris)"
+    assert describe("0 9 1 * *", "UTC") == "At 09:00 on day 1 of the month (UTC)"
+    assert describe("*/15 * * * *", "UTC") == "Cron '*/15 * * * *' (UTC)"
