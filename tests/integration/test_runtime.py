@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import ray
@@ -190,7 +192,9 @@ async def test_a_triggered_life_activity_is_logged_and_reaches_conversations(run
     try:
         runs = await store.life_runs("Tony", "journal")
         assert [(r.status, r.output) for r in runs] == [("completed", "Hello from the fake model.")]
-        assert (await store.journal("Tony", runs[0].triggered_at.date().isoformat()))[0].text == output
+        day = runs[0].triggered_at.astimezone(ZoneInfo("America/Los_Angeles")).date().isoformat()  # Tony's day
+        entry = (await store.journal("Tony", day))[0].text
+        assert re.fullmatch(r"\*\*\d\d:\d\d\*\* Hello from the fake model\.", entry)  # stamped with his local time
     finally:
         await store.close()
     life = (await processes(runtime, kind="life_loop", agent="Tony"))[0]
