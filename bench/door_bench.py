@@ -19,17 +19,11 @@ from pathlib import Path
 
 import httpx
 
+from troupe.testing.loopback import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BODY = {"model": "tony", "stream": True, "messages": [{"role": "user", "content": "Give me a status update."}]}
-
-
-def port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(url: str, path: str = "/health", timeout: float = 120) -> None:
@@ -99,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        up = port()
+        up = free_port()
         procs.append(subprocess.Popen([PY, "-m", "troupe.testing.fake_openai", "--port", str(up), "--ttft-ms", "50",
                                        "--tokens", "20"]))  # fmt: skip
         upstream = f"http://127.0.0.1:{up}"
@@ -107,14 +101,14 @@ def main() -> None:
         base = measure(upstream + "/v1/chat/completions", args.requests)
         report("upstream (direct)", base, base)
 
-        pt = port()
+        pt = free_port()
         procs.append(subprocess.Popen([PY, str(ROOT / "bench" / "passthrough.py"), upstream + "/v1", str(pt)]))
         wait_ready(f"http://127.0.0.1:{pt}", "/docs")
         report("pass-through, uvicorn", measure(f"http://127.0.0.1:{pt}/v1/chat/completions", args.requests), base)
         procs.pop().terminate()
 
         for door in ("uvicorn", "serve"):
-            tp = port()
+            tp = free_port()
             env = {**os.environ, "OPENAI_BASE_URL": upstream + "/v1", "OPENAI_API_KEY": "bench",
                    "TROUPE_MODEL": "gpt-4o-mini", "TROUPE_RATE_LIMIT_PER_MINUTE": "0",
                    "TROUPE_SESSION_POOL_SIZE": "4", "TROUPE_LIFE_LOOPS_ENABLED": "false",
@@ -142,7 +136,7 @@ def serve_passthrough(upstream: str, base: dict[int, dict[str, float]], requests
     from passthrough import build
 
     ray.init(include_dashboard=False, log_to_driver=False)
-    sp = port()
+    sp = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": sp})
 
     def builder() -> object:  # built on the replica: an HTTP client does not pickle

@@ -9,15 +9,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from pydantic import SecretStr
 
 from troupe.actors.messages import TurnEvent
@@ -25,7 +22,8 @@ from troupe.actors.persona_file import load_personas
 from troupe.app import Gateway, create_app
 from troupe.config.settings import Settings
 from troupe.integrations.slack import sign
-from troupe.testing.fake_slack import FakeSlackServer, free_port
+from troupe.testing.fake_slack import FakeSlackServer
+from troupe.testing.loopback import serving
 
 SECRET = "bench-secret"
 
@@ -38,21 +36,6 @@ class InstantSessions:
 
     def forget(self, caller_id: str, persona: str) -> None:
         pass
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def event(n: int) -> bytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,6 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.conftest import make_settings, write_script
-from tests.integration.test_door import serving
 from troupe.app import Gateway, create_app
 from troupe.cli import main as cli_main
 from troupe.runtime import Runtime
@@ -33,6 +31,7 @@ from troupe.testing.fake_elevenlabs import (
     post_call_transcription,
     signature_header,
 )
+from troupe.testing.loopback import serving
 
 SECRET = "whsec-elevenlabs-test"
 ORIGIN = "https://app.example.com"
@@ -180,20 +179,6 @@ def test_the_llm_door_needs_the_api_key_when_keys_are_set(runtime: Any) -> None:
             "POST", f"{url}/v1/elevenlabs-llm", json=llm_body("Hi", user_id="alice"), headers=headers, timeout=30
         ) as r:
             assert r.status_code == 200
-
-
-def test_first_speakable_chunk_is_fast(door: str) -> None:
-    def median_ms(path: str) -> float:
-        body = llm_body("Quick question.", user_id="alice", user="alice")  # the same caller, and session, on both
-        times = [stream_pieces(door, body, path)[0] for _ in range(22)]
-        return statistics.median(times[2:]) * 1000
-
-    speakable, plain = median_ms("/v1/elevenlabs-llm"), median_ms("/v1/chat/completions")
-    print(
-        f"\nrequest to first content chunk, median of 20: ElevenLabs custom LLM (a whole sentence) "
-        f"{speakable:.1f} ms; plain /v1/chat/completions (first token) {plain:.1f} ms"
-    )
-    assert speakable < 2000
 
 
 # ---------------------------------------------------------------------------------------- webhook

@@ -6,8 +6,6 @@ restart, and the digest of its life reaching a conversation are checked as an op
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,18 +15,17 @@ import httpx
 import openai
 import pytest
 import ray
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tests.integration.conftest import make_settings, write_script
-from tests.integration.test_door import free_port, serving
 from tests.integration.test_runtime import wait_for
 from troupe.app import Gateway, create_app
 from troupe.store import Store
 from troupe.testing.fake_feeds import FakeFeedsServer
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
 from troupe.testing.fake_slack import FakeSlackServer
+from troupe.testing.loopback import LoopbackServer, serving
 
 PACIFIC = timedelta(hours=-8)  # Tony's zone (America/Los_Angeles) in November
 
@@ -60,8 +57,10 @@ def writes(body: dict[str, Any]) -> str:
     return "Tony here."
 
 
-class SocialWebhook:
+class SocialWebhook(LoopbackServer):
     """A social network's post webhook on loopback: records posts with their key; can be down."""
+
+    label = "social webhook"
 
     def __init__(self) -> None:
         self.received: list[tuple[str | None, dict[str, Any]]] = []
@@ -75,24 +74,11 @@ class SocialWebhook:
             self.received.append((request.headers.get("authorization"), await request.json()))
             return {"ok": True}
 
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(app)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/posts"
-
-    def __enter__(self) -> SocialWebhook:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
+        return f"{self.root}/posts"
 
 
 @pytest.fixture

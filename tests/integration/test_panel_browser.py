@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.integration.conftest import make_settings
-from tests.integration.test_door import serving
 from troupe.app import Gateway, create_app
+from troupe.testing.loopback import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

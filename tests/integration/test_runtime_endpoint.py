@@ -3,7 +3,6 @@ what the model is sent, idle summaries reaching the next call, budgets, and an e
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,13 @@ from tests.integration.conftest import make_settings
 from tests.integration.test_runtime import processes, say, text_of, wait_for
 from troupe.store import Store
 from troupe.testing.fake_openai import FakeOpenAIServer
+from troupe.testing.loopback import free_port
 
 
 @pytest.fixture
 def upstream() -> Any:
     with FakeOpenAIServer() as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_endpoint_turns_carry_the_persona_and_memory(start_runtime: Any, tmp_path: Path, upstream: Any) -> None:

@@ -19,9 +19,9 @@ import pytest
 from ray import serve
 
 from tests.integration.conftest import make_settings, write_script
-from tests.integration.test_door import free_port
 from troupe.app import serve_with_ray
 from troupe.runtime import Runtime
+from troupe.testing.loopback import free_port
 
 
 @pytest.fixture(scope="module")

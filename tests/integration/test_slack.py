@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -17,12 +16,12 @@ import pytest
 import ray
 
 from tests.integration.conftest import make_settings
-from tests.integration.test_door import serving
 from troupe.app import Gateway, create_app
 from troupe.integrations.slack import sign
 from troupe.runtime import Runtime
 from troupe.store import Store
 from troupe.testing.fake_slack import TEAM_ID, FakeSlackServer, Posted
+from troupe.testing.loopback import serving
 
 SECRET = "shared-signing-secret"
 MAYA_SECRET = "mayas-own-signing-secret"
@@ -132,9 +131,8 @@ def test_url_verification_answers_the_challenge(door: str) -> None:
 
 def test_a_mention_gets_a_threaded_reply(door: str, slack: FakeSlackServer) -> None:
     body = mention("hello there")
-    began = time.perf_counter()
     answer = post(door, body)
-    assert answer.status_code == 200 and time.perf_counter() - began < 3
+    assert answer.status_code == 200
     reply = reply_to(slack, body)
     # nobody named, #general names nobody, the router's answer names nobody: Tony, the default
     assert reply.text == "*Tony:* Tony here. You said: hello there"
@@ -322,19 +320,13 @@ def test_concurrent_messages_in_a_channel_are_queued_not_dropped(door: str, slac
     assert sorted(p.text for p in posted) == sorted(f"*Tony:* Tony here. You said: message {n}" for n in range(4))
 
 
-def test_acknowledgement_latency(door: str, slack: FakeSlackServer) -> None:
-    """Time from posting an event to its 200, while earlier events' turns run behind it."""
+def test_a_burst_in_one_thread_is_acknowledged_and_all_answered(door: str, slack: FakeSlackServer) -> None:
+    """Each event gets its 200 while earlier events' turns still run behind it; every one is answered.
+    How fast the acknowledgement is: bench/platform_latency.py."""
     thread = new_ts()
-    took = []
     for n in range(20):
-        body = mention(f"timing {n}", channel="CTIME", thread_ts=thread)
-        began = time.perf_counter()
-        answer = post(door, body)
-        took.append(time.perf_counter() - began)
+        answer = post(door, mention(f"burst {n}", channel="CTIME", thread_ts=thread))
         assert answer.status_code == 200
-    median, worst = statistics.median(took), max(took)
-    print(f"\nSlack ack latency over {len(took)} events: median {median * 1000:.1f} ms, max {worst * 1000:.1f} ms")
-    assert worst < 3.0  # Slack's deadline
     assert len(slack.fake.wait_for_posts(20, timeout_s=120)) == 20
 
 

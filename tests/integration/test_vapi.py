@@ -15,12 +15,12 @@ import httpx
 import pytest
 
 from tests.integration.conftest import make_settings
-from tests.integration.test_door import serving
 from tests.integration.test_runtime import wait_for
 from troupe.app import Gateway, create_app
 from troupe.store import Store
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
 from troupe.testing.fake_vapi import FakeVapiServer
+from troupe.testing.loopback import serving
 
 SECRET = "vapi-shared-secret"
 NUMBER = "+14155550142"
@@ -163,13 +163,11 @@ def test_events_need_the_secret(door: Any) -> None:
 
 def test_assistant_request_points_vapi_at_troupe(door: Any) -> None:
     url, _ = door
-    began = time.perf_counter()
     answer = httpx.post(f"{url}/vapi/events", **event({
         "type": "assistant-request", "call": {"id": "call-new", "customer": {"number": NUMBER}},
         "phoneNumber": {"id": "phone-1"}, "metadata": {"persona": "maya"},
     }))  # fmt: skip
-    elapsed = time.perf_counter() - began
-    assert answer.status_code == 200 and elapsed < 7.5
+    assert answer.status_code == 200
     assistant = answer.json()["assistant"]
     assert assistant["model"] == {"provider": "custom-llm", "url": "https://troupe.example.com", "model": "maya"}
     assert "Maya" in assistant["firstMessage"] and assistant["voice"]["provider"] == "11labs"

@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
-from troupe.testing.fake_openai import free_port
+from troupe.testing.loopback import LoopbackServer
 
 # the start of an MPEG audio file: an ID3 tag, then a frame header
 FAKE_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(range(64))
@@ -203,20 +203,18 @@ def post_call_transcription(
     }
 
 
-class FakeElevenLabsServer:
-    """Runs FakeElevenLabs under uvicorn on 127.0.0.1 in a background thread (a context manager)."""
+class FakeElevenLabsServer(LoopbackServer):
+    """Runs FakeElevenLabs on loopback in a background thread (a context manager)."""
+
+    label = "fake ElevenLabs server"
 
     def __init__(self, behaviour: Behaviour | None = None, port: int | None = None) -> None:
         self.fake = FakeElevenLabs(behaviour=behaviour or Behaviour())
-        self.port = port or free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.fake.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(self.fake.app(), port)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.root
 
     @property
     def api_key(self) -> str:
@@ -225,19 +223,6 @@ class FakeElevenLabsServer:
     @property
     def behaviour(self) -> Behaviour:
         return self.fake.behaviour
-
-    def __enter__(self) -> FakeElevenLabsServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake ElevenLabs server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
 
 
 def main() -> None:

@@ -4,17 +4,17 @@ sources that fail the ways real ones do (down, slow, trickling, malformed, huge)
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.middleware.base import RequestResponseEndpoint
+
+from troupe.testing.loopback import LoopbackServer
 
 RSS = """<?xml version="1.0" encoding="UTF-8"?>
 <rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/">
@@ -257,47 +257,22 @@ class FakeFeeds:
         yield b"</channel></rss>\n"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class FakeFeedsServer(LoopbackServer):
+    """Runs FakeFeeds on loopback in a background thread (a context manager)."""
 
-
-class FakeFeedsServer:
-    """Runs FakeFeeds under uvicorn on 127.0.0.1 in a background thread (a context manager)."""
+    label = "fake feeds server"
 
     def __init__(self, port: int | None = None) -> None:
         self.feeds = FakeFeeds()
-        self.port = port or free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.feeds.app(),
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                lifespan="off",
-                timeout_graceful_shutdown=1,
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(self.feeds.app(), port, timeout_graceful_shutdown=1)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.root
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
 
-    def __enter__(self) -> FakeFeedsServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake feeds server did not start")
-            time.sleep(0.02)
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.feeds.stop()
-        self.server.should_exit = True
-        self.thread.join(5)
+        super().__exit__(*exc)

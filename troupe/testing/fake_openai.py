@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,6 +18,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from troupe.testing.loopback import LoopbackServer
 
 
 @dataclass
@@ -122,26 +122,18 @@ class FakeOpenAI:
         yield b"data: [DONE]\n\n"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class FakeOpenAIServer(LoopbackServer):
+    """Runs FakeOpenAI on loopback in a background thread (a context manager)."""
 
-
-class FakeOpenAIServer:
-    """Runs FakeOpenAI under uvicorn on 127.0.0.1 in a background thread (a context manager)."""
+    label = "fake OpenAI server"
 
     def __init__(self, behaviour: Behaviour | None = None, port: int | None = None) -> None:
         self.fake = FakeOpenAI(behaviour or Behaviour())
-        self.port = port or free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.fake.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(self.fake.app(), port)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{self.root}/v1"
 
     @property
     def requests(self) -> list[dict[str, Any]]:
@@ -150,19 +142,6 @@ class FakeOpenAIServer:
     @property
     def behaviour(self) -> Behaviour:
         return self.fake.behaviour
-
-    def __enter__(self) -> FakeOpenAIServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake OpenAI server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
 
 
 def main() -> None:

@@ -5,16 +5,16 @@ of every message posted. Point a client at it with base_url=f"{server.base_url}/
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from troupe.testing.loopback import LoopbackServer
 
 BOT_USER_ID = "U0TROUPE"
 BOT_ID = "B0TROUPE"
@@ -169,37 +169,16 @@ def _token(request: Request, args: dict[str, Any]) -> str:
     return str(args.get("token") or "")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class FakeSlackServer(LoopbackServer):
+    """Runs FakeSlack on loopback in a background thread (a context manager)."""
 
-
-class FakeSlackServer:
-    """Runs FakeSlack under uvicorn on 127.0.0.1 in a background thread (a context manager)."""
+    label = "fake Slack server"
 
     def __init__(self, port: int | None = None) -> None:
         self.fake = FakeSlack()
-        self.port = port or free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.fake.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        super().__init__(self.fake.app(), port)
 
     @property
     def base_url(self) -> str:
         """What SLACK_API_BASE_URL should be (slack_sdk appends the method name)."""
-        return f"http://127.0.0.1:{self.port}/api/"
-
-    def __enter__(self) -> FakeSlackServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake Slack server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
+        return f"{self.root}/api/"
