@@ -1,6 +1,6 @@
 """How long the Slack door takes to acknowledge a signed event (Slack's deadline is 3 s), without Ray:
 the door under uvicorn on loopback, a stand-in session client, replies posted to the fake Slack server.
-Run: .venv/bin/python bench/slack_ack.py [--events 40]. tests/integration/test_slack.py measures it
+Run: .venv/bin/python bench/slack_ack.py [--events 40]. bench/platform_latency.py measures it
 with a running troupe behind the door."""
 
 from __future__ import annotations

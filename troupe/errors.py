@@ -31,6 +31,14 @@ class ConfigError(TroupeError):
     code = "configuration_error"
 
 
+class NotConfigured(TroupeError):
+    """A platform route is called while its credentials are not configured."""
+
+    status = 503
+    type = "server_error"
+    code = "not_configured"
+
+
 class PersonaNotFound(TroupeError):
     status = 404
     type = "invalid_request_error"

@@ -186,6 +186,18 @@ def _layers(body: str, source: str) -> tuple[Layer, ...]:
     )
 
 
+def field_problems(exc: ValidationError, source: str, top: str) -> str:
+    """One `<file>: <field.path>: <problem>` line per problem pydantic found (`top` names the whole)."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or top
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (a typo?)"
+        problems.append(f"{source}: {field}: {message}")
+    return "\n".join(problems)
+
+
 def parse_persona(path: Path) -> PersonaDef:
     source = str(path)
     try:
@@ -197,14 +209,7 @@ def parse_persona(path: Path) -> PersonaDef:
     try:
         persona = PersonaDef(**data, layers=layers, source=source)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "front matter"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown field (a typo?)"
-            problems.append(f"{source}: {field}: {message}")
-        raise PersonaFileError("\n".join(problems)) from None
+        raise PersonaFileError(field_problems(exc, source, "front matter")) from None
     if persona.layers_tokens > persona.token_budget:
         raise PersonaFileError(
             f"{source}: layers: {persona.layers_tokens} estimated tokens exceed token_budget {persona.token_budget}"

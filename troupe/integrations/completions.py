@@ -107,6 +107,25 @@ REQUEST_BODY = {
 }
 
 
+def turn_of(body: ChatCompletionRequest, caller_id: str, persona: str, max_chars: int) -> TurnRequest:
+    """The turn a completions request asks for; a message longer than `max_chars` is refused (400)."""
+    turn = TurnRequest(
+        caller_id=caller_id,
+        persona=persona,
+        messages=tuple(m.to_chat() for m in body.messages),
+        temperature=body.temperature,
+        max_tokens=body.token_limit(),
+        stop=body.stops(),
+        client_tools=body.client_tools(),
+    )
+    for message in turn.messages:
+        if message.content and len(message.content) > max_chars:
+            raise InvalidRequest(
+                f"A message is {len(message.content)} characters; the limit is {max_chars}.", param="messages"
+            )
+    return turn
+
+
 @router.post("/chat/completions", openapi_extra=REQUEST_BODY)
 @router.post("/v1/chat/completions", openapi_extra=REQUEST_BODY)
 async def chat_completions(request: Request) -> Any:
@@ -116,21 +135,7 @@ async def chat_completions(request: Request) -> Any:
     if not gateway.catalog.find(body.model.strip()):
         # a generic model name: VAPI's assistant may say which persona it stands for
         persona = assistant_persona(gateway.settings, gateway.catalog, body.model_extra or {}) or persona
-    turn = TurnRequest(
-        caller_id=caller_of(request, body, gateway.known_calls),
-        persona=persona,
-        messages=tuple(m.to_chat() for m in body.messages),
-        temperature=body.temperature,
-        max_tokens=body.token_limit(),
-        stop=body.stops(),
-        client_tools=body.client_tools(),
-    )
-    for message in turn.messages:
-        if message.content and len(message.content) > gateway.settings.max_message_chars:
-            raise InvalidRequest(
-                f"A message is {len(message.content)} characters; the limit is {gateway.settings.max_message_chars}.",
-                param="messages",
-            )
+    turn = turn_of(body, caller_of(request, body, gateway.known_calls), persona, gateway.settings.max_message_chars)
     gateway.limiter.check(turn.caller_id)
     model_name = body.model or persona.lower()
     began = time.perf_counter()

@@ -22,9 +22,9 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
 from troupe.actors.caller import normalise_phone, resolve_caller_id
-from troupe.actors.messages import TurnEvent, TurnRequest
+from troupe.actors.messages import TurnEvent
 from troupe.config.settings import Settings, platform_secret
-from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
+from troupe.errors import InvalidRequest, NotConfigured, PersonaNotFound, TroupeError
 from troupe.integrations.completions import (
     REQUEST_BODY,
     BodyTooLarge,
@@ -35,6 +35,7 @@ from troupe.integrations.completions import (
     parse_request,
     read_json,
     resolve_persona,
+    turn_of,
 )
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter
 from troupe.integrations.speakable import speakable
@@ -55,12 +56,6 @@ CLIENT_MESSAGES = {"user_message", "user_activity", "contextual_update", "client
 PASSED_CLOSE_CODES = {1000, 1001, 1008, 1011, 1013}
 
 _background: set[asyncio.Task[Any]] = set()
-
-
-class NotConfigured(TroupeError):
-    status = 503
-    type = "server_error"
-    code = "not_configured"
 
 
 class BadSignature(TroupeError):
@@ -150,21 +145,8 @@ async def elevenlabs_llm(request: Request) -> Any:
     extra = _extra_body(body)
     persona = _llm_persona(gateway, body, extra)
     top = {"user_id": (body.model_extra or {}).get("user_id"), "caller_id": body.user}
-    turn = TurnRequest(
-        caller_id=caller_from((extra, top), known_calls=gateway.known_calls),
-        persona=persona,
-        messages=tuple(m.to_chat() for m in body.messages),
-        temperature=body.temperature,
-        max_tokens=body.token_limit(),
-        stop=body.stops(),
-        client_tools=body.client_tools(),
-    )
-    for message in turn.messages:
-        if message.content and len(message.content) > settings.max_message_chars:
-            raise InvalidRequest(
-                f"A message is {len(message.content)} characters; the limit is {settings.max_message_chars}.",
-                param="messages",
-            )
+    caller_id = caller_from((extra, top), known_calls=gateway.known_calls)
+    turn = turn_of(body, caller_id, persona, settings.max_message_chars)
     gateway.limiter.check(turn.caller_id)
     model_name = body.model or persona.lower()
     events = _observed(gateway.client.turn(turn), persona, time.perf_counter()).__aiter__()

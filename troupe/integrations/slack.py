@@ -29,6 +29,7 @@ from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, complete
 from troupe.config.settings import Settings, platform_secret
 from troupe.errors import TroupeError
 from troupe.integrations.openai_api import error_json
+from troupe.integrations.outbound import OutboundFailed
 from troupe.integrations.turns import addressed_persona, reply_text, user_turn
 from troupe.store import Store
 
@@ -430,18 +431,26 @@ class SlackDoor:
 # session_idle_timeout_s with summarise=True. Only `clear` ends a thread's session early.
 
 
-async def post_reply(client: AsyncWebClient, channel: str, thread_ts: str, text: str, *, retries: int) -> bool:
-    """chat.postMessage in the thread, retried with backoff while Slack is down; logged, never raised."""
+async def send(client: AsyncWebClient, *, retries: int, **message: Any) -> None:
+    """chat.postMessage, retried with backoff while Slack is down; OutboundFailed says why it gave up."""
     for attempt in range(retries + 1):
         try:
-            await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text[:MAX_POST_CHARS])
-            return True
+            await client.chat_postMessage(**message)
+            return
         except Exception as exc:
             if not retryable(exc) or attempt == retries:
-                log.error("Slack reply to %s failed after %d attempt(s): %s", channel, attempt + 1, _reason(exc))
-                return False
+                raise OutboundFailed(f"failed after {attempt + 1} attempt(s): {_reason(exc)}") from None
             await asyncio.sleep(retry_after(exc, attempt))
-    return False
+
+
+async def post_reply(client: AsyncWebClient, channel: str, thread_ts: str, text: str, *, retries: int) -> bool:
+    """chat.postMessage in the thread, retried with backoff while Slack is down; logged, never raised."""
+    try:
+        await send(client, retries=retries, channel=channel, thread_ts=thread_ts, text=text[:MAX_POST_CHARS])
+    except OutboundFailed as exc:
+        log.error("Slack reply to %s %s", channel, exc)
+        return False
+    return True
 
 
 def _reason(exc: Exception) -> str:

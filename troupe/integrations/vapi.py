@@ -18,18 +18,12 @@ from fastapi import APIRouter, Request
 from troupe.actors.caller import normalise_phone, resolve_caller_id
 from troupe.chat_model import ToolCall
 from troupe.config.settings import Settings
-from troupe.errors import InvalidRequest, TroupeError
+from troupe.errors import InvalidRequest, NotConfigured, TroupeError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 _background: set[asyncio.Task[Any]] = set()
-
-
-class NotConfigured(TroupeError):
-    status = 503
-    type = "server_error"
-    code = "not_configured"
 
 
 class BadSecret(TroupeError):

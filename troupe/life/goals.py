@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from troupe.actors.persona_file import field_problems
 from troupe.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "goals"
@@ -127,14 +128,7 @@ def load_goals(path: Path) -> Goals:
     try:
         return Goals(**{str(key): value for key, value in data.items()})
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "top level"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown field (a typo?)"
-            problems.append(f"{source}: {field}: {message}")
-        raise GoalsFileError("\n".join(problems)) from None
+        raise GoalsFileError(field_problems(exc, source, "top level")) from None
 
 
 @dataclass(frozen=True)

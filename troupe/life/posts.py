@@ -4,10 +4,8 @@ the store and retried on the next tick of the life loop, so a post is never lost
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime
-from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -62,22 +60,14 @@ async def deliver(settings: Settings, persona: str, text: str, target: str, crea
 
 
 async def _to_slack(settings: Settings, persona: str, text: str) -> None:
-    from troupe.integrations.slack import _reason, retry_after, retryable
+    from troupe.integrations.slack import send
 
     assert settings.slack_bot_token is not None
     token = platform_secret("SLACK_BOT_TOKEN", persona) or settings.slack_bot_token.get_secret_value()
     client = AsyncWebClient(token=token, base_url=settings.slack_api_base_url, timeout=10, retry_handlers=[])
-    last: Any = None
-    for attempt in range(settings.outbound_retries + 1):
-        try:
-            await client.chat_postMessage(channel=settings.life_slack_channel, text=text, username=persona)
-            return
-        except Exception as exc:
-            last = exc
-            if not retryable(exc) or attempt == settings.outbound_retries:
-                break
-            await asyncio.sleep(retry_after(exc, attempt))
-    raise OutboundFailed(f"Slack did not take the post: {_reason(last)}")
+    await send(
+        client, retries=settings.outbound_retries, channel=settings.life_slack_channel, text=text, username=persona
+    )
 
 
 def blocked_words(settings: Settings) -> tuple[str, ...]:
