@@ -92,6 +92,7 @@ class Runtime:
             ray.get(orchestrator.start.remote())
         except Exception as exc:
             ray.kill(orchestrator, no_restart=True)
+            _wait_until_gone(ORCHESTRATOR_NAME, settings.namespace)
             raise _unwrap(exc) from None
         return cls(settings, catalog, orchestrator)
 
@@ -111,9 +112,23 @@ class Runtime:
         except Exception:
             log.warning("orchestrator shutdown was not clean", exc_info=True)
         ray.kill(self.orchestrator, no_restart=True)
+        _wait_until_gone(ORCHESTRATOR_NAME, self.settings.namespace)
 
     def client(self) -> SessionClient:
         return SessionClient(self.orchestrator, self.settings, self.catalog)
+
+
+def _wait_until_gone(name: str, namespace: str, within: float = 10.0) -> None:
+    """Ray frees a killed actor's name a moment after `ray.kill`; wait for it, so a start that failed
+    leaves nothing behind that a retry would mistake for a running troupe."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.05)
+    log.warning("actor %s was killed but its name is still registered", name)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -427,7 +427,9 @@ async def _relay(client: WebSocket, upstream: Any) -> None:
                     continue
                 if isinstance(event, dict) and event.get("type") == "ping":
                     ping = _dict(event.get("ping_event"))
-                    await upstream.send(json.dumps({"type": "pong", "event_id": ping.get("event_id")}))
+                    # ElevenLabs may already be closing: what it said before that still reaches the caller
+                    with contextlib.suppress(ConnectionClosed):
+                        await upstream.send(json.dumps({"type": "pong", "event_id": ping.get("event_id")}))
                     continue
                 await client.send_text(text)
 
@@ -435,6 +437,9 @@ async def _relay(client: WebSocket, upstream: Any) -> None:
     outbound = asyncio.ensure_future(from_upstream())
     try:
         done, _ = await asyncio.wait({inbound, outbound}, return_when=asyncio.FIRST_COMPLETED)
+        if inbound in done and isinstance(inbound.exception(), ConnectionClosed):
+            # ElevenLabs closed while the caller spoke: relay what it sent before closing, then end
+            done, _ = await asyncio.wait({outbound}, timeout=5)
     finally:
         for task in (inbound, outbound):
             task.cancel()
