@@ -1,6 +1,8 @@
 """The door's cost: streaming clients at concurrency 1 and 16 against an upstream with a fixed time to
 first token (50 ms, 20 tokens), directly, through do-nothing pass-throughs (uvicorn, Ray Serve), and
-through troupe (uvicorn door, Ray Serve door). Prints added ms (p50, p99) and streams/s vs upstream.
+through troupe (uvicorn door, Ray Serve door). Prints added ms (p50, p99) and streams/s vs upstream,
+and for troupe at concurrency 16 the CPU each stream cost, by process role (door, session actors,
+orchestrator, upstream, client), which says what dominates on a CPU-bound machine.
 
 Run: .venv/bin/python bench/door_bench.py [--requests 96]
 """
@@ -50,11 +52,47 @@ async def one(client: httpx.AsyncClient, url: str, caller: str) -> tuple[float, 
     return (first or end) - began, end - began
 
 
-async def load(url: str, concurrency: int, requests: int) -> dict[str, float]:
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by each process on this machine, keyed by pid, with its role."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[str, float] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        seen[f"{pid} {role(name, command)}"] = (int(fields[11]) + int(fields[12])) / tick
+    return seen
+
+
+def role(name: str, command: str) -> str:
+    for key, label in (("ServeRepli", "door (Serve replica)"), ("troupe.cli", "door (troupe process)"),
+                       ("SessionAct", "session actors"), ("Orchestrat", "orchestrator"), ("ray::", "other actors"),
+                       ("fake_openai", "upstream"), ("door_bench", "client"), ("raylet", "ray system"),
+                       ("gcs_server", "ray system")):  # fmt: skip
+        if key in name or key in command:
+            return label
+    return "other"
+
+
+def cpu_by_role(before: dict[str, float], after: dict[str, float], streams: int) -> dict[str, float]:
+    """Milliseconds of CPU per stream by role, between two cpu_seconds() readings."""
+    spent: dict[str, float] = {}
+    for key, seconds in after.items():
+        label = key.split(" ", 1)[1]
+        spent[label] = spent.get(label, 0.0) + (seconds - before.get(key, 0.0)) * 1000 / streams
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
+async def load(url: str, concurrency: int, requests: int, settle: float = 0.0) -> dict[str, float]:
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        # warm-up: every worker's session exists and connections are open
+        # warm-up: every worker's session exists and connections are open; then the warm pool refills
         await asyncio.gather(*(one(client, url, f"bench-{w}") for w in range(concurrency)))
+        await asyncio.sleep(settle)
+        cpu_before = cpu_seconds()
         results: list[tuple[float, float]] = []
 
         async def worker(w: int) -> None:
@@ -67,6 +105,7 @@ async def load(url: str, concurrency: int, requests: int) -> dict[str, float]:
     ttft = sorted(r[0] for r in results)
     total = sorted(r[1] for r in results)
     return {
+        **{f"cpu {k}": v for k, v in cpu_by_role(cpu_before, cpu_seconds(), len(results)).items()},
         "ttft_p50": statistics.median(ttft) * 1000,
         "ttft_p99": ttft[min(len(ttft) - 1, int(len(ttft) * 0.99))] * 1000,
         "total_p50": statistics.median(total) * 1000,
@@ -81,10 +120,13 @@ def report(name: str, figures: dict[int, dict[str, float]], base: dict[int, dict
               f"p99 {f['ttft_p99']:6.1f} ms (+{f['ttft_p99'] - b['ttft_p99']:5.1f})  "
               f"total p50 {f['total_p50']:6.1f} ms  {f['rate']:6.1f} streams/s ({f['rate'] / b['rate']:.2f}x)",
               flush=True)  # fmt: skip
+    if "troupe" in name and 16 in figures:
+        spent = {k[4:]: v for k, v in figures[16].items() if k.startswith("cpu ") and v >= 0.05}
+        print(f"{'':28} c=16  CPU ms per stream: " + ", ".join(f"{k} {v:.1f}" for k, v in spent.items()), flush=True)
 
 
-def measure(url: str, requests: int) -> dict[int, dict[str, float]]:
-    return {c: asyncio.run(load(url, c, requests if c > 1 else max(20, requests // 4))) for c in (1, 16)}
+def measure(url: str, requests: int, settle: float = 0.0) -> dict[int, dict[str, float]]:
+    return {c: asyncio.run(load(url, c, requests if c > 1 else max(20, requests // 4), settle)) for c in (1, 16)}
 
 
 def main() -> None:
@@ -117,7 +159,8 @@ def main() -> None:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             procs.append(proc)
             wait_ready(f"http://127.0.0.1:{tp}")
-            report(f"troupe, {door} door", measure(f"http://127.0.0.1:{tp}/v1/chat/completions", args.requests), base)
+            figures = measure(f"http://127.0.0.1:{tp}/v1/chat/completions", args.requests, settle=5.0)
+            report(f"troupe, {door} door", figures, base)
             proc.terminate()
             proc.wait(60)
             procs.pop()

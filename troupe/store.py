@@ -26,8 +26,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     event,
     func,
+    insert,
     select,
     update,
 )
@@ -324,17 +326,18 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
-def _message_row(session_id: str, seq: int, message: ChatMessage) -> MessageRow:
+def _message_values(session_id: str, seq: int, message: ChatMessage, at: datetime) -> dict[str, Any]:
     calls = json.dumps([c.model_dump() for c in message.tool_calls]) if message.tool_calls else None
-    return MessageRow(
-        session_id=session_id,
-        seq=seq,
-        role=message.role,
-        content=message.content,
-        name=message.name,
-        tool_calls=calls,
-        tool_call_id=message.tool_call_id,
-    )
+    return {
+        "session_id": session_id,
+        "seq": seq,
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "tool_calls": calls,
+        "tool_call_id": message.tool_call_id,
+        "created_at": at,
+    }
 
 
 def _chat(row: MessageRow) -> ChatMessage:
@@ -407,7 +410,8 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # a PostgreSQL connection can die with its server; a SQLite file cannot, so it skips the ping
+        kwargs: dict[str, Any] = {"pool_pre_ping": not url.startswith("sqlite")}
         if url.startswith("sqlite"):
             path = url.split(":///", 1)[-1]
             if path and path != ":memory:":
@@ -506,29 +510,33 @@ class Store:
             await db.commit()
 
     async def append_messages(self, session_id: str, messages: Sequence[ChatMessage]) -> int:
-        """Append in order; sequence numbers are claimed atomically on the session row."""
+        """Append in order; sequence numbers are claimed atomically on the session row.
+
+        This runs twice on every caller turn, so it is plain SQL (two statements, one transaction) rather
+        than the ORM's unit of work, which costs several times the CPU."""
         if not messages:
             return -1
+        claim = (
+            update(SessionRow)
+            .where(SessionRow.id == session_id)
+            .values(
+                next_seq=SessionRow.next_seq + len(messages),
+                last_active_at=bindparam("now"),
+                turns=SessionRow.turns + sum(1 for m in messages if m.role == "user"),
+            )
+            .returning(SessionRow.next_seq)
+        )
         for attempt in range(20):
             try:
-                async with self.sessions() as db, db.begin():
+                now = _now()
+                async with self.engine.begin() as conn:
                     # claiming the range with one UPDATE serialises concurrent writers on both databases
-                    claimed = (
-                        await db.execute(
-                            update(SessionRow)
-                            .where(SessionRow.id == session_id)
-                            .values(
-                                next_seq=SessionRow.next_seq + len(messages),
-                                last_active_at=_now(),
-                                turns=SessionRow.turns + sum(1 for m in messages if m.role == "user"),
-                            )
-                            .returning(SessionRow.next_seq)
-                        )
-                    ).scalar_one_or_none()
+                    claimed = (await conn.execute(claim, {"now": now})).scalar_one_or_none()
                     if claimed is None:
                         raise StoreUnavailable(f"no session {session_id}")
                     first = claimed - len(messages)
-                    db.add_all(_message_row(session_id, first + i, m) for i, m in enumerate(messages))
+                    rows = [_message_values(session_id, first + i, m, now) for i, m in enumerate(messages)]
+                    await conn.execute(insert(MessageRow), rows)
                 return claimed - 1
             except OperationalError:
                 if attempt == 19:
