@@ -460,7 +460,7 @@ class Orchestrator:
         self.pool.append((pid, handle))
 
     async def _take_session_actor(self) -> tuple[str, Any]:
-        while self.pool:
+        if self.pool:
             pid, handle = self.pool.popleft()
             self._background(self._refill_later())
             return pid, handle

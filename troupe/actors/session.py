@@ -27,6 +27,7 @@ from troupe.life.digest import life_digest
 log = logging.getLogger(__name__)
 
 STALE = "stale_session"
+REPORT_EVERY_S = 0.5  # how stale a busy session's metrics on the control panel may be
 
 
 def new_input(messages: tuple[ChatMessage, ...]) -> tuple[tuple[ChatMessage, ...], str | None]:
@@ -73,6 +74,11 @@ class SessionActor(ActorBase):
         self._input_write: asyncio.Future[int] | None = None
         self._prompt: tuple[tuple[Any, ...], str] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # metrics not yet reported to the orchestrator, and what it was last told
+        self._unreported = MetricsDelta()
+        self._unreported_error: str | None = None
+        self._reported_status: str | None = None
+        self._report_due: asyncio.Task[Any] | None = None
 
     async def warm(self) -> dict[str, Any]:
         """Connect to the store and import what a turn needs before any caller is waiting on us."""
@@ -248,11 +254,32 @@ class SessionActor(ActorBase):
             self._spawn(self._refresh_context())
 
     def _report(self, delta: MetricsDelta, error: str | None) -> None:
+        """Tell the orchestrator what a turn cost. A change of status (a failure, a recovery, the first
+        turn) goes at once; otherwise turns are summed and sent at most every REPORT_EVERY_S, so a busy
+        caller costs the orchestrator one call per interval instead of one per turn."""
+        self._unreported = self._unreported.plus(delta)
+        self._unreported_error = error
         status = "failed" if error is not None else "running"
-        ref = self.orchestrator.report.remote(self.process_id, delta, status=status, error=error)
-        self._spawn(self._take_spend(ref))
+        if status != self._reported_status:
+            self._spawn(self._send_report())
+        elif self._report_due is None:
+            self._report_due = asyncio.ensure_future(self._report_later())
+            self._background.add(self._report_due)
+            self._report_due.add_done_callback(self._background.discard)
 
-    async def _take_spend(self, ref: Any) -> None:
+    async def _report_later(self) -> None:
+        await asyncio.sleep(REPORT_EVERY_S)
+        self._report_due = None
+        await self._send_report()
+
+    async def _send_report(self) -> None:
+        delta, error = self._unreported, self._unreported_error
+        if self.process_id is None or (delta == MetricsDelta() and self._reported_status is not None):
+            return
+        self._unreported, self._unreported_error = MetricsDelta(), None
+        status = "failed" if error is not None else "running"
+        self._reported_status = status
+        ref = self.orchestrator.report.remote(self.process_id, delta, status=status, error=error)
         try:
             self.persona_spent = await ref
         except Exception:  # the orchestrator restarting must not break a caller's turn
@@ -288,6 +315,7 @@ class SessionActor(ActorBase):
             if summary:
                 await store.add_memory(self.persona.name, self.caller_id, summary, kind="summary", source="session")
             await store.end_session(self.session_id, summary)
+            await self._send_report()
             self._reset()
             return summary
 
