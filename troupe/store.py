@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -329,6 +330,20 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
+# the two statements of every turn, built once (building and keying a statement costs more than running it)
+_CLAIM = (
+    update(SessionRow)
+    .where(SessionRow.id == bindparam("sid"))
+    .values(
+        next_seq=SessionRow.next_seq + bindparam("n"),
+        last_active_at=bindparam("now"),
+        turns=SessionRow.turns + bindparam("users"),
+    )
+    .returning(SessionRow.next_seq)
+)
+_INSERT = insert(MessageRow)
+
+
 def _message_values(session_id: str, seq: int, message: ChatMessage, at: datetime) -> dict[str, Any]:
     calls = json.dumps([c.model_dump() for c in message.tool_calls]) if message.tool_calls else None
     return {
@@ -347,21 +362,12 @@ def _append(conn: Connection, session_id: str, messages: Sequence[ChatMessage]) 
     """Claim the next sequence numbers on the session row (one UPDATE, which serialises concurrent
     writers on both databases) and insert the messages; returns the last sequence number."""
     now = _now()
-    claim = (
-        update(SessionRow)
-        .where(SessionRow.id == session_id)
-        .values(
-            next_seq=SessionRow.next_seq + len(messages),
-            last_active_at=now,
-            turns=SessionRow.turns + sum(1 for m in messages if m.role == "user"),
-        )
-        .returning(SessionRow.next_seq)
-    )
-    claimed = conn.execute(claim).scalar_one_or_none()
+    users = sum(1 for m in messages if m.role == "user")
+    claimed = conn.execute(_CLAIM, {"sid": session_id, "n": len(messages), "users": users, "now": now}).scalar()
     if claimed is None:
         raise StoreUnavailable(f"no session {session_id}")
     first = claimed - len(messages)
-    conn.execute(insert(MessageRow), [_message_values(session_id, first + i, m, now) for i, m in enumerate(messages)])
+    conn.execute(_INSERT, [_message_values(session_id, first + i, m, now) for i, m in enumerate(messages)])
     return int(claimed) - 1
 
 
