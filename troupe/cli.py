@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"troupe: serving on http://{settings.host}:{settings.port} ({settings.door} door)", flush=True)
     from troupe.app import serve_uvicorn, serve_with_ray
 
+    # a service manager stops troupe with SIGTERM: stop as on Ctrl-C (sessions summarised, registry kept)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if settings.door == "uvicorn":
             serve_uvicorn(runtime)
@@ -76,6 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print("troupe: stopping", flush=True)
     runtime.stop()
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _store_label(settings: Settings) -> str:

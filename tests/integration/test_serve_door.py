@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +84,8 @@ def test_errors_and_keys_through_serve(serve_door: str) -> None:
 
 def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
     """`troupe serve` as an operator runs it: its own Ray, Serve's throughput-optimized mode, the replica
-    itself on --port (direct ingress) and Serve's proxy one port over; both answer."""
+    itself on --port (direct ingress) and Serve's proxy one port over; both answer. A service manager's
+    SIGTERM stops it cleanly: the registry is closed and the conversation kept."""
     port = free_port()
     while not _free(port + 1):
         port = free_port()
@@ -93,9 +97,10 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
         "TROUPE_SESSION_POOL_SIZE": "1",
         "TROUPE_NAMESPACE": f"troupe-cli-{os.getpid()}",
     }
+    log = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
@@ -114,9 +119,17 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
             c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port and c.pid
         )
         assert "ServeReplica" in " ".join(psutil.Process(owner).cmdline())  # the replica, not the proxy
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(90) == 0
+        assert "troupe: stopping" in log.read_text()
+        with closing(sqlite3.connect(tmp_path / "troupe.db")) as db:
+            still_running = db.execute("SELECT kind FROM processes WHERE status = 'running'").fetchall()
+            said = db.execute("SELECT content FROM messages WHERE role = 'user'").fetchall()
+        assert still_running == [] and said == [("Hi",)]
     finally:
-        proc.terminate()
-        proc.wait(90)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def _free(port: int) -> bool:

@@ -94,6 +94,7 @@ class Orchestrator:
         self.session_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.pool: deque[tuple[str, Any]] = deque()  # warm, unbound session actors: (process id, handle)
         self.pool_filling = 0
+        self.own_id: str | None = None  # this orchestrator's own row in the registry
         self.spend: dict[str, float] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG)
         self.event_seq = 0
@@ -116,7 +117,7 @@ class Orchestrator:
         self.me = ray.get_runtime_context().current_actor
         self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
         await self._rebuild_registry()
-        self._register(
+        self.own_id = self._register(
             ProcessInfo(
                 id=new_process_id(),
                 kind="orchestrator",
@@ -204,6 +205,8 @@ class Orchestrator:
             pid, handle = self.pool.popleft()
             self._kill(handle)
             self._set_status(pid, "completed")
+        if self.own_id is not None:
+            self._set_status(self.own_id, "completed")  # a clean stop, not an interruption
         await self._flush()
         for task in list(self._tasks):
             task.cancel()
