@@ -210,7 +210,8 @@ async def end_session(request: Request, caller_id: str, persona: str) -> dict[st
     return {"caller_id": caller_id, "persona": name, "ended": True, "summary": summary}
 
 
-@router.api_route("/internal/life/trigger", methods=["GET", "POST"])
+@router.get("/internal/life/trigger", operation_id="life_trigger_get")
+@router.post("/internal/life/trigger", operation_id="life_trigger_post")
 async def life_trigger(request: Request, activity: str | None = None, persona: str | None = None) -> Any:
     gateway = request.app.state.gateway
     executives = [p.name for p in gateway.catalog.executives()]
