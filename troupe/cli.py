@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"troupe: serving on http://{settings.host}:{settings.port} ({settings.door} door)", flush=True)
     from troupe.app import serve_uvicorn, serve_with_ray
 
-    # a service manager stops troupe with SIGTERM: stop as on Ctrl-C (sessions summarised, registry kept)
+    # a service manager stops troupe with SIGTERM: stop as on Ctrl-C (registry closed, conversations kept)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if settings.door == "uvicorn":

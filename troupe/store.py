@@ -551,9 +551,9 @@ class Store:
     async def append_messages(self, session_id: str, messages: Sequence[ChatMessage]) -> int:
         """Append in order; sequence numbers are claimed atomically on the session row.
 
-        This runs twice on every caller turn, so it is two plain SQL statements in one transaction rather
-        than the ORM's unit of work, and on SQLite the whole transaction is one trip to a worker thread
-        (aiosqlite would make one per statement): about a third of the CPU either way."""
+        This runs twice on every caller turn, so it is two prebuilt SQL statements in one transaction
+        rather than the ORM's unit of work, and on SQLite the whole transaction is one trip to a worker
+        thread (aiosqlite would make one per statement; bench/door_bench.py shows the CPU per stream)."""
         if not messages:
             return -1
         writer = self._sqlite_writer()

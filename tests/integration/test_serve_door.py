@@ -98,10 +98,11 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
         "TROUPE_NAMESPACE": f"troupe-cli-{os.getpid()}",
     }
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
-        env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

@@ -263,9 +263,7 @@ class SessionActor(ActorBase):
         if status != self._reported_status:
             self._spawn(self._send_report())
         elif self._report_due is None:
-            self._report_due = asyncio.ensure_future(self._report_later())
-            self._background.add(self._report_due)
-            self._report_due.add_done_callback(self._background.discard)
+            self._report_due = self._spawn(self._report_later())
 
     async def _report_later(self) -> None:
         await asyncio.sleep(REPORT_EVERY_S)
@@ -285,10 +283,11 @@ class SessionActor(ActorBase):
         except Exception:  # the orchestrator restarting must not break a caller's turn
             log.warning("metrics report failed", exc_info=True)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _delegate(self, specialist: str, task: str) -> str:
         return await self.orchestrator.spawn_task.remote(self.process_id, specialist, task)
