@@ -59,6 +59,8 @@ def test_panel_shows_a_new_completion_live(start_runtime: Any, browser: Any, tmp
         row = page.locator(f"#processes tr[data-id='{session['id']}']").inner_text()
         assert "Jordan" in row and "running" in row
         page.wait_for_selector("#feed li:has-text('session.started')", timeout=20_000)
+        # the feed and the sessions table refetch independently: wait for the table's own refetch
+        page.wait_for_selector("#sessions :text('+14155559999')", timeout=20_000)
         assert "+14155559999" in page.locator("#sessions").inner_text()
         assert page.locator("#processes tbody tr").count() >= before
         page.screenshot(path=str(tmp_path / "panel.png"), full_page=True)

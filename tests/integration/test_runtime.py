@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import ray
+from ray.exceptions import RayActorError
 
 from tests.integration.conftest import make_settings, write_script
 from troupe.actors.messages import TurnEvent, TurnRequest
@@ -38,6 +39,14 @@ async def wait_for(predicate: Any, within: float = 30.0) -> Any:
             return value
         await asyncio.sleep(0.2)
     raise AssertionError("condition not met in time")
+
+
+async def dead(handle: Any) -> bool:
+    try:
+        await handle.ping.remote()
+    except RayActorError:
+        return True
+    return False
 
 
 async def processes(runtime: Runtime, **filters: Any) -> list[Any]:
@@ -112,6 +121,7 @@ async def test_killing_a_session_actor_loses_no_acknowledged_message(runtime: Ru
     assert first[-1].kind == "done"
     lease = await client.lease(caller, "Tony")
     ray.kill(lease.handle, no_restart=True)
+    await wait_for(lambda: dead(lease.handle))  # ray.kill only asks; the next turn must meet a dead actor
 
     second = await say(runtime, caller, "What number did I say?", client=client)
     assert second[-1].kind == "done"
