@@ -71,6 +71,19 @@ class LocalByName:
         try:
             handle = ray.get_actor(LOCAL_MODEL_ACTOR, namespace=self.namespace)
         except ValueError:
-            raise ModelUnavailable("The offline model is restarting; try again in a moment.") from None
+            raise ModelUnavailable(await self._why_not()) from None
         async for chunk in LocalChatModel(handle).stream(request):
             yield chunk
+
+    async def _why_not(self) -> str:
+        """No model actor: the orchestrator knows whether it is restarting or has given up, and why."""
+        import ray
+
+        try:
+            orchestrator = ray.get_actor("orchestrator", namespace=self.namespace)
+            status: str = await orchestrator.model_status.remote()
+        except Exception:
+            return "The offline model is not running."
+        if status.startswith("failed: "):
+            return status.removeprefix("failed: ")
+        return "The offline model is restarting; try again in a moment."

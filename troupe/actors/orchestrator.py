@@ -105,6 +105,7 @@ class Orchestrator:
         self.life_counts: Counter[tuple[str, str, str]] = Counter()  # (persona, activity, status) since start
         self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
+        self.model_failure: str | None = None  # why the offline model cannot run, when it cannot
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -215,7 +216,8 @@ class Orchestrator:
 
     async def _make_local_model(self) -> Any:
         handle = await self._named(LocalModel, LOCAL_MODEL_ACTOR, self.settings)
-        await handle.ping.remote()
+        state = await handle.start.remote()
+        self.model_failure = state.reason if state.status == "failed" else None
         return handle
 
     async def _named(self, cls: Any, name: str, *args: Any) -> Any:
@@ -352,6 +354,10 @@ class Orchestrator:
         except Exception as exc:
             self._set_status(pid, "failed", f"failed to start: {exc}")
             raise
+        if kind == "local_model" and self.model_failure:
+            # it cannot run here: say so and keep saying so, rather than restart it forever
+            self._set_status(pid, "failed", self.model_failure)
+            return pid
         self._set_status(pid, "running")
         self._watch(child)
         return pid
@@ -862,16 +868,7 @@ class Orchestrator:
         if backend == "fake":
             return "ok"
         if backend == "local":
-            child = next(
-                (c for c in self.children.values() if self.processes[c.process_id].kind == "local_model"), None
-            )
-            if child is None or child.handle is None:
-                return "failed: the offline model is not running"
-            try:
-                await asyncio.wait_for(child.handle.ping.remote(), 5)
-                return "ok"
-            except Exception as exc:
-                return f"failed: offline model {type(exc).__name__}"
+            return await self.model_status()
         import httpx
 
         base = (self.settings.openai_base_url or "https://api.openai.com/v1").rstrip("/")
@@ -882,6 +879,23 @@ class Orchestrator:
             return "ok" if response.status_code < 500 else f"failed: {host} answered {response.status_code}"
         except httpx.HTTPError as exc:
             return f"failed: {host} unreachable ({type(exc).__name__})"
+
+    async def model_status(self) -> str:
+        """The offline model: "ok", "loading", or "failed: <why>" (what /ready and a refused turn say)."""
+        info = next((p for p in self.processes.values() if p.kind == "local_model" and p.id in self.children), None)
+        if info is None:
+            lost = [p for p in self.processes.values() if p.kind == "local_model"]
+            reason = lost[-1].error if lost and lost[-1].error else "the offline model is not running"
+            return f"failed: {reason}"
+        if info.status == "failed":
+            return f"failed: {info.error or 'the offline model cannot run'}"
+        try:
+            state = await asyncio.wait_for(self.children[info.id].handle.state.remote(), 5)
+        except Exception as exc:
+            return f"failed: the offline model does not answer ({type(exc).__name__})"
+        if state.status == "failed":
+            return f"failed: {state.reason}"
+        return str(state.status)
 
     # ------------------------------------------------------------------ helpers
 

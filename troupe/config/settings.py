@@ -68,7 +68,13 @@ class Settings(BaseSettings):
     model_max_retries: int = Field(default=1, ge=0, le=10)
     local_model_path: Path | None = Field(default=None, description="A GGUF file; default: the PyPI Gemma 3 270M.")
     local_model_threads: int = Field(default=2, ge=1, le=64)
-    local_model_context: int = Field(default=2048, ge=256)
+    local_model_context: int = Field(default=2048, ge=256, description="Context tokens per caller slot.")
+    local_model_slots: int = Field(
+        default=4, ge=1, le=64, description="Callers the offline model generates for at once; others queue."
+    )
+    local_model_probe: bool = Field(
+        default=True, description="Test-generate in a child process first, so an engine that crashes says why."
+    )
     fake_script: Path | None = Field(default=None, description="JSON script for the fake model (tests, demos).")
     max_tool_iterations: int = Field(default=4, ge=1, le=20)
 
