@@ -244,7 +244,9 @@ class LocalModel:
         if self.engine is not None or self.failure is not None:
             return await self.state()
         began = time.perf_counter()
-        path: Path = self.settings.local_model_path or await asyncio.to_thread(default_model_path)
+        path = self.settings.local_model_path
+        if path is None:
+            path = await asyncio.to_thread(default_model_path)
         problem = check_model_file(path)
         if problem is None and self.settings.local_model_probe:
             problem = await asyncio.to_thread(probe, path, self.settings.local_model_threads)
