@@ -4,6 +4,7 @@ uvicorn runner. No logic of its own."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,20 +95,33 @@ def create_routes(gateway: Gateway) -> FastAPI:
     return app
 
 
-def serve_uvicorn(runtime: Any) -> None:
-    """The single-node door: the same app under uvicorn in this process; the actors stay on Ray."""
+def serve_uvicorn(runtime: Any, on_ready: Callable[[], None] | None = None) -> None:
+    """The single-node door: the same app under uvicorn in this process; the actors stay on Ray.
+    `on_ready` runs once the port listens."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_ready is not None:
+                on_ready()
 
     gateway = Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client())
     config = uvicorn.Config(
         create_app(gateway), host=runtime.settings.host, port=runtime.settings.port, log_level="warning"
     )
-    uvicorn.Server(config).run()
+    Server(config).run()
 
 
-def serve_with_ray(runtime: Any, *, blocking: bool = True) -> None:
-    """The default door: the same app as a Ray Serve deployment (what a cluster uses)."""
+def serve_with_ray(runtime: Any, *, blocking: bool = True, quiet: bool = False) -> None:
+    """The default door: the same app as a Ray Serve deployment (what a cluster uses). `quiet` sends
+    Serve's own driver-side messages to the log file instead of the console."""
     from ray import serve
+
+    if quiet:
+        serve_log = logging.getLogger("ray.serve")
+        serve_log.handlers.clear()
+        serve_log.propagate = True  # to the root logger: the log file only
 
     from troupe.runtime import direct_ingress_active
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,32 +54,145 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from troupe.runtime import Runtime
-
-    print(f"troupe: starting ({settings.effective_backend} model, store {_store_label(settings)})", flush=True)
-    runtime = Runtime.start(settings, detached=True)
-    status = asyncio.run(_await(runtime.orchestrator.status.remote()))
-    print(
-        f"troupe: running: {len(status['executives'])} executives and "
-        f"{len(status['personas']) - len(status['executives'])} specialists, {status['process_count']} processes, "
-        f"{status['pool_size']} warm sessions.",
-        flush=True,
-    )
-    print(f"troupe: serving on http://{settings.host}:{settings.port} ({settings.door} door)", flush=True)
+    verbose = bool(args.verbose)
+    log_dir = _log_to_files(settings.data_dir / "logs", verbose)
     from troupe.app import serve_uvicorn, serve_with_ray
+    from troupe.runtime import Runtime, ray_logs_dir
 
+    began = time.perf_counter()
+    print("troupe: starting", flush=True)
+    runtime = Runtime.begin(settings, detached=True, defer_rest=True, quiet=not verbose)
+    timings = {"ray": time.perf_counter() - began}
+    _link_ray_logs(log_dir, ray_logs_dir())
     # a service manager stops troupe with SIGTERM: stop as on Ctrl-C (registry closed, conversations kept)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if settings.door == "uvicorn":
-            serve_uvicorn(runtime)
+        if settings.door == "serve":
+            # the door starts while the orchestrator starts its actors; it finds the orchestrator by name
+            phase = time.perf_counter()
+            serve_with_ray(runtime, blocking=False, quiet=not verbose)
+            timings["door"] = time.perf_counter() - phase
+            status = runtime.wait_started()
+            _opened(runtime, status, timings, began, log_dir, verbose)
+            _follow(runtime)
         else:
-            serve_with_ray(runtime, blocking=True)
+            status = runtime.wait_started()
+            serve_uvicorn(runtime, on_ready=lambda: _opened(runtime, status, timings, began, log_dir, verbose))
     except KeyboardInterrupt:
         pass
     print("troupe: stopping", flush=True)
     runtime.stop()
     return 0
+
+
+def _opened(
+    runtime: Any, status: dict[str, Any], timings: dict[str, float], began: float, log_dir: Path, verbose: bool
+) -> None:
+    """The door is open: start the life loops and the pool behind it, and print the banner."""
+    runtime.orchestrator.start_rest.remote()
+    settings = runtime.settings
+    total = time.perf_counter() - began
+    url = f"http://{_url_host(settings.host)}:{settings.port}"
+    executives = len(status["executives"])
+    print(
+        f"troupe: ready in {total:.1f} s\n"
+        f"  serving   {url}  ({'Ray Serve' if settings.door == 'serve' else 'uvicorn'} door)\n"
+        f"  model     {_model_label(settings)}\n"
+        f"  store     {_store_label(settings)}\n"
+        f"  personas  {executives} executives, {len(status['personas']) - executives} specialists\n"
+        f"  logs      {log_dir}\n"
+        f"  next      troupe chat tony    (the control panel: {url}/)",
+        flush=True,
+    )
+    if verbose:
+        phases = {**timings, **status.get("startup_s", {})}
+        print("troupe: start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()), flush=True)
+
+
+def _follow(runtime: Any) -> None:
+    """Block, printing one line per notable event (an actor died, restarted, gave up) until interrupted."""
+    import ray
+
+    seq = 0
+    while True:
+        try:
+            events = ray.get(runtime.orchestrator.events_since.remote(seq, 100), timeout=30)
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            events = []
+        for event in events:
+            seq = event["seq"]
+            line = notable(event)
+            if line:
+                print(f"troupe: {line}", flush=True)
+        time.sleep(1.0)
+
+
+def notable(event: dict[str, Any]) -> str | None:
+    """The one console line an operator wants for an event, or None for routine ones."""
+    kind = event.get("type", "")
+    who = event.get("agent") or "?"
+    if kind == "process.died":
+        return f"{event.get('name') or who} died: {event.get('cause') or 'its process exited'}; {event.get('reason')}"
+    if kind == "process.restarted":
+        return f"{who}'s actor {event.get('process')} restarted (restart {event.get('restarts')})"
+    if kind == "process.failed" and event.get("error"):
+        return f"{who}: process {event.get('process')} failed: {event.get('error')}"
+    if kind == "process.escalated":
+        return f"{who}: gave up restarting ({event.get('reason')}); needs an operator"
+    return None
+
+
+def _log_to_files(log_dir: Path, verbose: bool) -> Path:
+    """troupe's and Ray's driver logs go to <data dir>/logs/troupe.log; the console shows troupe's own
+    warnings (everything with --verbose)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    to_file = logging.FileHandler(log_dir / "troupe.log")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("troupe: %(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        console.setLevel(logging.WARNING)
+        console.addFilter(lambda record: record.name.startswith("troupe"))
+    root.addHandler(console)
+    return log_dir
+
+
+def _link_ray_logs(log_dir: Path, ray_logs: str | None) -> None:
+    """<data dir>/logs/ray points at this run's Ray logs (workers, raylet, Serve), wherever Ray keeps them."""
+    if not ray_logs:
+        return
+    link = log_dir / "ray"
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(ray_logs, target_is_directory=True)
+    except OSError:
+        pass
+
+
+def _url_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _model_label(settings: Settings) -> str:
+    backend = settings.effective_backend
+    if backend == "local":
+        name = settings.local_model_path.name if settings.local_model_path else "Gemma 3 270M"
+        return f"offline {name} (llama.cpp, {settings.local_model_slots} callers at once)"
+    if backend == "fake":
+        return "the scripted fake model"
+    return f"{settings.model} at {_endpoint_host(settings)}"
+
+
+def _endpoint_host(settings: Settings) -> str:
+    import httpx
+
+    return httpx.URL(settings.openai_base_url or "https://api.openai.com/v1").host
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -88,7 +202,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _store_label(settings: Settings) -> str:
     from troupe.config.settings import redact_url
 
-    return redact_url(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        return f"SQLite {url.split(':///', 1)[-1]}"
+    return redact_url(url)
 
 
 async def _await(ref: Any) -> Any:
@@ -248,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 3000)")
     serve.add_argument("--door", choices=["serve", "uvicorn"], help="Ray Serve (default) or uvicorn in this process")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without an API key")
+    serve.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="show Ray's and Serve's own logs and the start-up time of each phase",
+    )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     chat = sub.add_parser("chat", help="talk with a persona in the terminal")
@@ -282,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

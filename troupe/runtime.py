@@ -30,11 +30,19 @@ from troupe.errors import ConfigError, TroupeError
 log = logging.getLogger(__name__)
 
 
-def init_ray(settings: Settings) -> float:
-    """Start a local Ray (or join RAY_ADDRESS). Returns the seconds it took."""
+def init_ray(settings: Settings, *, quiet: bool = False) -> float:
+    """Start a local Ray (or join RAY_ADDRESS). Returns the seconds it took. `quiet` keeps Ray's and its
+    workers' own output out of this console: it stays in Ray's log files (see `ray_logs_dir`)."""
     began = time.perf_counter()
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"namespace": settings.namespace, "log_to_driver": True}
+        kwargs: dict[str, Any] = {"namespace": settings.namespace, "log_to_driver": not quiet}
+        if quiet:
+            # Ray's driver-side messages (its own and those raylets push to the driver) go to the root
+            # logger, which `troupe serve` sends to its log file
+            kwargs["configure_logging"] = False
+            ray_log = logging.getLogger("ray")
+            ray_log.handlers.clear()
+            ray_log.propagate = True
         if settings.ray_address:
             kwargs["address"] = settings.ray_address
         else:
@@ -45,6 +53,15 @@ def init_ray(settings: Settings) -> float:
         kwargs["runtime_env"] = {"env_vars": settings.env_for_workers()}
         ray.init(**kwargs)
     return time.perf_counter() - began
+
+
+def ray_logs_dir() -> str | None:
+    """Where this Ray node writes its processes' logs (workers, raylet, Serve), when it is local."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    try:
+        return str(node.get_logs_dir_path()) if node is not None else None
+    except Exception:
+        return None
 
 
 def serve_direct_ingress_env(settings: Settings) -> dict[str, str]:
@@ -69,12 +86,29 @@ class Runtime:
         self.settings = settings
         self.catalog = catalog
         self.orchestrator = orchestrator
+        self.starting: Any = None  # the orchestrator's start-up, while it runs
 
     @classmethod
     def start(cls, settings: Settings, *, catalog: PersonaCatalog | None = None, detached: bool = False) -> Runtime:
         """Start every actor. Raises ConfigError / StoreUnavailable with a clear message on bad set-up."""
+        runtime = cls.begin(settings, catalog=catalog, detached=detached)
+        runtime.wait_started()
+        return runtime
+
+    @classmethod
+    def begin(
+        cls,
+        settings: Settings,
+        *,
+        catalog: PersonaCatalog | None = None,
+        detached: bool = False,
+        defer_rest: bool = False,
+        quiet: bool = False,
+    ) -> Runtime:
+        """Create the orchestrator and set it starting; `wait_started()` waits for it. In between, the door
+        can start (it finds the orchestrator by name), so the two start-ups overlap."""
         catalog = catalog or load_personas(settings.personas_dir)
-        init_ray(settings)
+        init_ray(settings, quiet=quiet)
         try:
             old = ray.get_actor(ORCHESTRATOR_NAME, namespace=settings.namespace)
         except ValueError:
@@ -88,13 +122,19 @@ class Runtime:
         if detached:
             options["lifetime"] = "detached"
         orchestrator = Orchestrator.options(**options).remote(settings, catalog)  # type: ignore[attr-defined]
+        runtime = cls(settings, catalog, orchestrator)
+        runtime.starting = orchestrator.start.remote(defer_rest)
+        return runtime
+
+    def wait_started(self) -> dict[str, Any]:
+        """Wait for the orchestrator's start-up; on failure, leave nothing behind and raise troupe's error."""
         try:
-            ray.get(orchestrator.start.remote())
+            status: dict[str, Any] = ray.get(self.starting)
         except Exception as exc:
-            ray.kill(orchestrator, no_restart=True)
-            _wait_until_gone(ORCHESTRATOR_NAME, settings.namespace)
+            ray.kill(self.orchestrator, no_restart=True)
+            _wait_until_gone(ORCHESTRATOR_NAME, self.settings.namespace)
             raise _unwrap(exc) from None
-        return cls(settings, catalog, orchestrator)
+        return status
 
     @classmethod
     def connect(cls, settings: Settings) -> Runtime:

@@ -120,6 +120,13 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
             c.pid for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port and c.pid
         )
         assert "ServeReplica" in " ".join(psutil.Process(owner).cmdline())  # the replica, not the proxy
+        # a quiet console: a banner saying where and what, and none of Ray's or Serve's own chatter
+        console = log.read_text()
+        assert f"serving   http://127.0.0.1:{port}" in console and "troupe chat tony" in console
+        assert "store     SQLite" in console and "5 executives" in console
+        for noise in ("(raylet)", "ServeController", "Token authentication", "INFO"):
+            assert noise not in console, console
+        assert "Started a local Ray instance" in (tmp_path / "logs" / "troupe.log").read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0
         assert "troupe: stopping" in log.read_text()

@@ -184,11 +184,20 @@ class Engine:
             raise errors[0]
         return not stopped_early
 
+    def warm_up(self) -> None:
+        """One token: the first generation is where an engine built for the wrong CPU dies."""
+        _warm_up(self)
 
-def probe(path: Path, threads: int) -> str | None:
-    """Load the model and generate two tokens in a child process first: an engine that dies (a CPU it
-    was miscompiled for, a file it chokes on) takes the child down, not troupe, and says how it died."""
-    command = [sys.executable, "-m", "troupe.actors.local_model", "--probe", str(path), str(threads)]
+
+def _warm_up(engine: Engine) -> None:
+    request = ModelRequest(messages=(), speaker="Probe", max_tokens=1, temperature=0.0)
+    engine.generate(request, lambda chunk: None, threading.Event())
+
+
+def probe(path: Path, threads: int, command: list[str] | None = None) -> str | None:
+    """Load the model and generate a token in a child process: an engine that dies (a CPU it was
+    miscompiled for, a file it chokes on) takes the child down, not troupe, and says how it died."""
+    command = command or [sys.executable, "-m", "troupe.actors.local_model", "--probe", str(path), str(threads)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
@@ -238,9 +247,11 @@ class LocalModel:
         self.load_s = 0.0
         self._forever = asyncio.Event()
 
-    async def start(self) -> EngineState:
-        """Load the engine (after a probe in a child process). A model that cannot run leaves this actor
-        alive in a failed state that names the cause, rather than restarting forever."""
+    async def start(self, probe_first: bool = False) -> EngineState:
+        """Load the engine and generate one token, so an engine that crashes does it now, not on a
+        caller's turn. After such a crash the supervisor starts it again with `probe_first`: a child
+        process tries first and names the cause, and a model that cannot run leaves this actor alive in
+        a failed state that says why, rather than restarting forever."""
         if self.engine is not None or self.failure is not None:
             return await self.state()
         began = time.perf_counter()
@@ -248,7 +259,7 @@ class LocalModel:
         if path is None:
             path = await asyncio.to_thread(default_model_path)
         problem = check_model_file(path)
-        if problem is None and self.settings.local_model_probe:
+        if problem is None and probe_first:
             problem = await asyncio.to_thread(probe, path, self.settings.local_model_threads)
         if problem is not None:
             self.failure = f"The offline model cannot run: {problem}."
@@ -261,6 +272,7 @@ class LocalModel:
                     threads=self.settings.local_model_threads,
                     slots=self.slots,
                 )
+                await asyncio.to_thread(self.engine.warm_up)
             except EngineError as exc:
                 self.failure = f"The offline model cannot run: {exc}."
         self.load_s = time.perf_counter() - began
@@ -374,9 +386,7 @@ class LocalChatModel:
 
 
 def _probe_main(path: str, threads: str) -> int:
-    engine = Engine(Path(path), n_ctx=256, threads=int(threads), slots=1)
-    request = ModelRequest(messages=(), speaker="Probe", max_tokens=2, temperature=0.0)
-    engine.generate(request, lambda chunk: None, threading.Event())
+    _warm_up(Engine(Path(path), n_ctx=256, threads=int(threads), slots=1))
     return 0
 
 

@@ -105,19 +105,29 @@ class Orchestrator:
         self.life_counts: Counter[tuple[str, str, str]] = Counter()  # (persona, activity, status) since start
         self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
+        self.timings: dict[str, float] = {}  # start-up phases, seconds (troupe serve --verbose prints them)
+        self.spawning = asyncio.Semaphore(max(1, int(ray.available_resources().get("CPU", 2))))
+        self.life_loops_up = asyncio.Event()
+        self.callers_served = asyncio.Event()  # personas are up: callers can be served
+        self.rest_begun = False
         self.model_failure: str | None = None  # why the offline model cannot run, when it cannot
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ start-up and shutdown
 
-    async def start(self) -> dict[str, Any]:
-        """Open the store (running migrations), rebuild the registry, start every actor and the pool."""
+    async def start(self, defer_rest: bool = False) -> dict[str, Any]:
+        """Open the store (running migrations), rebuild the registry and start what callers need: the
+        personas and the offline model. Life loops and the warm pool follow in the background (after
+        `start_rest()` when `defer_rest`: `troupe serve` opens its door first), so the door opens as soon
+        as a caller can be answered. Returns the status, with start-up timings."""
         if self.ready:
             return await self.status()
+        began = time.perf_counter()
         self.me = ray.get_runtime_context().current_actor
         self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
         await self._rebuild_registry()
+        self.timings["store"] = time.perf_counter() - began
         self.own_id = self._register(
             ProcessInfo(
                 id=new_process_id(),
@@ -128,42 +138,63 @@ class Orchestrator:
                 status="running",
             )
         )
+        first: list[Awaitable[Any]] = []
         if self.settings.effective_backend == "local":
-            await self._supervise(
-                "local_model",
-                "model",
-                "troupe",
-                LOCAL_MODEL_ACTOR,
-                "Serve the offline model",
-                SESSION_POLICY,
+            first.append(self._timed("model", self._supervise(
+                "local_model", "model", "troupe", LOCAL_MODEL_ACTOR, "Serve the offline model", SESSION_POLICY,
                 self._make_local_model,
+            )))  # fmt: skip
+        first += [
+            self._supervise(
+                "persona", "personas", persona.name, f"{persona.key}-main", "Persona agent",
+                self._policy(persona.name), partial(self._make_persona, persona.name),
             )
-        for persona in self.catalog.executives():
-            pid = await self._supervise(
-                "persona",
-                "personas",
-                persona.name,
-                f"{persona.key}-main",
-                "Persona agent",
-                self._policy(persona.name),
-                partial(self._make_persona, persona.name),
-            )
-            self.persona_ids[persona.key] = pid
-        for persona in self.catalog.executives():
-            pid = await self._supervise(
-                "life_loop",
-                "life",
-                persona.name,
-                f"{persona.key}-life",
-                "Life loop",
-                self._policy(persona.name),
-                partial(self._make_life_loop, persona.name),
-            )
-            self.life_ids[persona.key] = pid
-        await self._fill_pool()
+            for persona in self.catalog.executives()
+        ]  # fmt: skip
+        phase = time.perf_counter()
+        await asyncio.gather(*first)
+        self.timings["personas"] = time.perf_counter() - phase
+        if not defer_rest:
+            await self.start_rest()
         self._background(self._housekeeping())
         self.ready = True
+        self.callers_served.set()
+        self.timings["orchestrator"] = time.perf_counter() - began
         return await self.status()
+
+    async def start_rest(self) -> None:
+        """Start the life loops and fill the warm pool, in the background (once)."""
+        if not self.rest_begun:
+            self.rest_begun = True
+            self._background(self._start_rest())
+
+    async def _timed(self, label: str, work: Awaitable[Any]) -> Any:
+        began = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self.timings[label] = time.perf_counter() - began
+
+    async def _start_rest(self) -> None:
+        """After the door opens: one warm session first (the first caller's), then the life loops, then
+        the rest of the pool."""
+        began = time.perf_counter()
+        try:
+            await self._fill_pool(min(1, self.settings.session_pool_size))
+            await asyncio.gather(*(
+                self._supervise(
+                    "life_loop", "life", persona.name, f"{persona.key}-life", "Life loop",
+                    self._policy(persona.name), partial(self._make_life_loop, persona.name),
+                )
+                for persona in self.catalog.executives()
+            ))  # fmt: skip
+        except Exception:
+            log.exception("a life loop failed to start")
+        finally:
+            self.life_loops_up.set()
+            self.timings["life_loops"] = time.perf_counter() - began
+        await self._fill_pool()
+        self.timings["pool"] = time.perf_counter() - began
 
     async def _rebuild_registry(self) -> None:
         assert self.store is not None
@@ -214,9 +245,16 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ actor factories
 
-    async def _make_local_model(self) -> Any:
+    async def _make_local_model(self, after_crash: bool = False) -> Any:
         handle = await self._named(LocalModel, LOCAL_MODEL_ACTOR, self.settings)
-        state = await handle.start.remote()
+        try:
+            state = await handle.start.remote(probe_first=after_crash)
+        except RayActorError:
+            if after_crash:
+                raise
+            # it died loading or on its first token: once more, with a probe that names the cause
+            self._kill(handle)
+            return await self._make_local_model(after_crash=True)
         self.model_failure = state.reason if state.status == "failed" else None
         return handle
 
@@ -350,7 +388,7 @@ class Orchestrator:
         if kind == "life_loop":
             self.life_ids[self.catalog.get(agent).key] = pid
         try:
-            child.handle = await factory()
+            child.handle = await self._spawn(factory)
         except Exception as exc:
             self._set_status(pid, "failed", f"failed to start: {exc}")
             raise
@@ -393,6 +431,8 @@ class Orchestrator:
             "process.died",
             process=child.process_id,
             agent=info.agent,
+            kind=info.kind,
+            name=info.name,
             decision=decision.action,
             reason=decision.reason,
         )
@@ -416,16 +456,28 @@ class Orchestrator:
         child.restart_times.append(now)
         if child.watcher and child.handle is not None:
             self._kill(child.handle)
+        info = self.processes[child.process_id]
+        factory = child.factory
+        if info.kind == "local_model":
+            factory = partial(self._make_local_model, after_crash=True)
         try:
-            child.handle = await child.factory()
+            child.handle = await self._spawn(factory)
         except Exception as exc:
             self._set_status(child.process_id, "failed", f"restart failed: {exc}")
             return
-        info = self.processes[child.process_id]
+        if info.kind == "local_model" and self.model_failure:
+            self._set_status(child.process_id, "failed", self.model_failure)  # it cannot run here: stop trying
+            return
         self._update(child.process_id, restarts=info.restarts + 1)
         self._set_status(child.process_id, "running")
         self._emit("process.restarted", process=child.process_id, agent=info.agent, restarts=info.restarts + 1)
         self._watch(child)
+
+    async def _spawn(self, factory: Callable[[], Awaitable[Any]]) -> Any:
+        """Start an actor process, at most one per core at a time: Ray starts a worker process for each
+        actor, and more starting at once than there are cores only makes every one of them slower."""
+        async with self.spawning:
+            return await factory()
 
     @staticmethod
     def _kill(handle: Any) -> None:
@@ -436,8 +488,9 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ sessions and the warm pool
 
-    async def _fill_pool(self) -> None:
-        want = self.settings.session_pool_size - len(self.pool) - self.pool_filling
+    async def _fill_pool(self, size: int | None = None) -> None:
+        size = self.settings.session_pool_size if size is None else size
+        want = size - len(self.pool) - self.pool_filling
         if want <= 0:
             return
         self.pool_filling += want
@@ -462,7 +515,7 @@ class Orchestrator:
             )
         )
         try:
-            handle = await self._make_session()
+            handle = await self._spawn(self._make_session)
         except Exception as exc:
             self._set_status(pid, "failed", f"failed to start: {exc}")
             return
@@ -495,6 +548,9 @@ class Orchestrator:
             raise PersonaNotFound(
                 f"Unknown persona {persona!r}. Known: {', '.join(self.catalog.names())}", param="model"
             )
+        if not self.callers_served.is_set():
+            # the door opens while troupe is still starting: a caller this early waits for the personas
+            await asyncio.wait_for(self.callers_served.wait(), 120)
         key = (caller_id, definition.key)
         lock = self.session_locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -739,8 +795,11 @@ class Orchestrator:
         self._emit("tool.call", agent=persona, tool=call.name, caller_id=caller_id)
         return await handle.run_tool.remote(caller_id, call)
 
-    def _life_loop(self, persona: str) -> Any:
+    async def _life_loop(self, persona: str) -> Any:
         definition = self.catalog.get(persona)
+        if not self.life_loops_up.is_set():
+            # life loops start just after the door opens; a request that early waits for them
+            await asyncio.wait_for(self.life_loops_up.wait(), 120)
         pid = self.life_ids.get(definition.key)
         child = self.children.get(pid) if pid else None
         if child is None or child.handle is None:
@@ -748,17 +807,18 @@ class Orchestrator:
         return child.handle
 
     async def trigger(self, persona: str, activity: str) -> str:
-        return await self._life_loop(persona).trigger.remote(activity)
+        return await (await self._life_loop(persona)).trigger.remote(activity)
 
     async def schedules(self, persona: str | None = None) -> list[dict[str, Any]]:
         names = [self.catalog.get(persona).name] if persona else [p.name for p in self.catalog.executives()]
-        found = await asyncio.gather(*(self._life_loop(n).schedules.remote() for n in names))
+        loops = [await self._life_loop(n) for n in names]
+        found = await asyncio.gather(*(loop.schedules.remote() for loop in loops))
         return [entry for entries in found for entry in entries]
 
     async def update_schedule(
         self, persona: str, activity: str, cron_expression: str | None, is_paused: bool | None
     ) -> dict[str, Any]:
-        result: dict[str, Any] = await self._life_loop(persona).update_schedule.remote(
+        result: dict[str, Any] = await (await self._life_loop(persona)).update_schedule.remote(
             activity, cron_expression=cron_expression, is_paused=is_paused
         )
         self._emit("schedule.changed", agent=result["persona"], activity=activity,
@@ -843,6 +903,7 @@ class Orchestrator:
             "restarts": _restarts_by_kind(self.processes.values()),
             "life_runs": dict(self.life_counts),
             "life_seconds": dict(self.life_seconds),
+            "startup_s": dict(self.timings),
         }
 
     async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:

@@ -72,9 +72,6 @@ class Settings(BaseSettings):
     local_model_slots: int = Field(
         default=4, ge=1, le=64, description="Callers the offline model generates for at once; others queue."
     )
-    local_model_probe: bool = Field(
-        default=True, description="Test-generate in a child process first, so an engine that crashes says why."
-    )
     fake_script: Path | None = Field(default=None, description="JSON script for the fake model (tests, demos).")
     max_tool_iterations: int = Field(default=4, ge=1, le=20)
 
