@@ -1,0 +1,79 @@
+"""The durable store: SQLAlchemy 2 (async) over SQLite by default or PostgreSQL, migrated by Alembic;
+Store joins one mixin per table group, and everything here survives an actor's death."""
+
+from __future__ import annotations
+
+from troupe.store.conversations import ConversationStore
+from troupe.store.engine import MIGRATIONS, StoreBase, run_migrations
+from troupe.store.events import EventStore
+from troupe.store.life import LifeStore
+from troupe.store.memory import MemoryStore
+from troupe.store.processes import ProcessStore
+from troupe.store.records import (
+    BudgetEventRecord,
+    CallerRecord,
+    JournalRecord,
+    LifeRunRecord,
+    MemoryRecord,
+    NewsReadRecord,
+    PostRecord,
+    ScheduleOverride,
+    SessionRecord,
+)
+from troupe.store.schema import (
+    Base,
+    BudgetEventRow,
+    CallerRow,
+    JournalRow,
+    LifeRunRow,
+    MemoryRow,
+    MessageRow,
+    NewsReadRow,
+    PostRow,
+    ProcessRow,
+    ScheduleRow,
+    SeenEventRow,
+    SessionRow,
+    Stamp,
+)
+
+
+class Store(ConversationStore, MemoryStore, ProcessStore, LifeStore, EventStore):
+    """Callers, sessions and their messages, persona memory, finished processes and their metrics, life-loop
+    runs, journals, budget events and webhook ids: one object over one engine, opened with Store.open."""
+
+
+__all__ = [
+    "MIGRATIONS",
+    "Base",
+    "BudgetEventRecord",
+    "BudgetEventRow",
+    "CallerRecord",
+    "CallerRow",
+    "ConversationStore",
+    "EventStore",
+    "JournalRecord",
+    "JournalRow",
+    "LifeRunRecord",
+    "LifeRunRow",
+    "LifeStore",
+    "MemoryRecord",
+    "MemoryRow",
+    "MemoryStore",
+    "MessageRow",
+    "NewsReadRecord",
+    "NewsReadRow",
+    "PostRecord",
+    "PostRow",
+    "ProcessRow",
+    "ProcessStore",
+    "ScheduleOverride",
+    "ScheduleRow",
+    "SeenEventRow",
+    "SessionRecord",
+    "SessionRow",
+    "Stamp",
+    "Store",
+    "StoreBase",
+    "run_migrations",
+]

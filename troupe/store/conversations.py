@@ -1,0 +1,177 @@
+"""Callers, their sessions and the sessions' messages: the two prebuilt statements of every turn
+(_CLAIM, _INSERT), _append which runs them, and the ConversationStore mixin of Store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from troupe.chat_model import ChatMessage, ToolCall
+from troupe.errors import StoreUnavailable
+from troupe.store.engine import StoreBase
+from troupe.store.records import CallerRecord, SessionRecord, _record
+from troupe.store.schema import CallerRow, MessageRow, SessionRow, _now
+
+# the two statements of every turn, built once (building and keying a statement costs more than running it)
+_CLAIM = (
+    update(SessionRow)
+    .where(SessionRow.id == bindparam("sid"))
+    .values(
+        next_seq=SessionRow.next_seq + bindparam("n"),
+        last_active_at=bindparam("now"),
+        turns=SessionRow.turns + bindparam("users"),
+    )
+    .returning(SessionRow.next_seq)
+)
+_INSERT = insert(MessageRow)
+
+
+def _message_values(session_id: str, seq: int, message: ChatMessage, at: datetime) -> dict[str, Any]:
+    calls = json.dumps([c.model_dump() for c in message.tool_calls]) if message.tool_calls else None
+    return {
+        "session_id": session_id,
+        "seq": seq,
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "tool_calls": calls,
+        "tool_call_id": message.tool_call_id,
+        "created_at": at,
+    }
+
+
+def _append(conn: Connection, session_id: str, messages: Sequence[ChatMessage]) -> int:
+    """Claim the next sequence numbers on the session row (one UPDATE, which serialises concurrent
+    writers on both databases) and insert the messages; returns the last sequence number."""
+    now = _now()
+    users = sum(1 for m in messages if m.role == "user")
+    claimed = conn.execute(_CLAIM, {"sid": session_id, "n": len(messages), "users": users, "now": now}).scalar()
+    if claimed is None:
+        raise StoreUnavailable(f"no session {session_id}")
+    first = claimed - len(messages)
+    conn.execute(_INSERT, [_message_values(session_id, first + i, m, now) for i, m in enumerate(messages)])
+    return int(claimed) - 1
+
+
+def _append_in(engine: Engine, session_id: str, messages: Sequence[ChatMessage]) -> int:
+    with engine.begin() as conn:
+        return _append(conn, session_id, messages)
+
+
+def _chat(row: MessageRow) -> ChatMessage:
+    calls = tuple(ToolCall(**c) for c in json.loads(row.tool_calls)) if row.tool_calls else ()
+    return ChatMessage(
+        role=row.role,  # type: ignore[arg-type]
+        content=row.content,
+        name=row.name,
+        tool_calls=calls,
+        tool_call_id=row.tool_call_id,
+    )
+
+
+class ConversationStore(StoreBase):
+    async def upsert_caller(self, caller_id: str, *, phone: str | None = None, name: str | None = None) -> CallerRecord:
+        for _ in range(3):
+            async with self.sessions() as db:
+                row = await db.get(CallerRow, caller_id)
+                if row is None:
+                    row = CallerRow(caller_id=caller_id, phone=phone, name=name)
+                    db.add(row)
+                else:
+                    row.last_seen_at = _now()
+                    row.phone = phone or row.phone
+                    row.name = name or row.name
+                try:
+                    await db.commit()
+                except IntegrityError:  # two first turns of one caller at once
+                    await db.rollback()
+                    continue
+                return _record(CallerRecord, row)
+        raise StoreUnavailable("could not record the caller")
+
+    async def get_caller(self, caller_id: str) -> CallerRecord | None:
+        async with self.sessions() as db:
+            row = await db.get(CallerRow, caller_id)
+            return _record(CallerRecord, row) if row else None
+
+    async def active_session(self, caller_id: str, persona: str) -> SessionRecord | None:
+        async with self.sessions() as db:
+            row = (
+                await db.execute(
+                    select(SessionRow)
+                    .where(SessionRow.caller_id == caller_id, SessionRow.persona == persona)
+                    .where(SessionRow.status == "active")
+                    .order_by(SessionRow.started_at.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            return _record(SessionRecord, row) if row else None
+
+    async def create_session(self, caller_id: str, persona: str, process_id: str) -> SessionRecord:
+        async with self.sessions() as db:
+            row = SessionRow(id=uuid4().hex, caller_id=caller_id, persona=persona, process_id=process_id)
+            db.add(row)
+            await db.commit()
+            return _record(SessionRecord, row)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self.sessions() as db:
+            row = await db.get(SessionRow, session_id)
+            return _record(SessionRecord, row) if row else None
+
+    async def set_session_process(self, session_id: str, process_id: str) -> None:
+        async with self.sessions() as db:
+            await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(process_id=process_id))
+            await db.commit()
+
+    async def append_messages(self, session_id: str, messages: Sequence[ChatMessage]) -> int:
+        """Append in order; sequence numbers are claimed atomically on the session row.
+
+        This runs twice on every caller turn, so it is two prebuilt SQL statements in one transaction
+        rather than the ORM's unit of work, and on SQLite the whole transaction is one trip to a worker
+        thread (aiosqlite would make one per statement; bench/door_bench.py shows the CPU per stream)."""
+        if not messages:
+            return -1
+        writer = self._sqlite_writer()
+        for attempt in range(20):
+            try:
+                if writer is not None:
+                    return await asyncio.to_thread(_append_in, writer, session_id, messages)
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(_append, session_id, messages)
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        return -1
+
+    async def load_messages(self, session_id: str, limit: int | None = None) -> list[ChatMessage]:
+        async with self.sessions() as db:
+            query = select(MessageRow).where(MessageRow.session_id == session_id).order_by(MessageRow.seq.desc())
+            if limit:
+                query = query.limit(limit)
+            rows = (await db.execute(query)).scalars().all()
+            return [_chat(row) for row in reversed(rows)]
+
+    async def end_session(self, session_id: str, summary: str | None) -> None:
+        async with self.sessions() as db:
+            await db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id)
+                .values(status="ended", ended_at=_now(), summary=summary)
+            )
+            await db.commit()
+
+    async def list_sessions(self, status: str | None = "active") -> list[SessionRecord]:
+        async with self.sessions() as db:
+            query = select(SessionRow).order_by(SessionRow.started_at)
+            if status:
+                query = query.where(SessionRow.status == status)
+            return [_record(SessionRecord, row) for row in (await db.execute(query)).scalars()]

@@ -1,0 +1,69 @@
+"""Processes (running or finished) with their metrics, saved so a restarted orchestrator rebuilds
+its registry and spend by agent; the ProcessStore mixin of Store."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from troupe.actors.messages import ProcessInfo, ProcessMetrics
+from troupe.store.engine import StoreBase
+from troupe.store.schema import ProcessRow, _now, _utc
+
+
+def _process_info(row: ProcessRow) -> ProcessInfo:
+    return ProcessInfo(
+        id=row.id,
+        kind=row.kind,  # type: ignore[arg-type]
+        agent=row.agent,
+        name=row.name,
+        task=row.task,
+        status=row.status,  # type: ignore[arg-type]
+        parent_id=row.parent_id,
+        started_at=_utc(row.started_at) or _now(),
+        ended_at=_utc(row.ended_at),
+        restarts=row.restarts,
+        error=row.error,
+        metrics=ProcessMetrics(
+            input_tokens=row.input_tokens,
+            output_tokens=row.output_tokens,
+            llm_calls=row.llm_calls,
+            tool_calls=row.tool_calls,
+            estimated_cost=row.estimated_cost,
+            cost_known=row.cost_known,
+            tokens_estimated=row.tokens_estimated,
+        ),
+    )
+
+
+class ProcessStore(StoreBase):
+    async def save_process(self, info: ProcessInfo) -> None:
+        m = info.metrics
+        values = dict(
+            kind=info.kind, agent=info.agent, name=info.name, task=info.task, status=info.status,
+            parent_id=info.parent_id, started_at=info.started_at, ended_at=info.ended_at, restarts=info.restarts,
+            error=info.error, input_tokens=m.input_tokens, output_tokens=m.output_tokens, llm_calls=m.llm_calls,
+            tool_calls=m.tool_calls, estimated_cost=m.estimated_cost, cost_known=m.cost_known,
+            tokens_estimated=m.tokens_estimated,
+        )  # fmt: skip
+        async with self.sessions() as db:
+            row = await db.get(ProcessRow, info.id)
+            if row is None:
+                db.add(ProcessRow(id=info.id, **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+            await db.commit()
+
+    async def load_processes(self, *, status: str | None = None, limit: int = 1000) -> list[ProcessInfo]:
+        async with self.sessions() as db:
+            query = select(ProcessRow).order_by(ProcessRow.started_at.desc()).limit(limit)
+            if status:
+                query = query.where(ProcessRow.status == status)
+            return [_process_info(row) for row in (await db.execute(query)).scalars()]
+
+    async def spend_by_agent(self) -> dict[str, float]:
+        async with self.sessions() as db:
+            rows = await db.execute(
+                select(ProcessRow.agent, func.sum(ProcessRow.estimated_cost)).group_by(ProcessRow.agent)
+            )
+            return {agent: float(total or 0.0) for agent, total in rows}

@@ -1,0 +1,113 @@
+"""What the store hands out: frozen pydantic *Record classes (never ORM objects), one per table
+callers read, and _record, which builds one from a row with its datetimes made UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from troupe.store.schema import _utc
+
+# --- records handed out (frozen; never ORM objects)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class CallerRecord(_Record):
+    caller_id: str
+    phone: str | None
+    name: str | None
+    first_seen_at: datetime
+    last_seen_at: datetime
+
+
+class SessionRecord(_Record):
+    id: str
+    caller_id: str
+    persona: str
+    process_id: str
+    status: str
+    started_at: datetime
+    last_active_at: datetime
+    ended_at: datetime | None
+    summary: str | None
+    turns: int
+
+
+class MemoryRecord(_Record):
+    id: int
+    persona: str
+    subject: str
+    kind: str
+    content: str
+    source: str
+    created_at: datetime
+
+
+class LifeRunRecord(_Record):
+    persona: str
+    activity: str
+    slot: datetime | None
+    status: str
+    output: str
+    process_id: str | None
+    triggered_at: datetime
+    finished_at: datetime | None
+
+
+class ScheduleOverride(_Record):
+    persona: str
+    activity: str
+    cron_expression: str | None
+    is_paused: bool
+    updated_at: datetime
+
+
+class NewsReadRecord(_Record):
+    persona: str
+    item_id: str
+    title: str
+    url: str
+    take: str
+    score: float
+    read_at: datetime
+
+
+class PostRecord(_Record):
+    id: int
+    persona: str
+    text: str
+    status: str
+    pending_targets: str
+    delivered_targets: str
+    attempts: int
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class JournalRecord(_Record):
+    persona: str
+    day: str
+    text: str
+    created_at: datetime
+
+
+class BudgetEventRecord(_Record):
+    scope: str
+    subject: str
+    limit_usd: float
+    spent_usd: float
+    created_at: datetime
+
+
+def _record(cls: type[_Record], row: Any) -> Any:
+    values = {}
+    for name in cls.model_fields:
+        value = getattr(row, name)
+        values[name] = _utc(value) if isinstance(value, datetime) else value
+    return cls(**values)

@@ -1,0 +1,190 @@
+"""The store's tables: the declarative Base (whose metadata Alembic's troupe/migrations/env.py reads),
+every *Row table class, the Stamp column type and the UTC helpers _now and _utc."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything troupe stores is UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+Stamp = DateTime(timezone=True)
+
+
+class CallerRow(Base):
+    __tablename__ = "callers"
+    caller_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    phone: Mapped[str | None] = mapped_column(String(32))
+    name: Mapped[str | None] = mapped_column(String(200))
+    first_seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    last_seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    caller_id: Mapped[str] = mapped_column(String(160))
+    persona: Mapped[str] = mapped_column(String(40))
+    process_id: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    started_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    last_active_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    ended_at: Mapped[datetime | None] = mapped_column(Stamp)
+    summary: Mapped[str | None] = mapped_column(Text)
+    turns: Mapped[int] = mapped_column(Integer, default=0)
+    next_seq: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (Index("ix_sessions_caller_persona_status", "caller_id", "persona", "status"),)
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32), ForeignKey("sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(64))
+    tool_calls: Mapped[str | None] = mapped_column(Text)
+    tool_call_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_messages_session_seq"),)
+
+
+class MemoryRow(Base):
+    __tablename__ = "memories"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (Index("ix_memories_persona_subject", "persona", "subject"),)
+
+
+class ProcessRow(Base):
+    __tablename__ = "processes"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    agent: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(240), default="")
+    task: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    parent_id: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(Stamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Stamp)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    estimated_cost: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_known: Mapped[bool] = mapped_column(Boolean, default=True)
+    tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class LifeRunRow(Base):
+    __tablename__ = "life_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    activity: Mapped[str] = mapped_column(String(32))
+    slot: Mapped[datetime | None] = mapped_column(Stamp)
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[str] = mapped_column(Text, default="")
+    process_id: Mapped[str | None] = mapped_column(String(16))
+    triggered_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(Stamp)
+    __table_args__ = (UniqueConstraint("persona", "activity", "slot", name="uq_life_runs_slot"),)
+
+
+class ScheduleRow(Base):
+    """An operator's change to a schedule (paused, or a new cron expression); absent means the default."""
+
+    __tablename__ = "schedules"
+    persona: Mapped[str] = mapped_column(String(40), primary_key=True)
+    activity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cron_expression: Mapped[str | None] = mapped_column(String(120))
+    is_paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class NewsReadRow(Base):
+    __tablename__ = "news_read"
+    persona: Mapped[str] = mapped_column(String(40), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    title: Mapped[str] = mapped_column(String(400))
+    url: Mapped[str] = mapped_column(String(1000))
+    take: Mapped[str] = mapped_column(Text, default="")
+    score: Mapped[float] = mapped_column(Float, default=0.0)
+    read_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class PostRow(Base):
+    """A persona's post and where it has been delivered: kept until every target has taken it."""
+
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(String(400))
+    status: Mapped[str] = mapped_column(String(16))  # pending, delivered, blocked
+    pending_targets: Mapped[str] = mapped_column(String(64), default="")  # comma-separated: slack, webhook
+    delivered_targets: Mapped[str] = mapped_column(String(64), default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(String(400), default="")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    delivered_at: Mapped[datetime | None] = mapped_column(Stamp)
+    __table_args__ = (Index("ix_posts_persona_created", "persona", "created_at"),)
+
+
+class JournalRow(Base):
+    __tablename__ = "journal_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(40))
+    day: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (Index("ix_journal_persona_day", "persona", "day"),)
+
+
+class BudgetEventRow(Base):
+    __tablename__ = "budget_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(240))
+    limit_usd: Mapped[float] = mapped_column(Float)
+    spent_usd: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+
+
+class SeenEventRow(Base):
+    __tablename__ = "seen_events"
+    source: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
