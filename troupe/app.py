@@ -67,7 +67,7 @@ def create_routes(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(TroupeError)
     async def troupe_error(request: Request, exc: TroupeError) -> JSONResponse:
-        headers = {"Retry-After": "60"} if exc.status == 429 else None
+        headers = {"Retry-After": "60" if exc.status == 429 else "5"} if exc.status in (429, 503) else None
         return JSONResponse(error_json(exc.message, exc.type, exc.code, exc.param), exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -133,7 +133,7 @@ def serve_with_ray(runtime: Any, *, blocking: bool = True, quiet: bool = False) 
     serve.start(http_options={"host": settings.host, "port": proxy_port}, detached=False)
     door = TroupeDoor.options(  # type: ignore[attr-defined]
         name="troupe-door",
-        num_replicas=1,
+        num_replicas=settings.door_replicas,
         max_ongoing_requests=settings.serve_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
     ).bind(settings, runtime.catalog)

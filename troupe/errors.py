@@ -73,3 +73,11 @@ class InvalidRequest(TroupeError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class TroupeUnavailable(TroupeError):
+    """troupe cannot take the turn right now (restarting, every session mid-turn); try again shortly."""
+
+    status = 503
+    type = "server_error"
+    code = "unavailable"

@@ -11,21 +11,25 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from troupe.actors.agent import AgentLoop, budget_guard
+from troupe.actors.caller import is_anonymous
 from troupe.actors.messages import TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator, SessionLease
 from troupe.actors.persona_file import PersonaCatalog, load_personas
-from troupe.actors.session import STALE
+from troupe.actors.session import STALE, for_session
 from troupe.chat_model import ToolCall, ToolSpec
 from troupe.config.settings import Settings
-from troupe.errors import ConfigError, TroupeError
+from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
+from troupe.errors import ConfigError, TroupeError, TroupeUnavailable
+from troupe.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,9 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
             kwargs["address"] = settings.ray_address
         else:
             kwargs.update(include_dashboard=False, num_cpus=os.cpu_count() or 2)
-            if settings.door == "serve" and settings.serve_direct_ingress:
+            os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", REQUEST_ID_MIDDLEWARE)
+            # direct ingress binds one replica to one port: several replicas are served by Serve's proxy
+            if settings.door == "serve" and settings.serve_direct_ingress and settings.door_replicas == 1:
                 os.environ.update(serve_direct_ingress_env(settings))
         # actors on other nodes rebuild the same settings from these variables
         kwargs["runtime_env"] = {"env_vars": settings.env_for_workers()}
@@ -70,6 +76,8 @@ def serve_direct_ingress_env(settings: Settings) -> dict[str, str]:
     Serve reads these when its controller, proxy and replicas start, so they must be in the environment
     before Ray starts (its processes inherit it)."""
     return {
+        # runs before Serve's own middleware: an X-Request-ID Serve makes up is not taken for a caller's
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": REQUEST_ID_MIDDLEWARE,
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),  # exclusive bound
@@ -200,50 +208,98 @@ class RemoteTools:
 class SessionClient:
     """Runs caller turns in the door. Holds session handles so only a caller's first turn visits the
     orchestrator; each turn then costs two calls to the session actor: `prepare` before the model
-    speaks and `finish` once it has, and the reply streams from the model straight to the caller."""
+    speaks and `finish` once it has, and the reply streams from the model straight to the caller.
+
+    Every turn is durable whatever dies: its outcome is built up as it streams, a cut-off reply is kept
+    marked interrupted and paid for, and if the session actor died mid-turn the door keeps the turn
+    through the store itself. A caller with no identity is a one-turn session."""
 
     def __init__(self, orchestrator: Any, settings: Settings, catalog: PersonaCatalog) -> None:
         self.orchestrator = orchestrator
         self.settings = settings
         self.catalog = catalog
         self.models = ModelFactory(settings)
-        self.leases: dict[tuple[str, str], SessionLease] = {}
+        # the handles of live sessions, least recently used first; bounded like the sessions themselves
+        self.leases: OrderedDict[tuple[str, str], SessionLease] = OrderedDict()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._finishing: set[asyncio.Task[Any]] = set()
+        self._store: Store | None = None
 
-    async def lease(self, caller_id: str, persona: str, failed: SessionLease | None = None) -> SessionLease:
+    async def store(self) -> Store:
+        if self._store is None:
+            self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
+        return self._store
+
+    async def lease(
+        self, caller_id: str, persona: str, failed: SessionLease | None = None, one_turn: bool = False
+    ) -> SessionLease:
+        if one_turn:
+            return await self._session_for(caller_id, persona, None, one_turn=True)
         key = (caller_id, persona.lower())
         lease = self.leases.get(key)
         if lease is not None and failed is None:
+            self.leases.move_to_end(key)
             return lease
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            lease = self.leases.get(key)
-            if lease is not None and (failed is None or lease.generation != failed.generation):
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                lease = self.leases.get(key)
+                if lease is not None and (failed is None or lease.generation != failed.generation):
+                    return lease
+                lease = await self._session_for(caller_id, persona, failed.generation if failed else None)
+                self.leases[key] = lease
+                while len(self.leases) > self.settings.max_sessions * 2:
+                    self.leases.popitem(last=False)
                 return lease
+        finally:
+            if not lock.locked():
+                self._locks.pop(key, None)
+
+    async def _session_for(
+        self, caller_id: str, persona: str, failed_generation: int | None, one_turn: bool = False
+    ) -> SessionLease:
+        """Ask the orchestrator; while it is restarting (its process died), ask again for a while."""
+        deadline = time.monotonic() + self.settings.orchestrator_recovery_s
+        while True:
             try:
-                lease = await self.orchestrator.session_for.remote(
-                    caller_id, persona, failed.generation if failed else None
+                lease: SessionLease = await asyncio.wait_for(
+                    self.orchestrator.session_for.remote(caller_id, persona, failed_generation, one_turn),
+                    self.settings.session_start_timeout_s,
                 )
+                return lease
+            except (ActorUnavailableError, RayActorError):
+                if time.monotonic() > deadline:
+                    raise TroupeUnavailable("troupe is restarting; please try again in a moment.") from None
+                await asyncio.sleep(0.25)
+            except TimeoutError:
+                raise TroupeUnavailable("No session could be started in time; please try again.") from None
             except Exception as exc:
                 raise _unwrap(exc) from None
-            self.leases[key] = lease
-            return lease
 
     def forget(self, caller_id: str, persona: str) -> None:
         self.leases.pop((caller_id, persona.lower()), None)
 
-    async def _prepare(self, request: TurnRequest) -> tuple[SessionLease, TurnPlan | TurnEvent]:
+    async def _prepare(self, request: TurnRequest, one_turn: bool) -> tuple[SessionLease, TurnPlan | TurnEvent]:
         """Open the turn on the caller's session. If that actor died (or was released and reused), the
         turn goes to the caller's current session actor instead: the transcript is in the store."""
-        lease = await self.lease(request.caller_id, request.persona)
+        lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
         for attempt in range(3):
             try:
-                plan: TurnPlan | TurnEvent = await lease.handle.prepare.remote(request)
+                plan: TurnPlan | TurnEvent = await asyncio.wait_for(
+                    lease.handle.prepare.remote(request), self.settings.actor_call_timeout_s
+                )
             except RayActorError:
-                lease = await self.lease(request.caller_id, request.persona, failed=lease)
+                lease = await self.lease(request.caller_id, request.persona, failed=lease, one_turn=one_turn)
                 continue
+            except TimeoutError:
+                busy = TurnEvent(
+                    kind="error", text="The session did not answer in time; please try again.",
+                    error_code="session_timeout", error_status=503,
+                )  # fmt: skip
+                return lease, busy
             if isinstance(plan, TurnEvent) and plan.error_code == STALE and attempt < 2:
                 self.forget(request.caller_id, request.persona)
-                lease = await self.lease(request.caller_id, request.persona)
+                lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
                 continue
             return lease, plan
         unavailable = TurnEvent(
@@ -254,8 +310,11 @@ class SessionClient:
 
     async def turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
         """Stream a turn: the session assembles it, the model's reply streams from here, and the
-        finished turn is in the store before the stream's last event (the `done` or `error`)."""
-        lease, plan = await self._prepare(request)
+        finished turn is in the store before the stream's last event (the `done` or `error`). A caller
+        who goes away mid-reply still has the reply so far kept (marked interrupted) and paid for."""
+        one_turn = is_anonymous(request.caller_id)
+        request = request.model_copy(update={"messages": for_session(request.messages, one_turn=one_turn)})
+        lease, plan = await self._prepare(request, one_turn)
         if isinstance(plan, TurnEvent):
             yield plan
             return
@@ -288,21 +347,39 @@ class SessionClient:
             log.exception("turn failed")
             failure = TroupeError("The persona failed to answer.")
         finally:
-            # a caller who hung up mid-reply still has their words kept
-            outcome = loop.outcome
+            # runs even when the caller hung up (the generator is closed): the turn is kept regardless
+            outcome = loop.outcome if last is not None else loop.interrupted()
             result = TurnResult(
                 turn_id=plan.turn_id,
                 new_messages=tuple(outcome.new_messages),
                 delta=outcome.delta,
                 error_code=failure.code if failure else None,
                 error_text=failure.message if failure else None,
+                interrupted=last is None,
             )
-            finishing = lease.handle.finish.remote(result)
-        try:
-            await finishing
-        except Exception:
-            log.warning("the session could not keep turn %s", plan.turn_id, exc_info=True)
+            finishing = asyncio.ensure_future(self._finish(lease, plan, result))
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
+        await finishing
         if failure is not None:
             yield TurnEvent(kind="error", text=failure.message, error_code=failure.code, error_status=failure.status)
         elif last is not None:
             yield last
+
+    async def _finish(self, lease: SessionLease, plan: TurnPlan, result: TurnResult) -> None:
+        """Hand the finished turn to its session; if that actor died mid-turn (or no longer holds the
+        turn), keep the turn through the store: the reply the caller heard is in the transcript."""
+        try:
+            kept = await asyncio.wait_for(lease.handle.finish.remote(result), self.settings.actor_call_timeout_s)
+        except Exception:
+            kept = False
+        if kept:
+            return
+        try:
+            store = await self.store()
+            await store.keep_turn(
+                plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted
+            )
+            self.orchestrator.report.remote(lease.process_id, result.delta)
+        except Exception:
+            log.warning("the turn %s could not be kept", plan.turn_id, exc_info=True)

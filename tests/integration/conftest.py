@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from troupe.config.settings import Settings
+from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
 from troupe.runtime import Runtime
 
 _namespaces = itertools.count()
@@ -21,6 +22,8 @@ _namespaces = itertools.count()
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     if not ray.is_initialized():
+        # as troupe does when it starts Ray: Serve's made-up request ids are marked as not a caller's
+        os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", REQUEST_ID_MIDDLEWARE)
         ray.init(num_cpus=2, include_dashboard=False, namespace="troupe-tests", log_to_driver=False)
     yield
     ray.shutdown()

@@ -176,13 +176,33 @@ async def test_unknown_persona_is_a_clear_error(runtime: Runtime) -> None:
     assert "Zed" in caught.value.message and "Tony" in caught.value.message
 
 
-async def test_capacity_gives_a_clear_error(start_runtime: Any, tmp_path: Path) -> None:
-    runtime = start_runtime(make_settings(tmp_path, max_sessions=1))
-    assert (await say(runtime, "+14155550005", "hi"))[-1].kind == "done"
+async def test_at_capacity_an_idle_session_makes_room_and_only_a_full_house_mid_turn_is_refused(
+    start_runtime: Any, tmp_path: Path
+) -> None:
+    script = write_script(
+        tmp_path / "script.json",
+        [{"when": "slow", "reply": {"content": "one two three four five six", "chunk_delay_s": 0.5}},
+         {"when": "", "reply": "Hello from the fake model."}],
+    )  # fmt: skip
+    runtime = start_runtime(make_settings(tmp_path, max_sessions=1, fake_script=script))
+    assert (await say(runtime, "+14155550005", "hi, I am Ada"))[-1].kind == "done"
+    # the first caller is idle: the second is served, and the first one's conversation is summarised
+    assert (await say(runtime, "+14155550006", "hi"))[-1].kind == "done"
+    store = await Store.open(runtime.settings.resolved_database_url, migrate=False)
+    try:
+        memories = await wait_for(lambda: store.recall("Tony", subject="+14155550005"))
+        assert memories[0].kind == "summary"
+    finally:
+        await store.close()
+    # every session mid-turn: the new caller is refused, clearly, with a 503
+    client = runtime.client()
+    slow = TurnRequest(caller_id="+14155550006", persona="Tony", messages=(ChatMessage(role="user", content="slow"),))
+    events = client.turn(slow).__aiter__()
+    assert (await anext(events)).kind == "delta"
     with pytest.raises(SessionLimit) as caught:
-        await say(runtime, "+14155550006", "hi")
-    assert "capacity" in caught.value.message.lower()
-    assert caught.value.status == 503
+        await say(runtime, "+14155550007", "hi")
+    assert "capacity" in caught.value.message.lower() and caught.value.status == 503
+    assert [e async for e in events][-1].kind == "done"
 
 
 async def test_unreachable_database_names_url_without_password(ray_session: None, tmp_path: Path) -> None:

@@ -79,7 +79,22 @@ def test_errors_and_keys_through_serve(serve_door: str) -> None:
     malformed = httpx.post(f"{serve_door}/chat/completions", content=b"{", headers=key)
     assert malformed.status_code == 400
     processes: Any = httpx.get(f"{serve_door}/api/processes", params={"kind": "session"}, headers=key).json()
-    assert any(p["agent"] == "Tony" and p["status"] == "running" for p in processes)
+    assert any(p["agent"] == "Tony" and p["status"] == "completed" for p in processes)
+
+
+def test_the_request_id_serve_makes_up_is_no_caller_but_a_clients_own_is(serve_door: str) -> None:
+    """Serve writes an X-Request-ID into every request without one: those callers stay anonymous
+    (one-turn sessions, none held afterwards), while a client's own X-Request-ID names its caller."""
+    key = {"Authorization": "Bearer serve-key"}
+    client = openai.OpenAI(base_url=f"{serve_door}/v1", api_key="serve-key", max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="riley", messages=[{"role": "user", "content": "Hi"}])
+    client.chat.completions.create(
+        model="riley", messages=[{"role": "user", "content": "Hi"}], extra_headers={"X-Request-ID": "my-call-7"}
+    )
+    sessions: Any = httpx.get(f"{serve_door}/api/sessions", headers=key).json()
+    riley = [s["caller_id"] for s in sessions if s["agent"] == "Riley"]
+    assert riley == ["req-my-call-7"]
 
 
 def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:

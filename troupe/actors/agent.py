@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from troupe.actors.messages import Allowance, MetricsDelta, TurnEvent
-from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, ToolCall, ToolSpec, Usage
+from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, ToolCall, ToolSpec, Usage, estimate_tokens
 from troupe.config.pricing import cost
 from troupe.errors import BudgetExceeded
 
@@ -104,6 +104,14 @@ class AgentLoop:
         self.temperature = temperature
         self.budget_guard = budget_guard
         self.outcome = Outcome()
+        # the turn so far, kept as it streams: a caller who hangs up still has their words kept and paid for
+        self._new: list[ChatMessage] = []
+        self._delta = MetricsDelta()
+        self._parts: list[str] = []
+        self._calls: list[ToolCall] = []
+        self._request: ModelRequest | None = None
+        self._usage = Usage()
+        self._texts: list[str] = []
 
     async def run(
         self,
@@ -118,8 +126,8 @@ class AgentLoop:
         own = self.toolbox.specs()
         own_names = {spec.name for spec in own}
         delta = MetricsDelta()
-        new: list[ChatMessage] = []
-        texts: list[str] = []
+        new: list[ChatMessage] = self._new
+        texts: list[str] = self._texts
         for iteration in range(self.max_iterations):
             if self.budget_guard:
                 self.budget_guard(delta.cost_usd)
@@ -137,6 +145,7 @@ class AgentLoop:
             parts: list[str] = []
             calls: list[ToolCall] = []
             usage = Usage()
+            self._parts, self._calls, self._request, self._usage = parts, calls, request, usage
             async for chunk in self.model.stream(request):
                 if chunk.content:
                     parts.append(chunk.content)
@@ -144,7 +153,9 @@ class AgentLoop:
                 calls.extend(chunk.tool_calls)
                 if chunk.usage:
                     usage = usage + chunk.usage
+                    self._usage = usage
             delta = delta.plus(usage_delta(self.model_name, usage))
+            self._delta, self._request = delta, None
             text = "".join(parts)
             texts.append(text)
             reply = ChatMessage(role="assistant", content=text or None, tool_calls=tuple(calls))
@@ -159,6 +170,7 @@ class AgentLoop:
                 if call.name not in own_names:
                     continue
                 delta = delta.plus(MetricsDelta(tool_calls=1))
+                self._delta = delta
                 result = await self._run_tool(call)
                 tool_msg = ChatMessage(role="tool", content=result, tool_call_id=call.id, name=call.name)
                 convo.append(tool_msg)
@@ -174,6 +186,24 @@ class AgentLoop:
                 return
         self.outcome = Outcome(new, delta, "length", "".join(texts))
         yield TurnEvent(kind="done", finish_reason="length", usage=turn_usage(delta), cost_usd=delta.cost_usd)
+
+    def interrupted(self) -> Outcome:
+        """The turn as far as it got when it was cut off (the caller hung up, the model failed, the turn
+        timed out): the messages so far, the reply so far as the caller heard it, and what was spent.
+        A model call cut off before it reported usage is charged from estimates."""
+        new = list(self._new)
+        delta = self._delta
+        if self._request is not None:  # a model call was in flight
+            text = "".join(self._parts)
+            if text or self._calls:
+                new.append(ChatMessage(role="assistant", content=text or None, tool_calls=tuple(self._calls)))
+            usage = self._usage
+            if not usage.input_tokens and not usage.output_tokens:
+                prompt = " ".join(m.content or "" for m in self._request.messages)
+                usage = Usage(input_tokens=estimate_tokens(prompt), output_tokens=estimate_tokens(text), estimated=True)
+            delta = delta.plus(usage_delta(self.model_name, usage))
+        texts = [*self._texts, "".join(self._parts)] if self._request is not None else self._texts
+        return Outcome(new, delta, "interrupted", "".join(texts))
 
     async def _run_tool(self, call: ToolCall) -> str:
         try:

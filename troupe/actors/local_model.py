@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -189,6 +190,15 @@ class Engine:
         _warm_up(self)
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux /proc; 0 where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _warm_up(engine: Engine) -> None:
     request = ModelRequest(messages=(), speaker="Probe", max_tokens=1, temperature=0.0)
     engine.generate(request, lambda chunk: None, threading.Event())
@@ -226,6 +236,8 @@ class EngineState(BaseModel):
     cancelled: int = 0  # generations stopped because the caller went away
     tokens: int = 0
     load_s: float = 0.0
+    pid: int = 0
+    rss_mb: float = 0.0
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -287,6 +299,7 @@ class LocalModel:
         return EngineState(
             status=status, reason=self.failure, model=name, slots=self.slots, active=self.active,
             generations=self.generations, cancelled=self.cancelled, tokens=self.tokens, load_s=self.load_s,
+            pid=os.getpid(), rss_mb=_rss_mb(),
         )  # fmt: skip
 
     async def ping(self) -> bool:

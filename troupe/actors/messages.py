@@ -138,6 +138,8 @@ class TurnPlan(_Frozen):
     persona's own tools (which still run in the session), and what the turn may spend."""
 
     turn_id: str
+    session_id: str
+    input: tuple[ChatMessage, ...] = ()  # the caller's new messages, as the session wrote them
     persona: str
     model_name: str
     messages: tuple[ChatMessage, ...]
@@ -156,6 +158,7 @@ class TurnResult(_Frozen):
     delta: MetricsDelta = MetricsDelta()
     error_code: str | None = None
     error_text: str | None = None
+    interrupted: bool = False  # the reply was cut off (the caller hung up, the model failed, a timeout)
 
 
 TurnEventKind = Literal["delta", "tool_calls", "done", "error"]

@@ -31,6 +31,7 @@ from troupe.actors.models import LOCAL_MODEL_ACTOR
 from troupe.actors.persona import PersonaActor
 from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.session import SessionActor
+from troupe.actors.sessions import SessionDirectory, SessionSlot
 from troupe.actors.supervision import Decision, Policy, decide
 from troupe.actors.task import TaskActor
 from troupe.chat_model import ToolCall
@@ -72,15 +73,6 @@ class Child:
     stopping: bool = False
 
 
-@dataclass
-class SessionSlot:
-    caller_id: str
-    persona: str
-    process_id: str
-    session_id: str
-    last_active: float
-
-
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class Orchestrator:
     def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
@@ -90,8 +82,7 @@ class Orchestrator:
         self.store: Store | None = None
         self.processes: dict[str, ProcessInfo] = {}
         self.children: dict[str, Child] = {}
-        self.sessions: dict[tuple[str, str], SessionSlot] = {}
-        self.session_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.sessions = SessionDirectory(settings.max_sessions, settings.session_pool_size)
         self.pool: deque[tuple[str, Any]] = deque()  # warm, unbound session actors: (process id, handle)
         self.pool_filling = 0
         self.own_id: str | None = None  # this orchestrator's own row in the registry
@@ -113,6 +104,18 @@ class Orchestrator:
         self.model_failure: str | None = None  # why the offline model cannot run, when it cannot
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._starting = asyncio.Lock()
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            # Ray restarted this orchestrator after its process died (and its children with it): start
+            # again from the store, as on a cold start, so callers are served again within seconds
+            self._background(self._recover())
+
+    async def _recover(self) -> None:
+        try:
+            await self.start()
+            log.warning("the orchestrator restarted and recovered its actors from the store")
+        except Exception:
+            log.exception("the orchestrator restarted but could not recover")
 
     # ------------------------------------------------------------------ start-up and shutdown
 
@@ -121,8 +124,12 @@ class Orchestrator:
         personas and the offline model. Life loops and the warm pool follow in the background (after
         `start_rest()` when `defer_rest`: `troupe serve` opens its door first), so the door opens as soon
         as a caller can be answered. Returns the status, with start-up timings."""
-        if self.ready:
-            return await self.status()
+        async with self._starting:
+            if self.ready:
+                return await self.status()
+            return await self._start(defer_rest)
+
+    async def _start(self, defer_rest: bool) -> dict[str, Any]:
         began = time.perf_counter()
         self.me = ray.get_runtime_context().current_actor
         self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
@@ -155,8 +162,10 @@ class Orchestrator:
         await asyncio.gather(*first)
         self.timings["personas"] = time.perf_counter() - phase
         if not defer_rest:
-            await self.start_rest()
+            self.rest_begun = True
+            await self._start_rest()
         self._background(self._housekeeping())
+        await self._flush()  # the registry is in the store from the start: a restart finds what it lost
         self.ready = True
         self.callers_served.set()
         self.timings["orchestrator"] = time.perf_counter() - began
@@ -228,7 +237,7 @@ class Orchestrator:
             child.stopping = True
             if child.watcher:
                 child.watcher.cancel()
-        for slot in list(self.sessions.values()):
+        for slot in list(self.sessions):
             await self._release(slot, summarise=False)
         for child in list(self.children.values()):
             self._kill(child.handle)
@@ -363,7 +372,7 @@ class Orchestrator:
         if error:
             self._emit("turn.failed", process=process_id, agent=info.agent, error=error)
         if info.kind == "session":
-            for slot in self.sessions.values():
+            for slot in self.sessions:
                 if slot.process_id == process_id:
                     slot.last_active = time.monotonic()
         return self.spend.get(info.agent, 0.0)
@@ -489,7 +498,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ sessions and the warm pool
 
     async def _fill_pool(self, size: int | None = None) -> None:
-        size = self.settings.session_pool_size if size is None else size
+        size = self.sessions.pool_target() if size is None else size
         want = size - len(self.pool) - self.pool_filling
         if want <= 0:
             return
@@ -501,8 +510,16 @@ class Orchestrator:
 
     async def _refill_later(self) -> None:
         # a new actor process costs about a core-second; let the caller's first turn have the CPU first
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
         await self._fill_pool()
+
+    def _pooled(self, handle: Any, pid: str | None = None) -> None:
+        """An actor joins the warm pool (a fresh one, or one whose conversation was let go)."""
+        pid = pid or self._register(
+            ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
+                        task="Waiting for a caller")
+        )  # fmt: skip
+        self.pool.append((pid, handle))
 
     async def _add_to_pool(self) -> None:
         pid = self._register(
@@ -519,9 +536,10 @@ class Orchestrator:
         except Exception as exc:
             self._set_status(pid, "failed", f"failed to start: {exc}")
             return
-        self.pool.append((pid, handle))
+        self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_session_actor(self) -> tuple[str, Any]:
+        self.sessions.took_from_pool()
         if self.pool:
             pid, handle = self.pool.popleft()
             self._background(self._refill_later())
@@ -540,9 +558,12 @@ class Orchestrator:
         self._background(self._fill_pool())
         return pid, handle
 
-    async def session_for(self, caller_id: str, persona: str, failed_generation: int | None = None) -> SessionLease:
-        """The session actor for this caller and persona: theirs if it exists, else one from the pool.
-        `failed_generation` says the door saw that session actor die; it is replaced at once."""
+    async def session_for(
+        self, caller_id: str, persona: str, failed_generation: int | None = None, one_turn: bool = False
+    ) -> SessionLease:
+        """The session actor for this caller and persona: theirs if it is live, else one from the pool,
+        which picks the conversation up from the store. `failed_generation` says the door saw that actor
+        die; it is replaced at once. `one_turn`: a caller with no identity, released after its turn."""
         definition = self.catalog.find(persona)
         if definition is None:
             raise PersonaNotFound(
@@ -552,52 +573,85 @@ class Orchestrator:
             # the door opens while troupe is still starting: a caller this early waits for the personas
             await asyncio.wait_for(self.callers_served.wait(), 120)
         key = (caller_id, definition.key)
-        lock = self.session_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            slot = self.sessions.get(key)
-            if slot is not None:
-                child = self.children[slot.process_id]
-                if failed_generation is not None and failed_generation == child.generation:
-                    await self._restart_session(child, slot)
-                slot.last_active = time.monotonic()
-                return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
-            if len(self.sessions) >= self.settings.max_sessions:
-                raise SessionLimit(
-                    f"At capacity: {len(self.sessions)} active sessions (TROUPE_MAX_SESSIONS="
-                    f"{self.settings.max_sessions}). Try again shortly."
-                )
-            budget = definition.budget_usd
-            if self.spend.get(definition.name, 0.0) >= budget:
-                raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
-            pid, handle = await self._take_session_actor()
-            session_id = await handle.bind.remote(caller_id, definition.name, pid, self.spend.get(definition.name, 0.0))
-            self._update(
-                pid,
-                agent=definition.name,
-                name=f"{definition.key}-{caller_id}",
-                task=f"Conversation with {caller_id}",
-            )
-            self._set_status(pid, "running")
-            slot = SessionSlot(caller_id, definition.name, pid, session_id, time.monotonic())
-            self.sessions[key] = slot
-            child = Child(
-                process_id=pid,
-                group="sessions",
-                policy=SESSION_POLICY,
-                factory=self._make_session,
-                handle=handle,
-            )
-            self.children[pid] = child
-            self._watch_session(child, slot)
-            self._emit("session.started", caller_id=caller_id, agent=definition.name, process=pid)
-            return SessionLease(handle, pid, session_id, child.generation)
+        try:
+            async with self.sessions.lock(key):
+                slot = self.sessions.get(key)
+                if slot is not None:
+                    child = self.children[slot.process_id]
+                    if failed_generation is not None and failed_generation == child.generation:
+                        await self._restart_session(child, slot)
+                    self.sessions.touch(key)
+                    return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
+                budget = definition.budget_usd
+                if self.spend.get(definition.name, 0.0) >= budget:
+                    raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
+                if self.sessions.full:
+                    await self._make_room()
+                return await self._open_session(key, caller_id, definition.name, one_turn)
+        finally:
+            self.sessions.settle(key)
+
+    async def _open_session(self, key: tuple[str, str], caller_id: str, persona: str, one_turn: bool) -> SessionLease:
+        pid, handle = await self._take_session_actor()
+        spent = self.spend.get(persona, 0.0)
+        try:
+            session_id = await asyncio.wait_for(handle.bind.remote(caller_id, persona, pid, spent, one_turn), 30)
+        except Exception:
+            self._kill(handle)
+            self._set_status(pid, "failed", "could not take on a caller")
+            raise
+        label = "one turn" if one_turn else "conversation"
+        self._update(pid, agent=persona, name=f"{key[1]}-{caller_id}", task=f"{label.capitalize()} with {caller_id}")
+        self._set_status(pid, "running")
+        slot = SessionSlot(caller_id, persona, pid, session_id, time.monotonic(), one_turn)
+        self.sessions.add(key, slot)
+        child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self._make_session,
+                      handle=handle)  # fmt: skip
+        self.children[pid] = child
+        self._watch_session(child, slot)
+        self._emit("session.started", caller_id=caller_id, agent=persona, process=pid)
+        return SessionLease(handle, pid, session_id, child.generation)
+
+    async def _make_room(self) -> None:
+        """At the cap: the least recently used session that is not mid-turn is let go (its summary is
+        written in the background). Only when every session is mid-turn is the new caller refused."""
+        for slot in self.sessions.eviction_order():
+            child = self.children.get(slot.process_id)
+            if child is None:
+                continue
+            try:
+                busy = await asyncio.wait_for(child.handle.busy.remote(), 2)
+            except Exception:
+                busy = False  # dead or stuck: it makes room all the same
+            if busy or self.sessions.get(self._key(slot)) is not slot:
+                continue
+            await self._release(slot, summarise=True)
+            if not self.sessions.full:
+                return
+        raise SessionLimit(
+            f"At capacity: all {len(self.sessions)} sessions are mid-turn (TROUPE_MAX_SESSIONS="
+            f"{self.settings.max_sessions}). Try again in a few seconds."
+        )
+
+    async def turn_over(self, process_id: str, session_id: str) -> None:
+        """A one-turn session has stored its turn: its actor goes back to the pool."""
+        for slot in self.sessions:
+            if slot.process_id == process_id and slot.session_id == session_id:
+                await self._release(slot, summarise=False, detached=True)
+                return
 
     def _watch_session(self, child: Child, slot: SessionSlot) -> None:
         async def on_death(generation: int) -> None:
             key = self._key(slot)
-            async with self.session_locks.setdefault(key, asyncio.Lock()):
+            async with self.sessions.lock(key):
                 if child.generation == generation and self.sessions.get(key) is slot:
-                    await self._restart_session(child, slot)
+                    if slot.one_turn:  # nothing to come back to: its turn is kept by the door
+                        self.sessions.remove(key, slot)
+                        self.children.pop(child.process_id, None)
+                        self._set_status(child.process_id, "failed", "died during its one turn")
+                    else:
+                        await self._restart_session(child, slot)
+            self.sessions.settle(key)
 
         self._watch(child, on_death)
 
@@ -609,7 +663,7 @@ class Orchestrator:
         decision = decide(child.policy, child.restart_times, time.monotonic())
         if decision.action != "restart":
             self._set_status(child.process_id, "failed", f"session died; {decision.reason}")
-            self.sessions.pop(self._key(slot), None)
+            self.sessions.remove(self._key(slot), slot)
             self.children.pop(child.process_id, None)
             return
         child.generation += 1
@@ -620,6 +674,7 @@ class Orchestrator:
         _pool_pid, handle = await self._take_session_actor()
         self._set_status(_pool_pid, "completed")  # its process identity is merged into the restarted one
         self.processes.pop(_pool_pid, None)
+        self.dirty.discard(_pool_pid)
         await handle.bind.remote(slot.caller_id, slot.persona, child.process_id, self.spend.get(slot.persona, 0.0))
         child.handle = handle
         info = self.processes[child.process_id]
@@ -629,64 +684,83 @@ class Orchestrator:
         self._watch_session(child, slot)
 
     async def end_session(self, caller_id: str, persona: str) -> str | None:
+        """The platform says the conversation is over: let it go now, and return its summary."""
         definition = self.catalog.get(persona)
         key = (caller_id, definition.key)
-        async with self.session_locks.setdefault(key, asyncio.Lock()):
+        async with self.sessions.lock(key):
             slot = self.sessions.get(key)
-            if slot is None:
-                return None
-            return await self._release(slot, summarise=True)
+            held = await self._release(slot, summarise=False) if slot is not None else None
+        self.sessions.settle(key)
+        if held is None:
+            return None
+        return await self._summarise(held)
 
-    async def _release(self, slot: SessionSlot, *, summarise: bool) -> str | None:
-        """Summarise the conversation into memory, then recycle the actor into the pool (or stop it)."""
-        self.sessions.pop(self._key(slot), None)
+    async def _release(self, slot: SessionSlot, *, summarise: bool, detached: bool = False) -> dict[str, str] | None:
+        """Let a conversation go: the actor settles it and returns to the pool (or stops). With
+        `summarise` the persona writes its summary into memory in the background, off every caller's
+        path. `detached`: the actor has unbound itself already (a one-turn session)."""
+        self.sessions.remove(self._key(slot), slot)
         child = self.children.pop(slot.process_id, None)
-        summary = None
         if child is None:
             return None
         child.stopping = True
         if child.watcher:
             child.watcher.cancel()
+        held: dict[str, str] | None = None
         try:
-            summary = await child.handle.release.remote() if summarise else None
-            recycled = len(self.pool) < self.settings.session_pool_size
+            if not detached:
+                held = await asyncio.wait_for(child.handle.detach.remote(), self.settings.turn_timeout_s)
+            recycled = len(self.pool) < self.sessions.pool_target()
         except Exception:
             log.warning("session %s could not be released cleanly", slot.process_id, exc_info=True)
             recycled = False
         self._set_status(slot.process_id, "completed")
         self._emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
         if recycled:
-            pid = self._register(
-                ProcessInfo(
-                    id=new_process_id(),
-                    kind="session",
-                    agent="pool",
-                    name="warm-session",
-                    task="Waiting for a caller",
-                )
-            )
-            self.pool.append((pid, child.handle))
+            self._pooled(child.handle)
         else:
             self._kill(child.handle)
-        return summary
+        if summarise and held is not None:
+            self._background(self._summarise(held))
+        return held
+
+    async def _summarise(self, held: dict[str, str]) -> str:
+        """The persona summarises a conversation it let go into its memory of the caller, and ends it."""
+        try:
+            handle = await self.persona_handle(held["persona"])
+            summary: str = await handle.summarise_session.remote(held["session_id"], held["caller_id"])
+            return summary
+        except Exception:
+            log.warning("the session %s could not be summarised", held["session_id"], exc_info=True)
+            return ""
 
     async def _housekeeping(self) -> None:
-        """Release idle sessions and write the registry to the store, off every caller's path."""
+        """Release idle sessions, size the pool to demand and write the registry, off every caller's path."""
         idle_every = min(30.0, self.settings.session_idle_timeout_s / 4)
         while True:
             await asyncio.sleep(min(idle_every, 5.0))
             try:
-                now = time.monotonic()
-                for slot in list(self.sessions.values()):
-                    if now - slot.last_active >= self.settings.session_idle_timeout_s:
-                        key = self._key(slot)
-                        async with self.session_locks.setdefault(key, asyncio.Lock()):
-                            if self.sessions.get(key) is slot:
-                                await self._release(slot, summarise=True)
+                for slot in self.sessions.idle(self.settings.session_idle_timeout_s):
+                    key = self._key(slot)
+                    async with self.sessions.lock(key):
+                        if self.sessions.get(key) is slot:
+                            await self._release(slot, summarise=True)
+                    self.sessions.settle(key)
+                await self._size_pool()
                 self._trim_finished()
                 await self._flush()
             except Exception:
                 log.exception("housekeeping failed")
+
+    async def _size_pool(self) -> None:
+        """Grow the pool ahead of a burst; shrink it back to its floor when callers stop coming."""
+        target = self.sessions.pool_target()
+        while len(self.pool) > target:
+            pid, handle = self.pool.pop()
+            self._kill(handle)
+            self._set_status(pid, "completed")
+        if len(self.pool) + self.pool_filling < target:
+            self._background(self._fill_pool())
 
     def _trim_finished(self) -> None:
         finished = [p for p in self.processes.values() if p.status in ("completed", "failed")]
@@ -867,7 +941,7 @@ class Orchestrator:
 
     async def list_sessions(self) -> list[SessionInfo]:
         out = []
-        for slot in self.sessions.values():
+        for slot in self.sessions:
             info = self.processes[slot.process_id]
             idle = time.monotonic() - slot.last_active
             out.append(

@@ -126,6 +126,18 @@ class PersonaActor(ActorBase):
         await store.add_memory(self.persona.name, caller_id, summary, kind="summary", source=source)
         return summary
 
+    async def summarise_session(self, session_id: str, caller_id: str) -> str:
+        """A conversation a session actor let go (idle, evicted, or ended by the platform): summarised
+        into this persona's memory of the caller, and ended in the store. Runs off the caller's path."""
+        store = await self.store()
+        said = [m for m in await store.load_messages(session_id, limit=60) if m.role in ("user", "assistant")]
+        lines = "\n".join(
+            f"{'Caller' if m.role == 'user' else self.persona.name}: {m.content}" for m in said if m.content
+        )
+        summary = await self.remember_conversation(caller_id, lines, "session") if lines else ""
+        await store.end_session(session_id, summary or None)
+        return summary
+
     async def run_tool(self, caller_id: str, call: ToolCall) -> str:
         """One of this persona's tools run on a platform's behalf (VAPI `tool-calls`), for `caller_id`."""
         toolbox = PersonaTools(

@@ -1,13 +1,15 @@
-"""The session actor: one per active caller. It holds the durable conversation and the persona's own
-tools. For each turn it hands the door the assembled request in one call (`prepare`); the door streams
-from the model itself and hands the finished turn back in one call (`finish`), so no chunk of a reply
-crosses an actor boundary. Metrics go to the orchestrator off the hot path."""
+"""The session actor: holds a live conversation while it is live. The conversation itself (identity,
+transcript, summary) lives in the store; any pooled actor can pick it up (`bind`), load its window on
+the first turn, and let it go again (`detach`). For each turn it hands the door the assembled request in
+one call (`prepare`); the door streams from the model itself and hands the finished turn back in one call
+(`finish`, idempotent by turn id), so no chunk of a reply crosses an actor boundary."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import secrets
+from collections import deque
 from typing import Any
 
 import ray
@@ -19,7 +21,7 @@ from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.persona_file import PersonaCatalog, PersonaDef
 from troupe.actors.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage, ModelRequest, ToolCall, complete
+from troupe.chat_model import ChatMessage, ToolCall
 from troupe.config.settings import Settings
 from troupe.errors import BudgetExceeded
 from troupe.life.digest import life_digest
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 STALE = "stale_session"
 REPORT_EVERY_S = 0.5  # how stale a busy session's metrics on the control panel may be
+
+
+FINISHED_KEPT = 32  # turn ids remembered as finished, so a retried `finish` is not kept twice
 
 
 def new_input(messages: tuple[ChatMessage, ...]) -> tuple[tuple[ChatMessage, ...], str | None]:
@@ -42,11 +47,14 @@ def new_input(messages: tuple[ChatMessage, ...]) -> tuple[tuple[ChatMessage, ...
     return tuple(reversed(tail)), system
 
 
-def fallback_summary(persona: str, caller_id: str, transcript: list[ChatMessage]) -> str:
-    said = [m.content for m in transcript if m.role == "user" and m.content]
-    if not said:
-        return ""
-    return f"{caller_id} talked with {persona}; they said: " + " / ".join(s[:160] for s in said[-5:])
+def for_session(messages: tuple[ChatMessage, ...], *, one_turn: bool) -> tuple[ChatMessage, ...]:
+    """What the door sends `prepare`: an identified caller's session has the history already, so only
+    the new input (and the client's system message) travel; a one-turn session has only what the
+    client sent, its whole history."""
+    if one_turn:
+        return messages
+    added, system = new_input(messages)
+    return ((ChatMessage(role="system", content=system),) if system else ()) + added
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -62,7 +70,10 @@ class SessionActor(ActorBase):
         self.persona: PersonaDef | None = None
         self.process_id: str | None = None
         self.session_id: str | None = None
+        self.one_turn = False  # a caller with no identity: this session is one turn long
+        self.loaded = False  # the transcript window is read from the store on the first turn
         self.transcript: list[ChatMessage] = []
+        self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
         self.memories: tuple[str, ...] = ()
         self.digest: tuple[str, ...] = ()
         self.spent = 0.0
@@ -88,25 +99,39 @@ class SessionActor(ActorBase):
 
         return await self.ping()
 
-    async def bind(self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0) -> str:
-        """Take on a caller: continue their active conversation with this persona, or start one."""
+    async def bind(
+        self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0, one_turn: bool = False
+    ) -> str:
+        """Take on a caller: continue their active conversation with this persona, or start one. The
+        transcript is read on the first turn, so whatever the door wrote meanwhile is in it."""
         store = await self.store()
+        self._reset()
         self.caller_id = caller_id
         self.persona = self.catalog.get(persona)
         self.process_id = process_id
         self.persona_spent = persona_spent
-        await store.upsert_caller(caller_id, phone=caller_id if caller_id.startswith("+") else None)
-        existing = await store.active_session(caller_id, self.persona.name)
+        self.one_turn = one_turn
+        existing = None
+        if not one_turn:
+            await store.upsert_caller(caller_id, phone=caller_id if caller_id.startswith("+") else None)
+            existing = await store.active_session(caller_id, self.persona.name)
         if existing is not None:
             self.session_id = existing.id
             await store.set_session_process(existing.id, process_id)
-            self.transcript = await store.load_messages(existing.id)
         else:
             created = await store.create_session(caller_id, self.persona.name, process_id)
             self.session_id = created.id
-            self.transcript = []
+            self.loaded = True  # a new conversation: nothing to read
         await self._refresh_context()
         return self.session_id
+
+    async def _load(self) -> None:
+        """The newest window of the transcript: what the model is shown (older turns live on in the
+        store and in the persona's memory of the caller)."""
+        assert self.session_id is not None
+        store = await self.store()
+        self.transcript = await store.load_messages(self.session_id, limit=self.settings.history_turns * 2)
+        self.loaded = True
 
     async def _refresh_context(self) -> None:
         assert self.persona is not None and self.caller_id is not None
@@ -156,19 +181,23 @@ class SessionActor(ActorBase):
         """Open a turn: take the caller's new input into the transcript (written to the store while the
         model thinks) and hand the door the assembled request in one reply. The door streams from the
         model itself and closes the turn with `finish`. Turns of one caller run one at a time."""
-        if (
-            self.persona is None
-            or self.session_id is None
-            or request.caller_id != self.caller_id
-            or request.persona.lower() != self.persona.key
-        ):
-            # the door held a handle to an actor since released (and perhaps given to someone else)
-            return TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
         async with self.turn_lock:
+            if not self._serves(request):
+                # the door held a handle to an actor since released (and perhaps given to someone else)
+                return TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
             await self._await_open_turn()
-            persona = self.persona
+            if not self._serves(request):  # released while this turn waited for the one before
+                return TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
+            persona, session_id = self.persona, self.session_id
+            assert persona is not None and session_id is not None
+            if not self.loaded:
+                await self._load()
             store = await self.store()
             added, client_system = new_input(request.messages)
+            if self.one_turn:
+                # no identity, no stored history: the client sent the whole conversation (OpenAI clients do)
+                history = [m for m in request.messages if m.role != "system"]
+                self.transcript = history[: len(history) - len(added)]
             if added and self.transcript and self.transcript[-1] == added[-1]:
                 added = ()  # a retried request: its input is already in the transcript
             if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
@@ -178,22 +207,33 @@ class SessionActor(ActorBase):
                     error_code="invalid_request",
                     error_status=400,
                 )
+            turn_id = secrets.token_hex(8)
             if added:
                 self.transcript.extend(added)
-                self._input_write = asyncio.ensure_future(store.append_messages(self.session_id, added))
-            history = transcript_window(self.transcript, self.settings.history_turns)
-            self._turn_id = secrets.token_hex(8)
+                self._input_write = asyncio.ensure_future(store.append_messages(session_id, added, turn_id=turn_id))
+            window = transcript_window(self.transcript, self.settings.history_turns)
+            self._turn_id = turn_id
             self._open = asyncio.get_running_loop().create_future()
             return TurnPlan(
-                turn_id=self._turn_id,
+                turn_id=turn_id,
+                session_id=session_id,
+                input=added,
                 persona=persona.name,
                 model_name=model_name_for(self.settings, persona),
-                messages=(ChatMessage(role="system", content=self._system_prompt(client_system)), *history),
+                messages=(ChatMessage(role="system", content=self._system_prompt(client_system)), *window),
                 own_tools=self._toolbox(store).specs(),
                 temperature=persona.temperature,
                 max_iterations=self.settings.max_tool_iterations,
                 allowance=self._allowance(),
             )
+
+    def _serves(self, request: TurnRequest) -> bool:
+        return (
+            self.persona is not None
+            and self.session_id is not None
+            and request.caller_id == self.caller_id
+            and request.persona.lower() == self.persona.key
+        )
 
     async def _await_open_turn(self) -> None:
         """Wait for the turn in flight to be finished; one whose door vanished is given up after a while."""
@@ -218,16 +258,34 @@ class SessionActor(ActorBase):
         return await self.tools.run(call)
 
     async def finish(self, result: TurnResult) -> bool:
-        """Close a turn: keep its reply in the transcript and the store, count what it cost."""
+        """Close a turn: keep its reply in the transcript and the store, count what it cost. Idempotent
+        by turn id: a retried finish is not kept twice. False: this actor does not hold that turn (it
+        was restarted or rebound); the door then keeps the turn through the store itself."""
+        if result.turn_id in self.finished:
+            return True
         if result.turn_id != self._turn_id:
-            log.warning("finish for turn %s, which is not open; ignored", result.turn_id)
             return False
         try:
             await self._settle_input()
             await self._keep(result)
+            self.finished.append(result.turn_id)
         finally:
             self._close_turn()
+        if self.one_turn:
+            # a caller with no identity: the conversation was this one turn; the actor goes back to the pool
+            self._spawn(self._turn_over())
         return True
+
+    async def _turn_over(self) -> None:
+        session_id, process_id = self.session_id, self.process_id
+        async with self.turn_lock:
+            if session_id is None or session_id != self.session_id:
+                return
+            store = await self.store()
+            await store.end_session(session_id, None)
+            await self._send_report()
+            self._reset()
+        await self.orchestrator.turn_over.remote(process_id, session_id)
 
     async def _settle_input(self) -> None:
         write, self._input_write = self._input_write, None
@@ -239,7 +297,9 @@ class SessionActor(ActorBase):
         allowance = self._allowance()
         if result.new_messages:
             store = await self.store()
-            await store.append_messages(self.session_id, result.new_messages)
+            await store.append_messages(
+                self.session_id, result.new_messages, turn_id=result.turn_id, interrupted=result.interrupted
+            )
             self.transcript.extend(result.new_messages)
         self.spent += result.delta.cost_usd
         if result.error_code == BudgetExceeded.code:
@@ -302,51 +362,23 @@ class SessionActor(ActorBase):
             self.process_id, self.persona.name, number, specialist, task
         )
 
-    async def release(self) -> str | None:
-        """End the conversation: summarise it into the persona's memory of this caller, then unbind."""
+    async def detach(self) -> dict[str, str] | None:
+        """Let the conversation go (it lives on in the store): wait for a turn in flight, settle the
+        writes, report the metrics, and unbind. Returns what the persona needs to summarise it (off the
+        caller's path). With `if_idle`, a session mid-turn is left alone (None)."""
         if self.persona is None or self.session_id is None or self.caller_id is None:
             return None
         async with self.turn_lock:
             await self._await_open_turn()
             await self._settle_input()
-            summary = await self._summarise()
-            store = await self.store()
-            if summary:
-                await store.add_memory(self.persona.name, self.caller_id, summary, kind="summary", source="session")
-            await store.end_session(self.session_id, summary)
             await self._send_report()
+            held = {"session_id": self.session_id, "caller_id": self.caller_id, "persona": self.persona.name}
             self._reset()
-            return summary
+            return held
 
-    async def _summarise(self) -> str:
-        assert self.persona is not None and self.caller_id is not None
-        said = [m for m in self.transcript if m.role in ("user", "assistant") and m.content]
-        if not said:
-            return ""
-        lines = "\n".join(f"{'Caller' if m.role == 'user' else self.persona.name}: {m.content}" for m in said[-30:])
-        request = ModelRequest(
-            messages=(
-                ChatMessage(
-                    role="system",
-                    content=f"You are {self.persona.name}. Summarise conversations for your own memory.",
-                ),
-                ChatMessage(
-                    role="user",
-                    content=f"Summarise this conversation with {self.caller_id} in two or three sentences: "
-                    f"who they are, what they wanted, what you promised.\n\n{lines}",
-                ),
-            ),
-            model=model_name_for(self.settings, self.persona),
-            speaker=self.persona.name,
-            max_tokens=160,
-        )
-        try:
-            result = await complete(self.models.for_persona(self.persona), request)
-            text = result.content.strip()
-        except Exception:
-            log.warning("summary by the model failed; keeping an extract", exc_info=True)
-            text = ""
-        return text or fallback_summary(self.persona.name, self.caller_id, said)
+    def busy(self) -> bool:
+        """A turn is open (prepared, not yet finished)."""
+        return self._open is not None and not self._open.done()
 
     async def describe(self) -> dict[str, Any]:
         return {

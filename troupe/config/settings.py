@@ -78,12 +78,26 @@ class Settings(BaseSettings):
     # --- sessions
     session_pool_size: int = Field(default=2, ge=0, le=256, description="Warm session actors kept ready.")
     max_sessions: int = Field(default=64, ge=1, le=4096, description="Concurrent sessions before 'at capacity'.")
-    session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    session_idle_timeout_s: float = Field(
+        default=120.0, gt=0, description="An idle session is summarised into memory and its actor released."
+    )
     turn_timeout_s: float = Field(
         default=300.0, gt=0, description="How long a turn may run before its session moves on."
     )
     session_budget_usd: float = Field(default=1.0, ge=0, description="Per-session spend cap.")
+    actor_call_timeout_s: float = Field(
+        default=15.0, gt=0, description="How long the door waits for a session actor on a turn's hot path."
+    )
+    session_start_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a caller may wait for a session (a cold actor included)."
+    )
+    orchestrator_recovery_s: float = Field(
+        default=20.0, gt=0, description="How long the door keeps asking an orchestrator that is restarting."
+    )
     history_turns: int = Field(default=20, ge=1, description="Messages of transcript replayed to the model.")
+    default_region: str = Field(
+        default="US", min_length=2, max_length=2, description="Region for phone numbers written without +country."
+    )
 
     # --- supervision
     supervisor_poll_s: float = Field(default=1.0, gt=0)
@@ -131,6 +145,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=120, ge=0, description="Requests per caller per minute; 0 = off.")
     door: Literal["serve", "uvicorn"] = Field(default="serve", description="Ray Serve, or uvicorn in-process.")
     serve_max_ongoing_requests: int = Field(default=256, ge=1, description="Concurrent requests per Serve replica.")
+    door_replicas: int = Field(
+        default=1, ge=1, le=64, description="Serve replicas of the door; past one, Serve's proxy serves --port."
+    )
     serve_direct_ingress: bool = Field(
         default=True,
         description="Serve's throughput-optimized mode: the replica itself listens on --port (direct ingress) "

@@ -16,11 +16,14 @@ from troupe.actors.caller import normalise_phone, resolve_caller_id
 from troupe.actors.messages import TurnEvent, TurnRequest
 from troupe.chat_model import ToolCall, Usage
 from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
+from troupe.control_panel.request_ids import MARK
 from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
 from troupe.integrations.vapi import assistant_persona, call_identity
 
 router = APIRouter()
+
+SERVE_GENERATED_MARK = MARK.decode()  # an X-Request-ID that Ray Serve made up, not the client's
 
 # model names that mean "whoever answers by default" rather than a persona
 GENERIC_MODELS = {"", "default", "troupe", "persona", "assistant", "custom-llm", "custom_llm"}
@@ -63,7 +66,7 @@ def parse_request(body: Any) -> ChatCompletionRequest:
         raise InvalidRequest(f"Invalid request: {param}: {first['msg']}", param=param) from None
 
 
-def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[str, str]) -> str:
+def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[str, str], region: str = "US") -> str:
     """Who is calling: VAPI's headers, else VAPI's body fields (`call.customer.number`, `call.id`), else
     the request id or the body's `user`, else anonymous. A call id seen with a number maps to it."""
     headers = request.headers
@@ -71,14 +74,17 @@ def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[s
     phone, call_id = call_identity(extra)
     phone = headers.get("x-vapi-caller-phone") or phone
     call_id = headers.get("x-vapi-call-id") or call_id
-    if phone and call_id and (number := normalise_phone(phone)):
+    if phone and call_id and (number := normalise_phone(phone, region)):
         known_calls.setdefault(resolve_caller_id(call_id=call_id), number)
+    # Ray Serve writes an X-Request-ID into every request that has none: that one names no caller
+    request_id = None if headers.get(SERVE_GENERATED_MARK) else headers.get("x-request-id")
     return resolve_caller_id(
         phone=phone,
         call_id=call_id,
-        request_id=headers.get("x-request-id"),
+        request_id=request_id,
         user=body.user,
         known_calls=known_calls,
+        region=region,
     )
 
 
@@ -135,7 +141,8 @@ async def chat_completions(request: Request) -> Any:
     if not gateway.catalog.find(body.model.strip()):
         # a generic model name: VAPI's assistant may say which persona it stands for
         persona = assistant_persona(gateway.settings, gateway.catalog, body.model_extra or {}) or persona
-    turn = turn_of(body, caller_of(request, body, gateway.known_calls), persona, gateway.settings.max_message_chars)
+    caller = caller_of(request, body, gateway.known_calls, gateway.settings.default_region)
+    turn = turn_of(body, caller, persona, gateway.settings.max_message_chars)
     gateway.limiter.check(turn.caller_id)
     model_name = body.model or persona.lower()
     began = time.perf_counter()
@@ -174,7 +181,7 @@ def _error_response(event: TurnEvent) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
     if event.error_code == "budget_exceeded":
         kind = "insufficient_quota"
-    headers = {"Retry-After": "60"} if status == 429 else None
+    headers = {"Retry-After": "60" if status == 429 else "5"} if status in (429, 503) else None
     return JSONResponse(error_json(event.text, kind, event.error_code), status_code=status, headers=headers)
 
 

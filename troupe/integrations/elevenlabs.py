@@ -79,11 +79,15 @@ def _values(sources: Iterable[Mapping[str, Any]], names: Iterable[str]) -> list[
 
 
 def caller_from(
-    sources: Iterable[Mapping[str, Any]], *, conversation_id: str | None = None, known_calls: Mapping[str, str]
+    sources: Iterable[Mapping[str, Any]],
+    *,
+    conversation_id: str | None = None,
+    known_calls: Mapping[str, str],
+    region: str = "US",
 ) -> str:
     """The caller in ElevenLabs' fields: a phone number first, then a user id, then the conversation."""
     sources = list(sources)
-    phone = next((p for p in _values(sources, PHONE_FIELDS) if normalise_phone(p)), None)
+    phone = next((p for p in _values(sources, PHONE_FIELDS) if normalise_phone(p, region)), None)
     users = _values(sources, USER_FIELDS)
     conversation = conversation_id or next(iter(_values(sources, CONVERSATION_FIELDS)), None)
     return resolve_caller_id(
@@ -91,6 +95,7 @@ def caller_from(
         call_id=None if users else conversation,
         user=users[0] if users else None,
         known_calls=known_calls,
+        region=region,
     )
 
 
@@ -145,7 +150,7 @@ async def elevenlabs_llm(request: Request) -> Any:
     extra = _extra_body(body)
     persona = _llm_persona(gateway, body, extra)
     top = {"user_id": (body.model_extra or {}).get("user_id"), "caller_id": body.user}
-    caller_id = caller_from((extra, top), known_calls=gateway.known_calls)
+    caller_id = caller_from((extra, top), known_calls=gateway.known_calls, region=gateway.settings.default_region)
     turn = turn_of(body, caller_id, persona, settings.max_message_chars)
     gateway.limiter.check(turn.caller_id)
     model_name = body.model or persona.lower()
@@ -210,7 +215,12 @@ def webhook_caller(gateway: Any, data: Mapping[str, Any]) -> str:
         _dict(client_data.get("custom_llm_extra_body")),
         {"user_id": data.get("user_id") or client_data.get("user_id")},
     )
-    return caller_from(sources, conversation_id=_text(data.get("conversation_id")), known_calls=gateway.known_calls)
+    return caller_from(
+        sources,
+        conversation_id=_text(data.get("conversation_id")),
+        known_calls=gateway.known_calls,
+        region=gateway.settings.default_region,
+    )
 
 
 def transcript_text(data: Mapping[str, Any]) -> str:

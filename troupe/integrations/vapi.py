@@ -116,10 +116,11 @@ async def vapi_events(request: Request) -> Any:
     if not isinstance(kind, str):
         raise InvalidRequest("message.type is missing.", param="message.type")
     phone, call_id = call_identity(message)
-    caller = resolve_caller_id(phone=phone, call_id=call_id, known_calls=gateway.known_calls) if (
+    region = settings.default_region
+    caller = resolve_caller_id(phone=phone, call_id=call_id, known_calls=gateway.known_calls, region=region) if (
         phone or call_id
     ) else None  # fmt: skip
-    if call_id and phone and (number := normalise_phone(phone)):
+    if call_id and phone and (number := normalise_phone(phone, region)):
         # later custom-LLM requests that carry only the call id reach the same caller
         gateway.known_calls[resolve_caller_id(call_id=call_id)] = number
     default = gateway.catalog.get(settings.default_persona).name

@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from troupe.chat_model import ChatMessage, ToolCall
 from troupe.errors import StoreUnavailable
 from troupe.store.engine import StoreBase
 from troupe.store.records import CallerRecord, SessionRecord, _record
-from troupe.store.schema import CallerRow, MessageRow, SessionRow, _now
+from troupe.store.schema import CallerRow, CallIdRow, MessageRow, SessionRow, _now, _utc
 
 # the two statements of every turn, built once (building and keying a statement costs more than running it)
 _CLAIM = (
@@ -33,9 +33,13 @@ _CLAIM = (
 _INSERT = insert(MessageRow)
 
 
-def _message_values(session_id: str, seq: int, message: ChatMessage, at: datetime) -> dict[str, Any]:
+def _message_values(
+    session_id: str, seq: int, message: ChatMessage, at: datetime, turn_id: str | None, interrupted: bool
+) -> dict[str, Any]:
     calls = json.dumps([c.model_dump() for c in message.tool_calls]) if message.tool_calls else None
     return {
+        "turn_id": turn_id,
+        "interrupted": interrupted and message.role == "assistant",
         "session_id": session_id,
         "seq": seq,
         "role": message.role,
@@ -47,7 +51,13 @@ def _message_values(session_id: str, seq: int, message: ChatMessage, at: datetim
     }
 
 
-def _append(conn: Connection, session_id: str, messages: Sequence[ChatMessage]) -> int:
+def _append(
+    conn: Connection,
+    session_id: str,
+    messages: Sequence[ChatMessage],
+    turn_id: str | None = None,
+    interrupted: bool = False,
+) -> int:
     """Claim the next sequence numbers on the session row (one UPDATE, which serialises concurrent
     writers on both databases) and insert the messages; returns the last sequence number."""
     now = _now()
@@ -56,13 +66,16 @@ def _append(conn: Connection, session_id: str, messages: Sequence[ChatMessage]) 
     if claimed is None:
         raise StoreUnavailable(f"no session {session_id}")
     first = claimed - len(messages)
-    conn.execute(_INSERT, [_message_values(session_id, first + i, m, now) for i, m in enumerate(messages)])
+    rows = [_message_values(session_id, first + i, m, now, turn_id, interrupted) for i, m in enumerate(messages)]
+    conn.execute(_INSERT, rows)
     return int(claimed) - 1
 
 
-def _append_in(engine: Engine, session_id: str, messages: Sequence[ChatMessage]) -> int:
+def _append_in(
+    engine: Engine, session_id: str, messages: Sequence[ChatMessage], turn_id: str | None, interrupted: bool
+) -> int:
     with engine.begin() as conn:
-        return _append(conn, session_id, messages)
+        return _append(conn, session_id, messages, turn_id, interrupted)
 
 
 def _chat(row: MessageRow) -> ChatMessage:
@@ -131,8 +144,16 @@ class ConversationStore(StoreBase):
             await db.execute(update(SessionRow).where(SessionRow.id == session_id).values(process_id=process_id))
             await db.commit()
 
-    async def append_messages(self, session_id: str, messages: Sequence[ChatMessage]) -> int:
-        """Append in order; sequence numbers are claimed atomically on the session row.
+    async def append_messages(
+        self,
+        session_id: str,
+        messages: Sequence[ChatMessage],
+        *,
+        turn_id: str | None = None,
+        interrupted: bool = False,
+    ) -> int:
+        """Append in order; sequence numbers are claimed atomically on the session row. `turn_id` tags
+        the turn that wrote them; `interrupted` marks a reply that was cut off mid-stream.
 
         This runs twice on every caller turn, so it is two prebuilt SQL statements in one transaction
         rather than the ORM's unit of work, and on SQLite the whole transaction is one trip to a worker
@@ -143,14 +164,82 @@ class ConversationStore(StoreBase):
         for attempt in range(20):
             try:
                 if writer is not None:
-                    return await asyncio.to_thread(_append_in, writer, session_id, messages)
+                    return await asyncio.to_thread(_append_in, writer, session_id, messages, turn_id, interrupted)
                 async with self.engine.begin() as conn:
-                    return await conn.run_sync(_append, session_id, messages)
+                    return await conn.run_sync(_append, session_id, messages, turn_id, interrupted)
             except OperationalError:
                 if attempt == 19:
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         return -1
+
+    async def keep_turn(
+        self,
+        session_id: str,
+        turn_id: str,
+        input_messages: Sequence[ChatMessage],
+        output: Sequence[ChatMessage],
+        *,
+        interrupted: bool = False,
+    ) -> bool:
+        """Make sure a turn is in the transcript, whoever wrote what of it: the door calls this when the
+        session actor died mid-turn. Idempotent by turn id: its input (written at `prepare`) and its
+        reply (at `finish`) are each written at most once. Returns True if anything was missing."""
+        async with self.sessions() as db:
+            kept = (
+                await db.execute(
+                    select(func.count())
+                    .select_from(MessageRow)
+                    .where(MessageRow.session_id == session_id, MessageRow.turn_id == turn_id)
+                )
+            ).scalar_one()
+        if kept >= len(input_messages) + len(output):
+            return False
+        missing = list(output) if kept >= len(input_messages) else [*input_messages, *output]
+        if not missing:
+            return False
+        # the input went in with the turn id; the reply is marked interrupted where it was cut off
+        if kept < len(input_messages) and input_messages:
+            await self.append_messages(session_id, input_messages, turn_id=turn_id)
+        if output:
+            await self.append_messages(session_id, output, turn_id=turn_id, interrupted=interrupted)
+        return True
+
+    async def interrupted_turns(self, session_id: str) -> int:
+        """How many replies of this session were cut off mid-stream (and kept)."""
+        async with self.sessions() as db:
+            return int(
+                (
+                    await db.execute(
+                        select(func.count())
+                        .select_from(MessageRow)
+                        .where(MessageRow.session_id == session_id, MessageRow.interrupted.is_(True))
+                    )
+                ).scalar_one()
+            )
+
+    async def remember_call_id(self, call_id: str, caller_id: str, ttl_s: float) -> None:
+        """A platform's call id belongs to this caller until `ttl_s` from now (expired ones are dropped)."""
+        now = _now()
+        async with self.sessions() as db:
+            await db.execute(delete(CallIdRow).where(CallIdRow.expires_at < now))
+            row = await db.get(CallIdRow, call_id)
+            expires = now + timedelta(seconds=ttl_s)
+            if row is None:
+                db.add(CallIdRow(call_id=call_id, caller_id=caller_id, expires_at=expires))
+            else:
+                row.caller_id, row.expires_at = caller_id, expires
+            try:
+                await db.commit()
+            except IntegrityError:  # two replicas recorded it at once: the same mapping
+                await db.rollback()
+
+    async def caller_for_call(self, call_id: str) -> str | None:
+        async with self.sessions() as db:
+            row = await db.get(CallIdRow, call_id)
+        if row is None or (_utc(row.expires_at) or _now()) < _now():
+            return None
+        return row.caller_id
 
     async def load_messages(self, session_id: str, limit: int | None = None) -> list[ChatMessage]:
         async with self.sessions() as db:

@@ -73,7 +73,22 @@ class MessageRow(Base):
     tool_calls: Mapped[str | None] = mapped_column(Text)
     tool_call_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
-    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_messages_session_seq"),)
+    turn_id: Mapped[str | None] = mapped_column(String(16))  # the turn that wrote it (durable, idempotent turns)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)  # a reply cut off mid-stream
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq", name="uq_messages_session_seq"),
+        Index("ix_messages_turn_id", "session_id", "turn_id"),
+    )
+
+
+class CallIdRow(Base):
+    """A platform's call id mapped to the caller it carried a number for, so later requests that carry
+    only the call id reach the same caller on any door replica; kept until it expires."""
+
+    __tablename__ = "call_ids"
+    call_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    caller_id: Mapped[str] = mapped_column(String(160))
+    expires_at: Mapped[datetime] = mapped_column(Stamp)
 
 
 class MemoryRow(Base):

@@ -1,0 +1,206 @@
+"""Sessions that hold real traffic, on a real Ray with real HTTP on loopback: callers with no identity are
+one-turn sessions, a reply cut off is kept and paid for, a session that dies mid-turn keeps its turn, a
+caller who calls straight back is answered, and an orchestrator that dies comes back from the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from tests.integration.conftest import make_settings, write_script
+from tests.integration.test_runtime import processes, say, text_of, wait_for
+from troupe.actors.messages import TurnRequest
+from troupe.actors.orchestrator import ORCHESTRATOR_NAME
+from troupe.app import Gateway, create_app
+from troupe.chat_model import ChatMessage
+from troupe.store import Store
+from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
+from troupe.testing.loopback import serving
+
+SLOW = {"content": " ".join(f"word{i}" for i in range(40)), "chunk_delay_s": 0.05}
+
+
+@pytest.fixture
+def runtime(start_runtime: Any, tmp_path: Path) -> Any:
+    script = write_script(
+        tmp_path / "script.json",
+        [{"when": "slow", "reply": SLOW}, {"when": "", "reply": "Hello from the fake model."}],
+    )
+    return start_runtime(make_settings(tmp_path, fake_script=script, max_sessions=2, rate_limit_per_minute=0))
+
+
+def door_for(runtime: Any) -> Any:
+    return create_app(Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client()))
+
+
+@pytest.fixture
+def door(runtime: Any) -> Iterator[str]:
+    with serving(door_for(runtime)) as url:
+        yield url
+
+
+async def open_store(runtime: Any) -> Store:
+    return await Store.open(runtime.settings.resolved_database_url, migrate=False)
+
+
+def test_callers_with_no_identity_never_exhaust_capacity(runtime: Any, door: str) -> None:
+    """A plain OpenAI SDK client sends no caller id: each request is a one-turn session of its own,
+    released as soon as its turn is stored, so many of them never fill a cap of 2."""
+    client = openai.OpenAI(base_url=f"{door}/v1", api_key="unused", max_retries=0)
+    history = [{"role": "user", "content": "Hello Tony"}]
+    for i in range(12):
+        reply = client.chat.completions.create(model="tony", messages=history)
+        assert reply.choices[0].message.content == "Hello from the fake model."
+        history += [
+            {"role": "assistant", "content": "Hello from the fake model."},
+            {"role": "user", "content": f"#{i}"},
+        ]
+
+    async def check() -> None:
+        sessions = await runtime.orchestrator.list_sessions.remote()
+        assert all(not s.caller_id.startswith("anon-") for s in sessions)  # none is held after its turn
+        live = [p for p in await processes(runtime, kind="session") if p.status in ("running", "pending")]
+        assert len(live) <= runtime.settings.max_sessions + runtime.settings.session_pool_size + 1
+        store = await open_store(runtime)
+        try:
+            ended = [s for s in await store.list_sessions(status=None) if s.caller_id.startswith("anon-")]
+            assert len(ended) == 12 and all(s.status == "ended" for s in ended)
+            # each is recorded whole: the client's history as context, its own turn stored
+            stored = await store.load_messages(ended[-1].id)
+            assert [m.role for m in stored] == ["user", "assistant"] and stored[0].content == "#10"
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+def test_a_caller_who_hangs_up_mid_reply_keeps_the_words_and_pays_for_them(runtime: Any, door: str) -> None:
+    body = {"model": "tony", "stream": True, "user": "hangs-up", "messages": [{"role": "user", "content": "slow"}]}
+    with httpx.stream("POST", f"{door}/v1/chat/completions", json=body, timeout=30) as response:
+        assert response.status_code == 200
+        heard = []
+        for line in response.iter_lines():
+            if '"content":"word' in line:
+                heard.append(line)
+            if len(heard) >= 3:
+                break  # the caller hangs up three words in
+
+    async def kept() -> Any:
+        store = await open_store(runtime)
+        try:
+            session = (await store.list_sessions())[0]
+            messages = await store.load_messages(session.id)
+            return (messages, await store.interrupted_turns(session.id)) if len(messages) == 2 else None
+        finally:
+            await store.close()
+
+    messages, interrupted = asyncio.run(wait_for(kept))
+    assert messages[1].role == "assistant" and (messages[1].content or "").startswith("word0 word1 word2")
+    assert len((messages[1].content or "").split()) < 40 and interrupted == 1
+
+    async def charged() -> Any:
+        found = await processes(runtime, kind="session", agent="Tony")
+        return found and found[0].metrics.output_tokens > 0
+
+    asyncio.run(wait_for(charged))
+
+
+def test_hanging_up_again_and_again_reaches_the_budget(start_runtime: Any, tmp_path: Path) -> None:
+    """Barge-ins are paid for: a caller who keeps hanging up mid-reply runs out of session budget."""
+    with FakeOpenAIServer(Behaviour(tokens=200, token_delay_s=0.02)) as upstream:
+        settings = make_settings(
+            tmp_path, model_backend="endpoint", openai_base_url=upstream.base_url, openai_api_key="k",
+            model="gpt-4o", session_budget_usd=0.01, rate_limit_per_minute=0,
+        )  # fmt: skip
+        runtime = start_runtime(settings)
+        with serving(door_for(runtime)) as door:
+            body = {"model": "tony", "stream": True, "user": "barger", "messages": [{"role": "user", "content": "hi"}]}
+            refused = None
+            for _ in range(30):
+                with httpx.stream("POST", f"{door}/v1/chat/completions", json=body, timeout=30) as response:
+                    if response.status_code != 200:
+                        refused = response
+                        response.read()
+                        break
+                    for line in response.iter_lines():
+                        if "tok1" in line:
+                            break  # hangs up
+            assert refused is not None, "hanging up was free"
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+
+
+async def test_a_session_killed_between_prepare_and_finish_keeps_the_reply(runtime: Any) -> None:
+    client = runtime.client()
+    assert (await say(runtime, "+14155550300", "hello", client=client))[-1].kind == "done"
+    lease = client.leases[("+14155550300", "tony")]
+    request = TurnRequest(
+        caller_id="+14155550300", persona="Tony", messages=(ChatMessage(role="user", content="slow"),)
+    )
+    events = client.turn(request).__aiter__()
+    first = await anext(events)
+    assert first.kind == "delta"
+    ray.kill(lease.handle, no_restart=True)  # the session dies mid-reply; the reply streams on from the door
+    rest = [first, *[e async for e in events]]
+    assert rest[-1].kind == "done"
+    heard = text_of(rest)
+    assert heard.startswith("word0")
+
+    store = await open_store(runtime)
+    try:
+        session = next(s for s in await store.list_sessions() if s.caller_id == "+14155550300")
+        said = [(m.role, m.content) for m in await store.load_messages(session.id)]
+    finally:
+        await store.close()
+    assert said[-2:] == [("user", "slow"), ("assistant", heard)]
+    # and the conversation goes on, with its history
+    assert (await say(runtime, "+14155550300", "still there?", client=client))[-1].kind == "done"
+
+
+async def test_a_caller_who_calls_straight_back_is_answered_every_time(runtime: Any) -> None:
+    """VAPI's end-of-call report and the same number's next call arrive together, ten times over."""
+    client = runtime.client()
+    for i in range(10):
+        _, events = await asyncio.gather(
+            runtime.orchestrator.end_session.remote("+14155550400", "Tony"),
+            say(runtime, "+14155550400", f"call {i}", client=client),
+        )
+        assert events[-1].kind == "done", events[-1]
+
+
+async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(runtime: Any) -> None:
+    client = runtime.client()
+    assert (await say(runtime, "+14155550500", "I am Grace", client=client))[-1].kind == "done"
+    before = {p.id for p in await processes(runtime, kind="persona")}
+    ray.kill(ray.get_actor(ORCHESTRATOR_NAME, namespace=runtime.settings.namespace), no_restart=False)
+
+    async def recovered() -> Any:
+        try:
+            found = await processes(runtime, kind="persona")
+        except (ActorUnavailableError, RayActorError):
+            return None  # still restarting
+        running = [p for p in found if p.status == "running"]
+        # a kill is only a request: the old orchestrator may answer a moment longer
+        return found if len(running) == 5 and not {p.id for p in running} & before else None
+
+    found = await wait_for(recovered, within=60)
+    events = await say(runtime, "+14155550500", "are you back?", client=client)
+    assert events[-1].kind == "done"
+    # the registry is whole: what died with the old orchestrator is marked so, and everything runs again
+    lost = [p for p in found if p.id in before]
+    assert lost and all(p.status == "failed" and "orchestrator restarted" in (p.error or "") for p in lost)
+    assert len([p for p in found if p.status == "running"]) == 5
+    store = await open_store(runtime)
+    try:
+        session = next(s for s in await store.list_sessions() if s.caller_id == "+14155550500")
+        said = [m.content for m in await store.load_messages(session.id) if m.role == "user"]
+    finally:
+        await store.close()
+    assert said == ["I am Grace", "are you back?"]  # nothing acknowledged was lost

@@ -1,0 +1,117 @@
+"""Sessions as plain logic: the directory's LRU order, idle list, lock table and pool sizing; the agent
+loop's record of a turn that was cut off; what the door sends `prepare`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.unit.test_agent import Replay
+from troupe.actors.agent import AgentLoop
+from troupe.actors.session import for_session
+from troupe.actors.sessions import BURST_WINDOW_S, SessionDirectory, SessionSlot
+from troupe.chat_model import ChatMessage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slot(caller: str, at: float, one_turn: bool = False) -> SessionSlot:
+    return SessionSlot(caller, "Tony", f"p-{caller}", f"s-{caller}", at, one_turn)
+
+
+def test_the_least_recently_used_identified_session_makes_room_first() -> None:
+    clock = Clock()
+    directory = SessionDirectory(max_sessions=3, pool_min=2, clock=clock)
+    for name in ("ann", "bob", "anon-1"):
+        directory.add((name, "tony"), slot(name, clock.now, one_turn=name.startswith("anon")))
+    assert directory.full
+    directory.touch(("ann", "tony"))  # ann spoke last
+    assert [s.caller_id for s in directory.eviction_order()] == ["bob", "ann"]  # one-turn sessions end by themselves
+    clock.now += 200
+    directory.touch(("bob", "tony"))
+    assert [s.caller_id for s in directory.idle(120)] == ["ann"]
+
+
+def test_the_lock_table_does_not_only_grow() -> None:
+    directory = SessionDirectory(max_sessions=3, pool_min=1)
+    for i in range(100):
+        key = (f"caller-{i}", "tony")
+        directory.lock(key)
+        directory.settle(key)  # resolved without a session (an error, say)
+    assert directory._locks == {}
+    key = ("kept", "tony")
+    directory.lock(key)
+    directory.add(key, slot("kept", 0))
+    directory.settle(key)
+    assert key in directory._locks  # a live session keeps its lock until it is removed
+    directory.remove(key)
+    assert directory._locks == {}
+
+
+def test_removing_a_slot_leaves_a_newer_one_under_the_same_key() -> None:
+    directory = SessionDirectory(max_sessions=3, pool_min=1)
+    old, new = slot("ann", 0), slot("ann", 1)
+    directory.add(("ann", "tony"), old)
+    directory.add(("ann", "tony"), new)
+    assert directory.remove(("ann", "tony"), old) is None
+    assert directory.get(("ann", "tony")) is new
+
+
+def test_the_pool_grows_ahead_of_a_burst_and_shrinks_back() -> None:
+    clock = Clock()
+    directory = SessionDirectory(max_sessions=10, pool_min=2, clock=clock)
+    assert directory.pool_target() == 2
+    for _ in range(5):
+        directory.took_from_pool()
+    assert directory.pool_target() == 7
+    for i in range(8):
+        directory.add((f"c{i}", "tony"), slot(f"c{i}", clock.now))
+    assert directory.pool_target() == 2  # never past the room left under the cap (but the floor stays)
+    clock.now += BURST_WINDOW_S + 1
+    assert directory.pool_target() == 2
+
+
+def test_a_turn_cut_off_mid_reply_keeps_the_words_heard_and_an_estimate_of_the_cost() -> None:
+    loop = AgentLoop(speaker="Tony", model=Replay("one two three four five six"), model_name="gpt-4o-mini")
+
+    async def hang_up() -> None:
+        events = loop.run([ChatMessage(role="system", content="You are Tony. " * 40),
+                           ChatMessage(role="user", content="hi")]).__aiter__()  # fmt: skip
+        for _ in range(3):
+            await anext(events)
+        await events.aclose()  # the caller hangs up three words in
+
+    asyncio.run(hang_up())
+    cut = loop.interrupted()
+    assert [m.content for m in cut.new_messages] == ["one two three "]
+    assert cut.finish_reason == "interrupted"
+    assert cut.delta.llm_calls == 1 and cut.delta.input_tokens > 100 and 3 <= cut.delta.output_tokens <= 4
+    assert cut.delta.tokens_estimated and cut.delta.cost_usd > 0
+
+
+def test_a_finished_turn_is_not_interrupted() -> None:
+    loop = AgentLoop(speaker="Tony", model=Replay("all done"), model_name="gpt-4o-mini")
+
+    async def finish() -> None:
+        async for _ in loop.run([ChatMessage(role="user", content="hi")]):
+            pass
+
+    asyncio.run(finish())
+    assert loop.interrupted().new_messages == loop.outcome.new_messages
+    assert loop.interrupted().delta == loop.outcome.delta
+
+
+def test_prepare_gets_only_the_new_input_unless_the_session_is_one_turn() -> None:
+    history = (
+        ChatMessage(role="system", content="be brief"),
+        ChatMessage(role="user", content="hi"),
+        ChatMessage(role="assistant", content="hello"),
+        ChatMessage(role="user", content="how are you?"),
+    )
+    assert [m.content for m in for_session(history, one_turn=False)] == ["be brief", "how are you?"]
+    assert for_session(history, one_turn=True) == history

@@ -1,0 +1,100 @@
+"""The session directory: which actor holds which live conversation, least recently used first, and how
+big the warm pool should be. Plain logic; the orchestrator actor holds one and does the actor calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+Key = tuple[str, str]  # (caller id, persona key)
+BURST_WINDOW_S = 10.0  # actors taken from the pool this recently say how many the next burst may want
+
+
+@dataclass
+class SessionSlot:
+    """A live conversation and the actor holding it. A one-turn slot is a caller with no identity."""
+
+    caller_id: str
+    persona: str
+    process_id: str
+    session_id: str
+    last_active: float
+    one_turn: bool = False
+
+
+class SessionDirectory:
+    def __init__(self, max_sessions: int, pool_min: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_sessions = max_sessions
+        self.pool_min = pool_min
+        self.clock = clock
+        self._slots: OrderedDict[Key, SessionSlot] = OrderedDict()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._takes: deque[float] = deque()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __iter__(self) -> Iterator[SessionSlot]:
+        return iter(list(self._slots.values()))
+
+    def get(self, key: Key) -> SessionSlot | None:
+        return self._slots.get(key)
+
+    def add(self, key: Key, slot: SessionSlot) -> None:
+        self._slots[key] = slot
+        self._slots.move_to_end(key)
+
+    def remove(self, key: Key, slot: SessionSlot | None = None) -> SessionSlot | None:
+        """Forget a slot (only `slot`, when given: a newer one under the same key stays)."""
+        current = self._slots.get(key)
+        if current is None or (slot is not None and current is not slot):
+            return None
+        del self._slots[key]
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        return current
+
+    def touch(self, key: Key) -> None:
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.last_active = self.clock()
+            self._slots.move_to_end(key)
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        """One caller's session is resolved one request at a time."""
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def settle(self, key: Key) -> None:
+        """Drop the key's lock once nobody holds it and no slot needs it: the table never only grows."""
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked() and key not in self._slots:
+            del self._locks[key]
+
+    @property
+    def full(self) -> bool:
+        return len(self._slots) >= self.max_sessions
+
+    def eviction_order(self) -> list[SessionSlot]:
+        """Identified sessions, least recently used first: who makes room for a new caller at capacity
+        (one-turn sessions end by themselves within their turn)."""
+        return [slot for slot in self._slots.values() if not slot.one_turn]
+
+    def idle(self, timeout_s: float) -> list[SessionSlot]:
+        now = self.clock()
+        return [slot for slot in self._slots.values() if not slot.one_turn and now - slot.last_active >= timeout_s]
+
+    def took_from_pool(self) -> None:
+        self._takes.append(self.clock())
+
+    def pool_target(self) -> int:
+        """Free actors to keep ready: the configured floor, plus as many as callers took in the last few
+        seconds (a burst is followed by more of it), never past room under the session cap."""
+        now = self.clock()
+        while self._takes and now - self._takes[0] > BURST_WINDOW_S:
+            self._takes.popleft()
+        room = max(0, self.max_sessions - len(self._slots))
+        return min(self.pool_min + len(self._takes), max(self.pool_min, room))
