@@ -24,7 +24,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import psutil
@@ -213,7 +212,9 @@ async def chaos(client: openai.AsyncOpenAI, runtime: Runtime, seconds: float = 3
 
 async def orchestrator_kill(client: openai.AsyncOpenAI, runtime: Runtime) -> None:
     handle = ray.get_actor(ORCHESTRATOR_NAME, namespace=runtime.settings.namespace)
-    pid = (await handle.__ray_call__.remote(lambda self: os.getpid())) if hasattr(handle, "__ray_call__") else None
+    pid = next(
+        (p.pid for p in psutil.process_iter(["cmdline"]) if "Orchestrator" in " ".join(p.info["cmdline"] or [])), None
+    )
     load = asyncio.ensure_future(asyncio.gather(*(ask(client, [{"role": "user", "content": "hi"}], f"o-{i}")
                                                   for i in range(8)), return_exceptions=True))  # fmt: skip
     await asyncio.sleep(0.2)
@@ -250,7 +251,7 @@ async def soak(client: openai.AsyncOpenAI, minutes: float) -> None:
         n = 0
         while time.monotonic() < until:
             caller = f"soak-caller-{(i + n) % 16}"
-            history = history[-6:] + [{"role": "user", "content": f"soak {n}"}]
+            history = [*history[-6:], {"role": "user", "content": f"soak {n}"}]
             n += 1
             try:
                 await ask(client, history, caller)
@@ -265,7 +266,8 @@ async def soak(client: openai.AsyncOpenAI, minutes: float) -> None:
     await asyncio.gather(sampler(), *(stream(i) for i in range(8)))
     one = samples[1] if len(samples) > 1 else samples[0]
     print(
-        "soak: RSS by minute " + ", ".join(f"{s:.0f}" for s in samples)
+        "soak: RSS by minute "
+        + ", ".join(f"{s:.0f}" for s in samples)
         + f" MiB; minute 1 to the end {(samples[-1] - one) / one * 100:+.1f}%",
         flush=True,
     )
