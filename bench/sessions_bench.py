@@ -76,8 +76,10 @@ async def ask(client: openai.AsyncOpenAI, messages: list[dict[str, str]], caller
 async def anonymous(client: openai.AsyncOpenAI, settings: Settings) -> None:
     errors, most = 0, 0
     history = [{"role": "user", "content": "Hello Tony, quick question."}]
-    for _ in range(20):  # warm-up
+    for _ in range(20):  # warm-up, in both of the patterns measured
         await ask(client, history, None)
+    for _ in range(4):
+        await asyncio.gather(*(ask(client, history, None) for _ in range(16)))
     await asyncio.sleep(2)
     warm = troupe_rss_mb()
 

@@ -20,6 +20,7 @@ from troupe.control_panel.access import Door
 from troupe.control_panel.limits import RateLimiter
 from troupe.errors import TroupeError
 from troupe.integrations import completions, elevenlabs, slack, vapi
+from troupe.integrations.known_calls import KnownCalls
 from troupe.integrations.openai_api import error_json
 from troupe.runtime import SessionClient
 
@@ -34,13 +35,16 @@ class Gateway:
     catalog: PersonaCatalog
     orchestrator: Any
     client: SessionClient
-    known_calls: dict[str, str] = field(default_factory=dict)
+    known_calls: KnownCalls = field(init=False)
     limiter: RateLimiter = field(init=False)
 
     _store: Any = None
 
     def __post_init__(self) -> None:
-        self.limiter = RateLimiter(self.settings.rate_limit_per_minute)
+        # each replica counts its own share: N replicas together allow the configured rate
+        replicas = self.settings.door_replicas if self.settings.door == "serve" else 1
+        self.limiter = RateLimiter(-(-self.settings.rate_limit_per_minute // replicas))
+        self.known_calls = KnownCalls(self.store)
 
     async def store(self) -> Any:
         """The door's own store handle (webhook de-duplication, reads), opened on first use."""

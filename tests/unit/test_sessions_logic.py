@@ -8,7 +8,7 @@ import asyncio
 from tests.unit.test_agent import Replay
 from troupe.actors.agent import AgentLoop
 from troupe.actors.session import for_session
-from troupe.actors.sessions import BURST_WINDOW_S, SessionDirectory, SessionSlot
+from troupe.actors.sessions import QUIET_S, SessionDirectory, SessionSlot
 from troupe.chat_model import ChatMessage
 
 
@@ -62,18 +62,23 @@ def test_removing_a_slot_leaves_a_newer_one_under_the_same_key() -> None:
     assert directory.get(("ann", "tony")) is new
 
 
-def test_the_pool_grows_ahead_of_a_burst_and_shrinks_back() -> None:
+def test_the_pool_follows_the_peak_of_demand_and_shrinks_back_when_quiet() -> None:
     clock = Clock()
-    directory = SessionDirectory(max_sessions=10, pool_min=2, clock=clock)
+    directory = SessionDirectory(max_sessions=20, pool_min=2, clock=clock)
     assert directory.pool_target() == 2
-    for _ in range(5):
-        directory.took_from_pool()
-    assert directory.pool_target() == 7
-    for i in range(8):
-        directory.add((f"c{i}", "tony"), slot(f"c{i}", clock.now))
-    assert directory.pool_target() == 2  # never past the room left under the cap (but the floor stays)
-    clock.now += BURST_WINDOW_S + 1
-    assert directory.pool_target() == 2
+    for i in range(16):  # a burst of 16 callers at once
+        directory.add((f"c{i}", "tony"), slot(f"c{i}", clock.now, one_turn=True))
+    assert directory.pool_target() == 2  # the burst holds its actors: the floor stays free
+    for i in range(16):
+        directory.remove((f"c{i}", "tony"))
+    assert directory.pool_target() == 18  # between bursts the actors are kept for the next one
+    clock.now += QUIET_S + 1
+    assert directory.pool_target() == 2  # quiet: back to the floor
+    for i in range(19):
+        directory.add((f"d{i}", "tony"), slot(f"d{i}", clock.now))
+    for i in range(10):
+        directory.remove((f"d{i}", "tony"))
+    assert directory.pool_target() == 11  # peak 19, 9 live, under the cap of 20
 
 
 def test_a_turn_cut_off_mid_reply_keeps_the_words_heard_and_an_estimate_of_the_cost() -> None:

@@ -45,6 +45,7 @@ ORCHESTRATOR_NAME = "orchestrator"
 SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
 EVENT_LOG = 2000
 FINISHED_KEPT = 500
+FLUSH_DELAY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,6 @@ class Orchestrator:
         self.dirty: set[str] = set()
         self.persona_ids: dict[str, str] = {}
         self.life_ids: dict[str, str] = {}
-        self.known_calls: dict[str, str] = {}
         self.life_counts: Counter[tuple[str, str, str]] = Counter()  # (persona, activity, status) since start
         self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
@@ -105,6 +105,7 @@ class Orchestrator:
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting = asyncio.Lock()
+        self._flush_due = False
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Ray restarted this orchestrator after its process died (and its children with it): start
             # again from the store, as on a cold start, so callers are served again within seconds
@@ -332,23 +333,36 @@ class Orchestrator:
         if before != status:
             self._emit(f"process.{status}", process=pid, agent=self.processes[pid].agent, error=error)
         if finished:
-            self._background(self._flush())
+            self._flush_soon()
 
     def _emit(self, event_type: str, **data: Any) -> None:
         self.event_seq += 1
         self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
 
+    def _flush_soon(self) -> None:
+        """A process finished: write the registry within FLUSH_DELAY_S, in one transaction with whatever
+        else changed meanwhile (one write per finished process would queue callers behind the store)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self._background(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_DELAY_S)
+        self._flush_due = False
+        await self._flush()
+
     async def _flush(self) -> None:
         if self.store is None:
             return
         pending, self.dirty = self.dirty, set()
-        for pid in pending:
-            if pid in self.processes:
-                try:
-                    await self.store.save_process(self.processes[pid])
-                except Exception:
-                    self.dirty.add(pid)
-                    log.warning("could not save process %s", pid, exc_info=True)
+        infos = [self.processes[pid] for pid in pending if pid in self.processes]
+        if not infos:
+            return
+        try:
+            await self.store.save_processes(infos)
+        except Exception:
+            self.dirty |= {info.id for info in infos}
+            log.warning("could not save %d processes", len(infos), exc_info=True)
 
     async def report(
         self,
@@ -513,13 +527,17 @@ class Orchestrator:
         await asyncio.sleep(0.5)
         await self._fill_pool()
 
-    def _pooled(self, handle: Any, pid: str | None = None) -> None:
-        """An actor joins the warm pool (a fresh one, or one whose conversation was let go)."""
+    def _pooled(self, handle: Any, pid: str | None = None, first: bool = False) -> None:
+        """An actor joins the warm pool (a fresh one, or one whose conversation was let go); `first`: it
+        is the next one taken."""
         pid = pid or self._register(
             ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
                         task="Waiting for a caller")
         )  # fmt: skip
-        self.pool.append((pid, handle))
+        if first:
+            self.pool.appendleft((pid, handle))
+        else:
+            self.pool.append((pid, handle))
 
     async def _add_to_pool(self) -> None:
         pid = self._register(
@@ -539,7 +557,6 @@ class Orchestrator:
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_session_actor(self) -> tuple[str, Any]:
-        self.sessions.took_from_pool()
         if self.pool:
             pid, handle = self.pool.popleft()
             self._background(self._refill_later())
@@ -625,7 +642,8 @@ class Orchestrator:
                 busy = False  # dead or stuck: it makes room all the same
             if busy or self.sessions.get(self._key(slot)) is not slot:
                 continue
-            await self._release(slot, summarise=True)
+            # its actor goes straight to the caller who needs the room: no process is stopped or started
+            await self._release(slot, summarise=True, hand_on=True)
             if not self.sessions.full:
                 return
         raise SessionLimit(
@@ -695,7 +713,9 @@ class Orchestrator:
             return None
         return await self._summarise(held)
 
-    async def _release(self, slot: SessionSlot, *, summarise: bool, detached: bool = False) -> dict[str, str] | None:
+    async def _release(
+        self, slot: SessionSlot, *, summarise: bool, detached: bool = False, hand_on: bool = False
+    ) -> dict[str, str] | None:
         """Let a conversation go: the actor settles it and returns to the pool (or stops). With
         `summarise` the persona writes its summary into memory in the background, off every caller's
         path. `detached`: the actor has unbound itself already (a one-turn session)."""
@@ -710,14 +730,14 @@ class Orchestrator:
         try:
             if not detached:
                 held = await asyncio.wait_for(child.handle.detach.remote(), self.settings.turn_timeout_s)
-            recycled = len(self.pool) < self.sessions.pool_target()
+            recycled = hand_on or len(self.pool) < self.sessions.pool_target()
         except Exception:
             log.warning("session %s could not be released cleanly", slot.process_id, exc_info=True)
             recycled = False
         self._set_status(slot.process_id, "completed")
         self._emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
         if recycled:
-            self._pooled(child.handle)
+            self._pooled(child.handle, first=hand_on)
         else:
             self._kill(child.handle)
         if summarise and held is not None:
@@ -754,12 +774,11 @@ class Orchestrator:
 
     async def _size_pool(self) -> None:
         """Grow the pool ahead of a burst; shrink it back to its floor when callers stop coming."""
-        target = self.sessions.pool_target()
-        while len(self.pool) > target:
+        while len(self.pool) > self.sessions.pool_target():
             pid, handle = self.pool.pop()
             self._kill(handle)
             self._set_status(pid, "completed")
-        if len(self.pool) + self.pool_filling < target:
+        if len(self.pool) + self.pool_filling < self.sessions.pool_target():
             self._background(self._fill_pool())
 
     def _trim_finished(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 Key = tuple[str, str]  # (caller id, persona key)
-BURST_WINDOW_S = 10.0  # actors taken from the pool this recently say how many the next burst may want
+QUIET_S = 60.0  # the peak of live sessions this recent sizes the pool; quiet for longer, it is the floor
 
 
 @dataclass
@@ -32,7 +32,7 @@ class SessionDirectory:
         self.clock = clock
         self._slots: OrderedDict[Key, SessionSlot] = OrderedDict()
         self._locks: dict[Key, asyncio.Lock] = {}
-        self._takes: deque[float] = deque()
+        self._peaks: deque[tuple[float, int]] = deque()  # (when, sessions live then)
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -46,6 +46,7 @@ class SessionDirectory:
     def add(self, key: Key, slot: SessionSlot) -> None:
         self._slots[key] = slot
         self._slots.move_to_end(key)
+        self._peaks.append((self.clock(), len(self._slots)))
 
     def remove(self, key: Key, slot: SessionSlot | None = None) -> SessionSlot | None:
         """Forget a slot (only `slot`, when given: a newer one under the same key stays)."""
@@ -87,14 +88,17 @@ class SessionDirectory:
         now = self.clock()
         return [slot for slot in self._slots.values() if not slot.one_turn and now - slot.last_active >= timeout_s]
 
-    def took_from_pool(self) -> None:
-        self._takes.append(self.clock())
+    def _peak(self) -> int:
+        """The most sessions live at once in the last QUIET_S (sampled whenever one opens)."""
+        now = self.clock()
+        while self._peaks and now - self._peaks[0][0] > QUIET_S:
+            self._peaks.popleft()
+        return max((live for _, live in self._peaks), default=0)
 
     def pool_target(self) -> int:
-        """Free actors to keep ready: the configured floor, plus as many as callers took in the last few
-        seconds (a burst is followed by more of it), never past room under the session cap."""
-        now = self.clock()
-        while self._takes and now - self._takes[0] > BURST_WINDOW_S:
-            self._takes.popleft()
-        room = max(0, self.max_sessions - len(self._slots))
-        return min(self.pool_min + len(self._takes), max(self.pool_min, room))
+        """Free actors to keep ready: the configured floor, plus what the recent peak of live sessions
+        says may come back any moment (a burst brings more of itself), never past the session cap. So
+        live plus free actors follow demand: they grow with a burst and shrink back once it is quiet."""
+        live = len(self._slots)
+        room = max(self.pool_min, self.max_sessions - live)
+        return min(self.pool_min + max(0, self._peak() - live), room)

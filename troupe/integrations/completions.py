@@ -66,7 +66,7 @@ def parse_request(body: Any) -> ChatCompletionRequest:
         raise InvalidRequest(f"Invalid request: {param}: {first['msg']}", param=param) from None
 
 
-def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[str, str], region: str = "US") -> str:
+async def caller_of(request: Request, body: ChatCompletionRequest, known_calls: Any, region: str = "US") -> str:
     """Who is calling: VAPI's headers, else VAPI's body fields (`call.customer.number`, `call.id`), else
     the request id or the body's `user`, else anonymous. A call id seen with a number maps to it."""
     headers = request.headers
@@ -76,6 +76,8 @@ def caller_of(request: Request, body: ChatCompletionRequest, known_calls: dict[s
     call_id = headers.get("x-vapi-call-id") or call_id
     if phone and call_id and (number := normalise_phone(phone, region)):
         known_calls.setdefault(resolve_caller_id(call_id=call_id), number)
+    elif call_id and not phone:
+        await known_calls.load(resolve_caller_id(call_id=call_id))  # another replica may have seen its number
     # Ray Serve writes an X-Request-ID into every request that has none: that one names no caller
     request_id = None if headers.get(SERVE_GENERATED_MARK) else headers.get("x-request-id")
     return resolve_caller_id(
@@ -141,7 +143,7 @@ async def chat_completions(request: Request) -> Any:
     if not gateway.catalog.find(body.model.strip()):
         # a generic model name: VAPI's assistant may say which persona it stands for
         persona = assistant_persona(gateway.settings, gateway.catalog, body.model_extra or {}) or persona
-    caller = caller_of(request, body, gateway.known_calls, gateway.settings.default_region)
+    caller = await caller_of(request, body, gateway.known_calls, gateway.settings.default_region)
     turn = turn_of(body, caller, persona, gateway.settings.max_message_chars)
     gateway.limiter.check(turn.caller_id)
     model_name = body.model or persona.lower()

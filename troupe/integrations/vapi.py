@@ -117,6 +117,8 @@ async def vapi_events(request: Request) -> Any:
         raise InvalidRequest("message.type is missing.", param="message.type")
     phone, call_id = call_identity(message)
     region = settings.default_region
+    if call_id and not phone:
+        await gateway.known_calls.load(resolve_caller_id(call_id=call_id))
     caller = resolve_caller_id(phone=phone, call_id=call_id, known_calls=gateway.known_calls, region=region) if (
         phone or call_id
     ) else None  # fmt: skip

@@ -3,6 +3,8 @@ its registry and spend by agent; the ProcessStore mixin of Store."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 
 from troupe.actors.messages import ProcessInfo, ProcessMetrics
@@ -35,23 +37,32 @@ def _process_info(row: ProcessRow) -> ProcessInfo:
     )
 
 
+def _process_values(info: ProcessInfo) -> dict[str, Any]:
+    m = info.metrics
+    return dict(
+        kind=info.kind, agent=info.agent, name=info.name, task=info.task, status=info.status,
+        parent_id=info.parent_id, started_at=info.started_at, ended_at=info.ended_at, restarts=info.restarts,
+        error=info.error, input_tokens=m.input_tokens, output_tokens=m.output_tokens, llm_calls=m.llm_calls,
+        tool_calls=m.tool_calls, estimated_cost=m.estimated_cost, cost_known=m.cost_known,
+        tokens_estimated=m.tokens_estimated,
+    )  # fmt: skip
+
+
 class ProcessStore(StoreBase):
     async def save_process(self, info: ProcessInfo) -> None:
-        m = info.metrics
-        values = dict(
-            kind=info.kind, agent=info.agent, name=info.name, task=info.task, status=info.status,
-            parent_id=info.parent_id, started_at=info.started_at, ended_at=info.ended_at, restarts=info.restarts,
-            error=info.error, input_tokens=m.input_tokens, output_tokens=m.output_tokens, llm_calls=m.llm_calls,
-            tool_calls=m.tool_calls, estimated_cost=m.estimated_cost, cost_known=m.cost_known,
-            tokens_estimated=m.tokens_estimated,
-        )  # fmt: skip
+        await self.save_processes([info])
+
+    async def save_processes(self, infos: list[ProcessInfo]) -> None:
+        """Write registry rows, new or changed, in one transaction."""
         async with self.sessions() as db:
-            row = await db.get(ProcessRow, info.id)
-            if row is None:
-                db.add(ProcessRow(id=info.id, **values))
-            else:
-                for key, value in values.items():
-                    setattr(row, key, value)
+            for info in infos:
+                values = _process_values(info)
+                row = await db.get(ProcessRow, info.id)
+                if row is None:
+                    db.add(ProcessRow(id=info.id, **values))
+                else:
+                    for key, value in values.items():
+                        setattr(row, key, value)
             await db.commit()
 
     async def load_processes(self, *, status: str | None = None, limit: int = 1000) -> list[ProcessInfo]:
