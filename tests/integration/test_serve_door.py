@@ -162,3 +162,56 @@ def _free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def test_two_door_replicas_serve_one_callers_conversation_in_turn(tmp_path: Path) -> None:
+    """`TROUPE_DOOR_REPLICAS=2`: Serve's proxy spreads one caller's turns over both replicas, and the
+    conversation continues whichever answers (its state is in the session and the store, not a replica)."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TROUPE_", "RAY_"))},
+        "TROUPE_MODEL_BACKEND": "fake",
+        "TROUPE_DATA_DIR": str(tmp_path),
+        "TROUPE_LIFE_LOOPS_ENABLED": "false",
+        "TROUPE_SESSION_POOL_SIZE": "1",
+        "TROUPE_DOOR_REPLICAS": "2",
+        "TROUPE_NAMESPACE": f"troupe-replicas-{os.getpid()}",
+    }
+    with (tmp_path / "serve.log").open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        replicas, history = set(), []
+        for i in range(12):
+            history.append({"role": "user", "content": f"turn {i}"})
+            response = httpx.post(
+                f"{url}/v1/chat/completions", json={"model": "maya", "user": "two-doors", "messages": history},
+                timeout=30,
+            )  # fmt: skip
+            assert response.status_code == 200, response.text
+            replicas.add(response.headers["x-troupe-replica"])
+            history.append({"role": "assistant", "content": response.json()["choices"][0]["message"]["content"]})
+        assert len(replicas) == 2  # both replicas answered this caller
+        with closing(sqlite3.connect(tmp_path / "troupe.db")) as db:
+            said = db.execute(
+                "SELECT m.content FROM messages m JOIN sessions s ON s.id = m.session_id "
+                "WHERE s.caller_id = 'user-two-doors' AND m.role = 'user' ORDER BY m.seq"
+            ).fetchall()
+        assert [row[0] for row in said] == [f"turn {i}" for i in range(12)]  # one continuous conversation
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()

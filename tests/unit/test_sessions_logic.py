@@ -62,23 +62,22 @@ def test_removing_a_slot_leaves_a_newer_one_under_the_same_key() -> None:
     assert directory.get(("ann", "tony")) is new
 
 
-def test_the_pool_follows_the_peak_of_demand_and_shrinks_back_when_quiet() -> None:
+def test_the_actors_follow_the_peak_of_demand_and_shrink_back_when_quiet() -> None:
     clock = Clock()
     directory = SessionDirectory(max_sessions=20, pool_min=2, clock=clock)
-    assert directory.pool_target() == 2
+    assert directory.actors_target() == 2 and directory.pool_target(free=0) == 2
     for i in range(16):  # a burst of 16 callers at once
         directory.add((f"c{i}", "tony"), slot(f"c{i}", clock.now, one_turn=True))
-    assert directory.pool_target() == 2  # the burst holds its actors: the floor stays free
+    assert directory.actors_target() == 18 and directory.pool_target(free=0) == 2  # the floor stays free
     for i in range(16):
         directory.remove((f"c{i}", "tony"))
-    assert directory.pool_target() == 18  # between bursts the actors are kept for the next one
+    # between bursts the actors are kept for the next one: 16 came back to the pool, none too many
+    assert directory.pool_target(free=16) == 2 and directory.pool_surplus(free=18) == 0
     clock.now += QUIET_S + 1
-    assert directory.pool_target() == 2  # quiet: back to the floor
-    for i in range(19):
+    assert directory.actors_target() == 2 and directory.pool_surplus(free=18) == 16  # quiet: back to the floor
+    for i in range(25):
         directory.add((f"d{i}", "tony"), slot(f"d{i}", clock.now))
-    for i in range(10):
-        directory.remove((f"d{i}", "tony"))
-    assert directory.pool_target() == 11  # peak 19, 9 live, under the cap of 20
+    assert directory.actors_target() == 22  # never past the cap and the floor
 
 
 def test_a_turn_cut_off_mid_reply_keeps_the_words_heard_and_an_estimate_of_the_cost() -> None:

@@ -46,6 +46,7 @@ SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
 EVENT_LOG = 2000
 FINISHED_KEPT = 500
 FLUSH_DELAY_S = 0.5
+POOL_WAIT_S = 2.0  # how long a caller may wait for an actor a one-turn session is handing back
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class Orchestrator:
         self.processes: dict[str, ProcessInfo] = {}
         self.children: dict[str, Child] = {}
         self.sessions = SessionDirectory(settings.max_sessions, settings.session_pool_size)
+        self.capacity = asyncio.Lock()
+        self.pool_returned = asyncio.Event()  # an actor joined the pool
         self.pool: deque[tuple[str, Any]] = deque()  # warm, unbound session actors: (process id, handle)
         self.pool_filling = 0
         self.own_id: str | None = None  # this orchestrator's own row in the registry
@@ -112,8 +115,18 @@ class Orchestrator:
             self._background(self._recover())
 
     async def _recover(self) -> None:
+        # the named children of the process that died may hold their names a moment longer: free them
+        names = [LOCAL_MODEL_ACTOR] + [
+            f"{kind}-{p.key}" for p in self.catalog.executives() for kind in ("persona", "life")
+        ]
+        for name in names:
+            try:
+                self._kill(ray.get_actor(name, namespace=self.settings.namespace))
+            except ValueError:
+                pass
         try:
-            await self.start()
+            await self.start(defer_rest=True)  # callers first; life loops and the pool right behind
+            await self.start_rest()
             log.warning("the orchestrator restarted and recovered its actors from the store")
         except Exception:
             log.exception("the orchestrator restarted but could not recover")
@@ -512,8 +525,8 @@ class Orchestrator:
     # ------------------------------------------------------------------ sessions and the warm pool
 
     async def _fill_pool(self, size: int | None = None) -> None:
-        size = self.sessions.pool_target() if size is None else size
-        want = size - len(self.pool) - self.pool_filling
+        free = len(self.pool) + self.pool_filling
+        want = self.sessions.pool_target(free) if size is None else size - free
         if want <= 0:
             return
         self.pool_filling += want
@@ -538,6 +551,16 @@ class Orchestrator:
             self.pool.appendleft((pid, handle))
         else:
             self.pool.append((pid, handle))
+        self.pool_returned.set()
+
+    async def _wait_for_pool(self, within: float) -> None:
+        deadline = time.monotonic() + within
+        while not self.pool and (left := deadline - time.monotonic()) > 0:
+            self.pool_returned.clear()
+            try:
+                await asyncio.wait_for(self.pool_returned.wait(), left)
+            except TimeoutError:
+                return
 
     async def _add_to_pool(self) -> None:
         pid = self._register(
@@ -557,6 +580,10 @@ class Orchestrator:
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_session_actor(self) -> tuple[str, Any]:
+        if not self.pool and any(slot.one_turn for slot in self.sessions):
+            # one-turn sessions hand their actors back within moments of their turn: waiting for one
+            # costs milliseconds, a new process seconds (and a core-second of a 2-core machine)
+            await self._wait_for_pool(POOL_WAIT_S)
         if self.pool:
             pid, handle = self.pool.popleft()
             self._background(self._refill_later())
@@ -602,9 +629,14 @@ class Orchestrator:
                 budget = definition.budget_usd
                 if self.spend.get(definition.name, 0.0) >= budget:
                     raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
-                if self.sessions.full:
-                    await self._make_room()
-                return await self._open_session(key, caller_id, definition.name, one_turn)
+                async with self.capacity:  # one caller at a time decides who makes room
+                    if self.sessions.full:
+                        await self._make_room()
+                    self.sessions.reserve()
+                try:
+                    return await self._open_session(key, caller_id, definition.name, one_turn)
+                finally:
+                    self.sessions.unreserve()
         finally:
             self.sessions.settle(key)
 
@@ -730,7 +762,7 @@ class Orchestrator:
         try:
             if not detached:
                 held = await asyncio.wait_for(child.handle.detach.remote(), self.settings.turn_timeout_s)
-            recycled = hand_on or len(self.pool) < self.sessions.pool_target()
+            recycled = hand_on or self.sessions.pool_surplus(len(self.pool) + 1) == 0
         except Exception:
             log.warning("session %s could not be released cleanly", slot.process_id, exc_info=True)
             recycled = False
@@ -774,11 +806,11 @@ class Orchestrator:
 
     async def _size_pool(self) -> None:
         """Grow the pool ahead of a burst; shrink it back to its floor when callers stop coming."""
-        while len(self.pool) > self.sessions.pool_target():
+        for _ in range(min(len(self.pool), self.sessions.pool_surplus(len(self.pool) + self.pool_filling))):
             pid, handle = self.pool.pop()
             self._kill(handle)
             self._set_status(pid, "completed")
-        if len(self.pool) + self.pool_filling < self.sessions.pool_target():
+        if self.sessions.pool_target(len(self.pool) + self.pool_filling):
             self._background(self._fill_pool())
 
     def _trim_finished(self) -> None:

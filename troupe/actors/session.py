@@ -277,15 +277,20 @@ class SessionActor(ActorBase):
         return True
 
     async def _turn_over(self) -> None:
+        """Hand the actor back first (the next caller may be waiting for it), then close the session's
+        row and report its metrics: those writes carry their own ids and need nothing of this actor."""
         session_id, process_id = self.session_id, self.process_id
         async with self.turn_lock:
             if session_id is None or session_id != self.session_id:
                 return
-            store = await self.store()
-            await store.end_session(session_id, None)
-            await self._send_report()
+            delta, error = self._unreported, self._unreported_error
             self._reset()
         await self.orchestrator.turn_over.remote(process_id, session_id)
+        store = await self.store()
+        await store.end_session(session_id, None)
+        if delta != MetricsDelta() or error is not None:
+            status = "failed" if error is not None else "completed"
+            await self.orchestrator.report.remote(process_id, delta, status=status, error=error)
 
     async def _settle_input(self) -> None:
         write, self._input_write = self._input_write, None

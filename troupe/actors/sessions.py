@@ -32,6 +32,7 @@ class SessionDirectory:
         self.clock = clock
         self._slots: OrderedDict[Key, SessionSlot] = OrderedDict()
         self._locks: dict[Key, asyncio.Lock] = {}
+        self.opening = 0  # sessions being opened right now
         self._peaks: deque[tuple[float, int]] = deque()  # (when, sessions live then)
 
     def __len__(self) -> int:
@@ -77,7 +78,17 @@ class SessionDirectory:
 
     @property
     def full(self) -> bool:
-        return len(self._slots) >= self.max_sessions
+        return len(self._slots) + self.opening >= self.max_sessions
+
+    def reserve(self) -> None:
+        """A session is being opened (its actor bound): it counts against the cap from now on, so
+        callers arriving together cannot all pass the check before any of them is in the directory."""
+        self.opening += 1
+        # demand is callers live plus callers waiting for an actor: that is what the next burst wants
+        self._peaks.append((self.clock(), len(self._slots) + self.opening))
+
+    def unreserve(self) -> None:
+        self.opening -= 1
 
     def eviction_order(self) -> list[SessionSlot]:
         """Identified sessions, least recently used first: who makes room for a new caller at capacity
@@ -95,10 +106,17 @@ class SessionDirectory:
             self._peaks.popleft()
         return max((live for _, live in self._peaks), default=0)
 
-    def pool_target(self) -> int:
-        """Free actors to keep ready: the configured floor, plus what the recent peak of live sessions
-        says may come back any moment (a burst brings more of itself), never past the session cap. So
-        live plus free actors follow demand: they grow with a burst and shrink back once it is quiet."""
-        live = len(self._slots)
-        room = max(self.pool_min, self.max_sessions - live)
-        return min(self.pool_min + max(0, self._peak() - live), room)
+    def actors_target(self) -> int:
+        """Session actors to have in all, live and free: the recent peak of live sessions plus the free
+        floor, within the cap. So the actors follow demand: a burst's are kept for the next one (one-turn
+        sessions hand theirs back within moments), and they shrink back to the floor once it is quiet."""
+        in_use = len(self._slots) + self.opening
+        return min(max(self._peak(), in_use) + self.pool_min, self.max_sessions + self.pool_min)
+
+    def pool_target(self, free: int) -> int:
+        """How many more free actors to start, given `free` in the pool (and starting)."""
+        return max(0, self.actors_target() - (len(self._slots) + self.opening + free))
+
+    def pool_surplus(self, free: int) -> int:
+        """How many free actors are more than demand wants (they are stopped)."""
+        return max(0, len(self._slots) + self.opening + free - self.actors_target())

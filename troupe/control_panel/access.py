@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ class Door:
         self.app = app
         self.settings = settings
         self.keys = [k.encode() for k in settings.keys]
+        # which door replica answered (operators reading a trace; tests of several replicas)
+        self.replica = (b"x-troupe-replica", secrets.token_hex(4).encode())
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         self.cors = CORSMiddleware(
             app, allow_origins=origins, allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
@@ -59,6 +62,7 @@ class Door:
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.replica]}
                 status_seen.append(message["status"])
                 route = scope.get("route")
                 label = getattr(route, "path", None) or ("unmatched" if message["status"] == 404 else path)
