@@ -275,13 +275,13 @@ async def soak(client: openai.AsyncOpenAI, minutes: float) -> None:
     )
 
 
-async def main_async(which: list[str], soak_minutes: float) -> None:
+async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", IMPORT_PATH)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-sessions")
         settings = Settings(
             data_dir=Path(tmp), model_backend="fake", life_loops_enabled=False, namespace="bench-sessions",
-            rate_limit_per_minute=0, max_sessions=32, session_pool_size=2,
+            rate_limit_per_minute=0, max_sessions=32, session_pool_size=pool,
         )  # fmt: skip
         runtime = Runtime.start(settings)
         try:
@@ -310,8 +310,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("which", nargs="*", default=["anonymous", "callers", "ttft", "chaos", "orchestrator"])
     parser.add_argument("--soak", type=float, default=0.0, help="minutes of soak (0: none)")
+    parser.add_argument("--pool", type=int, default=2, help="TROUPE_SESSION_POOL_SIZE")
     args = parser.parse_args()
-    asyncio.run(main_async(args.which, args.soak))
+    print(f"(TROUPE_SESSION_POOL_SIZE={args.pool}, TROUPE_MAX_SESSIONS=32)", flush=True)
+    asyncio.run(main_async(args.which, args.soak, args.pool))
 
 
 if __name__ == "__main__":

@@ -53,8 +53,12 @@ def one_run() -> tuple[float, float, str]:
             deadline = began + 180
             health = wait_for(f"http://127.0.0.1:{port}/health", began, deadline)
             ready = wait_for(f"http://127.0.0.1:{port}/ready", began, deadline)
-            time.sleep(1)
-            phases = re.search(r"start-up: (.*)", log.read_text())
+            phases = None
+            for _ in range(100):
+                phases = re.search(r"start-up: (.*)", log.read_text(errors="replace"))
+                if phases:
+                    break
+                time.sleep(0.1)
             return health, ready, phases.group(1) if phases else "?"
         finally:
             proc.send_signal(signal.SIGTERM)
