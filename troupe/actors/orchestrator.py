@@ -25,11 +25,11 @@ from troupe.actors.messages import (
     ProcessStatus,
     SessionInfo,
     new_process_id,
-    utcnow,
 )
 from troupe.actors.models import LOCAL_MODEL_ACTOR
 from troupe.actors.persona import PersonaActor
 from troupe.actors.persona_file import PersonaCatalog
+from troupe.actors.registry import Registry, restarts_by_kind
 from troupe.actors.session import SessionActor
 from troupe.actors.sessions import SessionDirectory, SessionSlot
 from troupe.actors.supervision import Decision, Policy, decide
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 
 ORCHESTRATOR_NAME = "orchestrator"
 SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
-EVENT_LOG = 2000
-FINISHED_KEPT = 500
-FLUSH_DELAY_S = 0.5
 POOL_WAIT_S = 2.0  # how long a caller may wait for an actor a one-turn session is handing back
 
 
@@ -82,7 +79,7 @@ class Orchestrator:
         self.catalog = catalog
         self.started = time.time()
         self.store: Store | None = None
-        self.processes: dict[str, ProcessInfo] = {}
+        self.registry = Registry(self._background)  # process rows, events and spend
         self.children: dict[str, Child] = {}
         self.sessions = SessionDirectory(settings.max_sessions, settings.session_pool_size)
         self.capacity = asyncio.Lock()
@@ -90,10 +87,6 @@ class Orchestrator:
         self.pool: deque[tuple[str, Any]] = deque()  # warm, unbound session actors: (process id, handle)
         self.pool_filling = 0
         self.own_id: str | None = None  # this orchestrator's own row in the registry
-        self.spend: dict[str, float] = {}
-        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG)
-        self.event_seq = 0
-        self.dirty: set[str] = set()
         self.persona_ids: dict[str, str] = {}
         self.life_ids: dict[str, str] = {}
         self.life_counts: Counter[tuple[str, str, str]] = Counter()  # (persona, activity, status) since start
@@ -108,7 +101,6 @@ class Orchestrator:
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting = asyncio.Lock()
-        self._flush_due = False
         if ray.get_runtime_context().was_current_actor_reconstructed:
             # Ray restarted this orchestrator after its process died (and its children with it): start
             # again from the store, as on a cold start, so callers are served again within seconds
@@ -147,9 +139,10 @@ class Orchestrator:
         began = time.perf_counter()
         self.me = ray.get_runtime_context().current_actor
         self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
-        await self._rebuild_registry()
+        self.registry.store = self.store
+        await self.registry.rebuild()
         self.timings["store"] = time.perf_counter() - began
-        self.own_id = self._register(
+        self.own_id = self.registry.register(
             ProcessInfo(
                 id=new_process_id(),
                 kind="orchestrator",
@@ -179,7 +172,7 @@ class Orchestrator:
             self.rest_begun = True
             await self._start_rest()
         self._background(self._housekeeping())
-        await self._flush()  # the registry is in the store from the start: a restart finds what it lost
+        await self.registry.flush()  # the registry is in the store from the start: a restart finds what it lost
         self.ready = True
         self.callers_served.set()
         self.timings["orchestrator"] = time.perf_counter() - began
@@ -219,22 +212,6 @@ class Orchestrator:
         await self._fill_pool()
         self.timings["pool"] = time.perf_counter() - began
 
-    async def _rebuild_registry(self) -> None:
-        assert self.store is not None
-        self.spend = await self.store.spend_by_agent()
-        for info in await self.store.load_processes(limit=FINISHED_KEPT):
-            if info.status in ("running", "pending"):
-                # it was alive when the previous orchestrator went away; it is not any more
-                info = info.model_copy(
-                    update={
-                        "status": "failed",
-                        "ended_at": utcnow(),
-                        "error": "interrupted: the orchestrator restarted",
-                    }
-                )
-                await self.store.save_process(info)
-            self.processes[info.id] = info
-
     def _policy(self, name: str) -> Policy:
         spec = self.catalog.get(name).supervision
         return Policy(
@@ -255,14 +232,14 @@ class Orchestrator:
             await self._release(slot, summarise=False)
         for child in list(self.children.values()):
             self._kill(child.handle)
-            self._set_status(child.process_id, "completed")
+            self.registry.set_status(child.process_id, "completed")
         while self.pool:
             pid, handle = self.pool.popleft()
             self._kill(handle)
-            self._set_status(pid, "completed")
+            self.registry.set_status(pid, "completed")
         if self.own_id is not None:
-            self._set_status(self.own_id, "completed")  # a clean stop, not an interruption
-        await self._flush()
+            self.registry.set_status(self.own_id, "completed")  # a clean stop, not an interruption
+        await self.registry.flush()
         for task in list(self._tasks):
             task.cancel()
 
@@ -301,7 +278,7 @@ class Orchestrator:
             self.persona_ids[persona.key],
             self.me,
         )
-        await handle.start.remote(self.spend.get(persona.name, 0.0))
+        await handle.start.remote(self.registry.spend.get(persona.name, 0.0))
         return handle
 
     async def _make_life_loop(self, name: str) -> Any:
@@ -325,58 +302,6 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ registry
 
-    def _register(self, info: ProcessInfo) -> str:
-        self.processes[info.id] = info
-        self.dirty.add(info.id)
-        self._emit("process.started", process=info.id, kind=info.kind, agent=info.agent, name=info.name)
-        return info.id
-
-    def _update(self, pid: str, **changes: Any) -> ProcessInfo:
-        info = self.processes[pid].model_copy(update=changes)
-        self.processes[pid] = info
-        self.dirty.add(pid)
-        return info
-
-    def _set_status(self, pid: str, status: ProcessStatus, error: str | None = None) -> None:
-        if pid not in self.processes:
-            return
-        before = self.processes[pid].status
-        finished = status in ("completed", "failed")
-        self._update(pid, status=status, error=error, ended_at=utcnow() if finished else None)
-        if before != status:
-            self._emit(f"process.{status}", process=pid, agent=self.processes[pid].agent, error=error)
-        if finished:
-            self._flush_soon()
-
-    def _emit(self, event_type: str, **data: Any) -> None:
-        self.event_seq += 1
-        self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
-
-    def _flush_soon(self) -> None:
-        """A process finished: write the registry within FLUSH_DELAY_S, in one transaction with whatever
-        else changed meanwhile (one write per finished process would queue callers behind the store)."""
-        if not self._flush_due:
-            self._flush_due = True
-            self._background(self._flush_later())
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(FLUSH_DELAY_S)
-        self._flush_due = False
-        await self._flush()
-
-    async def _flush(self) -> None:
-        if self.store is None:
-            return
-        pending, self.dirty = self.dirty, set()
-        infos = [self.processes[pid] for pid in pending if pid in self.processes]
-        if not infos:
-            return
-        try:
-            await self.store.save_processes(infos)
-        except Exception:
-            self.dirty |= {info.id for info in infos}
-            log.warning("could not save %d processes", len(infos), exc_info=True)
-
     async def report(
         self,
         process_id: str,
@@ -385,24 +310,14 @@ class Orchestrator:
         error: str | None = None,
     ) -> float:
         """A process reports the work it did. Returns its persona's total spend, for budget checks."""
-        info = self.processes.get(process_id)
+        info = self.registry.report(process_id, delta, status, error)
         if info is None:
             return 0.0
-        changes: dict[str, Any] = {"metrics": info.metrics.plus(delta)}
-        self.spend[info.agent] = self.spend.get(info.agent, 0.0) + delta.cost_usd
-        self.processes[process_id] = info.model_copy(update=changes)
-        self.dirty.add(process_id)
-        if status and status != info.status:
-            self._set_status(process_id, status, error)
-        elif status == "running" and info.error and error is None:
-            self._update(process_id, error=None)
-        if error:
-            self._emit("turn.failed", process=process_id, agent=info.agent, error=error)
         if info.kind == "session":
             for slot in self.sessions:
                 if slot.process_id == process_id:
                     slot.last_active = time.monotonic()
-        return self.spend.get(info.agent, 0.0)
+        return self.registry.spend.get(info.agent, 0.0)
 
     # ------------------------------------------------------------------ supervision
 
@@ -416,7 +331,7 @@ class Orchestrator:
         policy: Policy,
         factory: Callable[[], Awaitable[Any]],
     ) -> str:
-        pid = self._register(ProcessInfo(id=new_process_id(), kind=kind, agent=agent, name=name, task=task))
+        pid = self.registry.register(ProcessInfo(id=new_process_id(), kind=kind, agent=agent, name=name, task=task))
         child = Child(process_id=pid, group=group, policy=policy, factory=factory)
         self.children[pid] = child
         if kind == "persona":
@@ -426,13 +341,13 @@ class Orchestrator:
         try:
             child.handle = await self._spawn(factory)
         except Exception as exc:
-            self._set_status(pid, "failed", f"failed to start: {exc}")
+            self.registry.set_status(pid, "failed", f"failed to start: {exc}")
             raise
         if kind == "local_model" and self.model_failure:
             # it cannot run here: say so and keep saying so, rather than restart it forever
-            self._set_status(pid, "failed", self.model_failure)
+            self.registry.set_status(pid, "failed", self.model_failure)
             return pid
-        self._set_status(pid, "running")
+        self.registry.set_status(pid, "running")
         self._watch(child)
         return pid
 
@@ -461,9 +376,9 @@ class Orchestrator:
     async def _on_death(self, child: Child) -> None:
         now = time.monotonic()
         decision: Decision = decide(child.policy, child.restart_times, now)
-        info = self.processes[child.process_id]
+        info = self.registry.processes[child.process_id]
         log.warning("%s %s died: %s", info.kind, info.name, decision.reason)
-        self._emit(
+        self.registry.emit(
             "process.died",
             process=child.process_id,
             agent=info.agent,
@@ -473,10 +388,12 @@ class Orchestrator:
             reason=decision.reason,
         )
         if decision.action in ("stop", "escalate"):
-            self._set_status(child.process_id, "failed", f"died; {decision.reason}")
+            self.registry.set_status(child.process_id, "failed", f"died; {decision.reason}")
             if decision.action == "escalate":
                 # the orchestrator is the top of the tree: escalation ends with the operator
-                self._emit("process.escalated", process=child.process_id, agent=info.agent, reason=decision.reason)
+                self.registry.emit(
+                    "process.escalated", process=child.process_id, agent=info.agent, reason=decision.reason
+                )
             self.children.pop(child.process_id, None)
             return
         if decision.delay_s:
@@ -492,21 +409,21 @@ class Orchestrator:
         child.restart_times.append(now)
         if child.watcher and child.handle is not None:
             self._kill(child.handle)
-        info = self.processes[child.process_id]
+        info = self.registry.processes[child.process_id]
         factory = child.factory
         if info.kind == "local_model":
             factory = partial(self._make_local_model, after_crash=True)
         try:
             child.handle = await self._spawn(factory)
         except Exception as exc:
-            self._set_status(child.process_id, "failed", f"restart failed: {exc}")
+            self.registry.set_status(child.process_id, "failed", f"restart failed: {exc}")
             return
         if info.kind == "local_model" and self.model_failure:
-            self._set_status(child.process_id, "failed", self.model_failure)  # it cannot run here: stop trying
+            self.registry.set_status(child.process_id, "failed", self.model_failure)  # it cannot run here: stop trying
             return
-        self._update(child.process_id, restarts=info.restarts + 1)
-        self._set_status(child.process_id, "running")
-        self._emit("process.restarted", process=child.process_id, agent=info.agent, restarts=info.restarts + 1)
+        self.registry.update(child.process_id, restarts=info.restarts + 1)
+        self.registry.set_status(child.process_id, "running")
+        self.registry.emit("process.restarted", process=child.process_id, agent=info.agent, restarts=info.restarts + 1)
         self._watch(child)
 
     async def _spawn(self, factory: Callable[[], Awaitable[Any]]) -> Any:
@@ -543,7 +460,7 @@ class Orchestrator:
     def _pooled(self, handle: Any, pid: str | None = None, first: bool = False) -> None:
         """An actor joins the warm pool (a fresh one, or one whose conversation was let go); `first`: it
         is the next one taken."""
-        pid = pid or self._register(
+        pid = pid or self.registry.register(
             ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
                         task="Waiting for a caller")
         )  # fmt: skip
@@ -563,7 +480,7 @@ class Orchestrator:
                 return
 
     async def _add_to_pool(self) -> None:
-        pid = self._register(
+        pid = self.registry.register(
             ProcessInfo(
                 id=new_process_id(),
                 kind="session",
@@ -575,7 +492,7 @@ class Orchestrator:
         try:
             handle = await self._spawn(self._make_session)
         except Exception as exc:
-            self._set_status(pid, "failed", f"failed to start: {exc}")
+            self.registry.set_status(pid, "failed", f"failed to start: {exc}")
             return
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
@@ -589,7 +506,7 @@ class Orchestrator:
             self._background(self._refill_later())
             return pid, handle
         # pool empty (or disabled): a cold start, which the warm pool exists to avoid
-        pid = self._register(
+        pid = self.registry.register(
             ProcessInfo(
                 id=new_process_id(),
                 kind="session",
@@ -627,7 +544,7 @@ class Orchestrator:
                     self.sessions.touch(key)
                     return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
                 budget = definition.budget_usd
-                if self.spend.get(definition.name, 0.0) >= budget:
+                if self.registry.spend.get(definition.name, 0.0) >= budget:
                     raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
                 async with self.capacity:  # one caller at a time decides who makes room
                     if self.sessions.full:
@@ -642,23 +559,25 @@ class Orchestrator:
 
     async def _open_session(self, key: tuple[str, str], caller_id: str, persona: str, one_turn: bool) -> SessionLease:
         pid, handle = await self._take_session_actor()
-        spent = self.spend.get(persona, 0.0)
+        spent = self.registry.spend.get(persona, 0.0)
         try:
             session_id = await asyncio.wait_for(handle.bind.remote(caller_id, persona, pid, spent, one_turn), 30)
         except Exception:
             self._kill(handle)
-            self._set_status(pid, "failed", "could not take on a caller")
+            self.registry.set_status(pid, "failed", "could not take on a caller")
             raise
         label = "one turn" if one_turn else "conversation"
-        self._update(pid, agent=persona, name=f"{key[1]}-{caller_id}", task=f"{label.capitalize()} with {caller_id}")
-        self._set_status(pid, "running")
+        self.registry.update(
+            pid, agent=persona, name=f"{key[1]}-{caller_id}", task=f"{label.capitalize()} with {caller_id}"
+        )
+        self.registry.set_status(pid, "running")
         slot = SessionSlot(caller_id, persona, pid, session_id, time.monotonic(), one_turn)
         self.sessions.add(key, slot)
         child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self._make_session,
                       handle=handle)  # fmt: skip
         self.children[pid] = child
         self._watch_session(child, slot)
-        self._emit("session.started", caller_id=caller_id, agent=persona, process=pid)
+        self.registry.emit("session.started", caller_id=caller_id, agent=persona, process=pid)
         return SessionLease(handle, pid, session_id, child.generation)
 
     async def _make_room(self) -> None:
@@ -698,7 +617,7 @@ class Orchestrator:
                     if slot.one_turn:  # nothing to come back to: its turn is kept by the door
                         self.sessions.remove(key, slot)
                         self.children.pop(child.process_id, None)
-                        self._set_status(child.process_id, "failed", "died during its one turn")
+                        self.registry.set_status(child.process_id, "failed", "died during its one turn")
                     else:
                         await self._restart_session(child, slot)
             self.sessions.settle(key)
@@ -712,7 +631,7 @@ class Orchestrator:
         """A session actor died: a fresh actor takes over and reloads the transcript from the store."""
         decision = decide(child.policy, child.restart_times, time.monotonic())
         if decision.action != "restart":
-            self._set_status(child.process_id, "failed", f"session died; {decision.reason}")
+            self.registry.set_status(child.process_id, "failed", f"session died; {decision.reason}")
             self.sessions.remove(self._key(slot), slot)
             self.children.pop(child.process_id, None)
             return
@@ -722,15 +641,18 @@ class Orchestrator:
         if decision.delay_s:
             await asyncio.sleep(decision.delay_s)
         _pool_pid, handle = await self._take_session_actor()
-        self._set_status(_pool_pid, "completed")  # its process identity is merged into the restarted one
-        self.processes.pop(_pool_pid, None)
-        self.dirty.discard(_pool_pid)
-        await handle.bind.remote(slot.caller_id, slot.persona, child.process_id, self.spend.get(slot.persona, 0.0))
+        self.registry.set_status(_pool_pid, "completed")  # its process identity is merged into the restarted one
+        self.registry.forget(_pool_pid)
+        await handle.bind.remote(
+            slot.caller_id, slot.persona, child.process_id, self.registry.spend.get(slot.persona, 0.0)
+        )
         child.handle = handle
-        info = self.processes[child.process_id]
-        self._update(child.process_id, restarts=info.restarts + 1)
-        self._set_status(child.process_id, "running")
-        self._emit("process.restarted", process=child.process_id, agent=slot.persona, restarts=info.restarts + 1)
+        info = self.registry.processes[child.process_id]
+        self.registry.update(child.process_id, restarts=info.restarts + 1)
+        self.registry.set_status(child.process_id, "running")
+        self.registry.emit(
+            "process.restarted", process=child.process_id, agent=slot.persona, restarts=info.restarts + 1
+        )
         self._watch_session(child, slot)
 
     async def end_session(self, caller_id: str, persona: str) -> str | None:
@@ -766,8 +688,8 @@ class Orchestrator:
         except Exception:
             log.warning("session %s could not be released cleanly", slot.process_id, exc_info=True)
             recycled = False
-        self._set_status(slot.process_id, "completed")
-        self._emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
+        self.registry.set_status(slot.process_id, "completed")
+        self.registry.emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
         if recycled:
             self._pooled(child.handle, first=hand_on)
         else:
@@ -799,8 +721,8 @@ class Orchestrator:
                             await self._release(slot, summarise=True)
                     self.sessions.settle(key)
                 await self._size_pool()
-                self._trim_finished()
-                await self._flush()
+                self.registry.trim_finished()
+                await self.registry.flush()
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -809,17 +731,9 @@ class Orchestrator:
         for _ in range(min(len(self.pool), self.sessions.pool_surplus(len(self.pool) + self.pool_filling))):
             pid, handle = self.pool.pop()
             self._kill(handle)
-            self._set_status(pid, "completed")
+            self.registry.set_status(pid, "completed")
         if self.sessions.pool_target(len(self.pool) + self.pool_filling):
             self._background(self._fill_pool())
-
-    def _trim_finished(self) -> None:
-        finished = [p for p in self.processes.values() if p.status in ("completed", "failed")]
-        if len(finished) > FINISHED_KEPT:
-            finished.sort(key=lambda p: p.ended_at or p.started_at)
-            for info in finished[: len(finished) - FINISHED_KEPT]:
-                if info.id not in self.dirty:
-                    self.processes.pop(info.id, None)
 
     # ------------------------------------------------------------------ work between personas
 
@@ -833,7 +747,7 @@ class Orchestrator:
 
     async def ask_persona(self, persona: str, question: str, asker: str, parent_id: str | None = None) -> str:
         handle = await self.persona_handle(persona)
-        self._emit("tool.ask_persona", process=parent_id, agent=asker, target=persona)
+        self.registry.emit("tool.ask_persona", process=parent_id, agent=asker, target=persona)
         return await handle.ask.remote(question, asker)
 
     async def spawn_task(self, parent_id: str, specialist: str, task: str) -> str:
@@ -841,9 +755,9 @@ class Orchestrator:
         definition = self.catalog.find(specialist)
         if definition is None:
             return f"There is no specialist called {specialist!r}."
-        parent = self.processes.get(parent_id)
+        parent = self.registry.processes.get(parent_id)
         requested_by = parent.agent if parent else "someone"
-        pid = self._register(
+        pid = self.registry.register(
             ProcessInfo(
                 id=new_process_id(),
                 kind="task",
@@ -855,19 +769,19 @@ class Orchestrator:
         )
         handle = None
         try:
-            if self.spend.get(definition.name, 0.0) >= definition.budget_usd:
+            if self.registry.spend.get(definition.name, 0.0) >= definition.budget_usd:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
             handle = TaskActor.remote(  # type: ignore[attr-defined]
-                self.settings, self.catalog, definition.name, self.spend.get(definition.name, 0.0)
+                self.settings, self.catalog, definition.name, self.registry.spend.get(definition.name, 0.0)
             )
-            self._set_status(pid, "running")
+            self.registry.set_status(pid, "running")
             result, delta = await handle.run.remote(task, requested_by)
             await self.report(pid, delta)
-            self._set_status(pid, "completed")
+            self.registry.set_status(pid, "completed")
             return result or f"{definition.name} finished without a written result."
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc).splitlines()[0]
-            self._set_status(pid, "failed", message)
+            self.registry.set_status(pid, "failed", message)
             return f"{definition.name} could not finish the task: {message}"
         finally:
             if handle is not None:
@@ -890,21 +804,21 @@ class Orchestrator:
         from troupe.integrations.outbound import OutboundFailed, vapi_create_call
 
         result = await self.spawn_task(parent_id, specialist, task)
-        pid = self._register(
+        pid = self.registry.register(
             ProcessInfo(
                 id=new_process_id(), kind="task", agent=persona, name="vapi-callback",
                 task=f"Call {phone} back: {task[:200]}", parent_id=parent_id,
             )
         )  # fmt: skip
-        self._set_status(pid, "running")
+        self.registry.set_status(pid, "running")
         try:
             call_id = await vapi_create_call(self.settings, phone, persona, f"Hi, it's {persona}. {result}")
         except OutboundFailed as exc:
-            self._set_status(pid, "failed", f"callback not placed: {exc}")
-            self._emit("callback.failed", process=pid, agent=persona, error=str(exc))
+            self.registry.set_status(pid, "failed", f"callback not placed: {exc}")
+            self.registry.emit("callback.failed", process=pid, agent=persona, error=str(exc))
             return
-        self._set_status(pid, "completed")
-        self._emit("callback.placed", process=pid, agent=persona, call_id=call_id)
+        self.registry.set_status(pid, "completed")
+        self.registry.emit("callback.placed", process=pid, agent=persona, call_id=call_id)
 
     async def remember_call(self, persona: str, caller_id: str, transcript: str, source: str) -> str:
         """A finished call or thread goes into the persona's memory of the caller: the live session's own
@@ -917,7 +831,7 @@ class Orchestrator:
 
     async def run_persona_tool(self, persona: str, caller_id: str, call: ToolCall) -> str:
         handle = await self.persona_handle(persona)
-        self._emit("tool.call", agent=persona, tool=call.name, caller_id=caller_id)
+        self.registry.emit("tool.call", agent=persona, tool=call.name, caller_id=caller_id)
         return await handle.run_tool.remote(caller_id, call)
 
     async def _life_loop(self, persona: str) -> Any:
@@ -946,19 +860,19 @@ class Orchestrator:
         result: dict[str, Any] = await (await self._life_loop(persona)).update_schedule.remote(
             activity, cron_expression=cron_expression, is_paused=is_paused
         )
-        self._emit("schedule.changed", agent=result["persona"], activity=activity,
-                   cron_expression=result["cron_expression"], is_paused=result["is_paused"])  # fmt: skip
+        self.registry.emit("schedule.changed", agent=result["persona"], activity=activity,
+                           cron_expression=result["cron_expression"], is_paused=result["is_paused"])  # fmt: skip
         return result
 
     async def life_started(self, parent_id: str, persona: str, activity: str) -> str:
         """A life activity is a process of its own, a child of the persona's life loop."""
-        pid = self._register(
+        pid = self.registry.register(
             ProcessInfo(
                 id=new_process_id(), kind="task", agent=persona, name=f"life:{activity}",
                 task=f"{persona}'s {activity}", parent_id=parent_id,
             )
         )  # fmt: skip
-        self._set_status(pid, "running")
+        self.registry.set_status(pid, "running")
         return pid
 
     async def life_finished(
@@ -967,33 +881,23 @@ class Orchestrator:
         self.life_counts[(persona, activity, status)] += 1
         self.life_seconds[(persona, activity)] = self.life_seconds.get((persona, activity), 0.0) + seconds
         if pid is not None:
-            self._set_status(pid, "failed" if status == "failed" else "completed", error)
-        self._emit(f"life.{status}", agent=persona, activity=activity, process=pid, error=error)
+            self.registry.set_status(pid, "failed" if status == "failed" else "completed", error)
+        self.registry.emit(f"life.{status}", agent=persona, activity=activity, process=pid, error=error)
 
     # ------------------------------------------------------------------ read side (control panel, CLI)
 
     async def list_processes(
         self, status: str | None = None, agent: str | None = None, kind: str | None = None
     ) -> list[ProcessInfo]:
-        found = list(self.processes.values())
-        if status:
-            found = [p for p in found if p.status == status]
-        if agent:
-            found = [p for p in found if p.agent.lower() == agent.lower()]
-        if kind:
-            found = [p for p in found if p.kind == kind]
-        return sorted(found, key=lambda p: p.started_at)
+        return self.registry.list_processes(status, agent, kind)
 
     async def get_process(self, pid: str) -> tuple[ProcessInfo, list[ProcessInfo]] | None:
-        info = self.processes.get(pid)
-        if info is None:
-            return None
-        return info, [p for p in self.processes.values() if p.parent_id == pid]
+        return self.registry.get_process(pid)
 
     async def list_sessions(self) -> list[SessionInfo]:
         out = []
         for slot in self.sessions:
-            info = self.processes[slot.process_id]
+            info = self.registry.processes[slot.process_id]
             idle = time.monotonic() - slot.last_active
             out.append(
                 SessionInfo(
@@ -1008,7 +912,7 @@ class Orchestrator:
         return out
 
     async def status(self) -> dict[str, Any]:
-        alive = [p for p in self.processes.values() if p.status in ("running", "pending")]
+        alive = [p for p in self.registry.processes.values() if p.status in ("running", "pending")]
         return {
             "status": "ok",
             "uptime_s": time.time() - self.started,
@@ -1018,21 +922,21 @@ class Orchestrator:
             "personas": self.catalog.names(),
             "executives": [p.name for p in self.catalog.executives()],
             "active_personas": [
-                self.processes[pid].agent
+                self.registry.processes[pid].agent
                 for pid in self.life_ids.values()
-                if pid in self.processes and self.processes[pid].status == "running"
+                if pid in self.registry.processes and self.registry.processes[pid].status == "running"
             ],
             "backend": self.settings.effective_backend,
-            "spend": dict(self.spend),
-            "processes": dict(Counter((p.kind, p.status) for p in self.processes.values())),
-            "restarts": _restarts_by_kind(self.processes.values()),
+            "spend": dict(self.registry.spend),
+            "processes": dict(Counter((p.kind, p.status) for p in self.registry.processes.values())),
+            "restarts": restarts_by_kind(self.registry.processes.values()),
             "life_runs": dict(self.life_counts),
             "life_seconds": dict(self.life_seconds),
             "startup_s": dict(self.timings),
         }
 
     async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["seq"] > seq][:limit]
+        return self.registry.events_since(seq, limit)
 
     async def ping(self) -> bool:
         return True
@@ -1068,9 +972,11 @@ class Orchestrator:
 
     async def model_status(self) -> str:
         """The offline model: "ok", "loading", or "failed: <why>" (what /ready and a refused turn say)."""
-        info = next((p for p in self.processes.values() if p.kind == "local_model" and p.id in self.children), None)
+        info = next(
+            (p for p in self.registry.processes.values() if p.kind == "local_model" and p.id in self.children), None
+        )
         if info is None:
-            lost = [p for p in self.processes.values() if p.kind == "local_model"]
+            lost = [p for p in self.registry.processes.values() if p.kind == "local_model"]
             reason = lost[-1].error if lost and lost[-1].error else "the offline model is not running"
             return f"failed: {reason}"
         if info.status == "failed":
@@ -1089,10 +995,3 @@ class Orchestrator:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _restarts_by_kind(processes: Any) -> dict[str, int]:
-    totals: Counter[str] = Counter()
-    for info in processes:
-        totals[info.kind] += info.restarts
-    return dict(totals)

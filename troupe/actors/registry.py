@@ -1,0 +1,165 @@
+"""The orchestrator's registry as plain logic: every process row, the bounded event log and spend by
+agent, written to the store in batches (no Ray here: the orchestrator actor wraps it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from troupe.actors.messages import MetricsDelta, ProcessInfo, ProcessStatus, utcnow
+from troupe.store import Store
+
+log = logging.getLogger(__name__)
+
+EVENT_LOG = 2000
+FINISHED_KEPT = 500
+FLUSH_DELAY_S = 0.5
+
+
+class Registry:
+    """Process rows by id, the ids changed since the last write (`dirty`), the event log and spend by
+    agent. `spawn` runs a coroutine in the background (the delayed flush); `store` is set once open."""
+
+    def __init__(self, spawn: Callable[[Awaitable[Any]], None], store: Store | None = None) -> None:
+        self.spawn = spawn
+        self.store = store
+        self.processes: dict[str, ProcessInfo] = {}
+        self.dirty: set[str] = set()
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG)
+        self.event_seq = 0
+        self.spend: dict[str, float] = {}
+        self._flush_due = False
+
+    async def rebuild(self) -> None:
+        """Load spend and the latest rows from the store; rows that were alive when the previous
+        orchestrator went away are marked failed."""
+        assert self.store is not None
+        self.spend = await self.store.spend_by_agent()
+        for info in await self.store.load_processes(limit=FINISHED_KEPT):
+            if info.status in ("running", "pending"):
+                # it was alive when the previous orchestrator went away; it is not any more
+                info = info.model_copy(
+                    update={
+                        "status": "failed",
+                        "ended_at": utcnow(),
+                        "error": "interrupted: the orchestrator restarted",
+                    }
+                )
+                await self.store.save_process(info)
+            self.processes[info.id] = info
+
+    def register(self, info: ProcessInfo) -> str:
+        self.processes[info.id] = info
+        self.dirty.add(info.id)
+        self.emit("process.started", process=info.id, kind=info.kind, agent=info.agent, name=info.name)
+        return info.id
+
+    def update(self, pid: str, **changes: Any) -> ProcessInfo:
+        info = self.processes[pid].model_copy(update=changes)
+        self.processes[pid] = info
+        self.dirty.add(pid)
+        return info
+
+    def set_status(self, pid: str, status: ProcessStatus, error: str | None = None) -> None:
+        if pid not in self.processes:
+            return
+        before = self.processes[pid].status
+        finished = status in ("completed", "failed")
+        self.update(pid, status=status, error=error, ended_at=utcnow() if finished else None)
+        if before != status:
+            self.emit(f"process.{status}", process=pid, agent=self.processes[pid].agent, error=error)
+        if finished:
+            self.flush_soon()
+
+    def forget(self, pid: str) -> None:
+        """Drop a row from memory without writing it again (its identity was merged into another)."""
+        self.processes.pop(pid, None)
+        self.dirty.discard(pid)
+
+    def emit(self, event_type: str, **data: Any) -> None:
+        self.event_seq += 1
+        self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
+
+    def flush_soon(self) -> None:
+        """A process finished: write the registry within FLUSH_DELAY_S, in one transaction with whatever
+        else changed meanwhile (one write per finished process would queue callers behind the store)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.spawn(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(FLUSH_DELAY_S)
+        self._flush_due = False
+        await self.flush()
+
+    async def flush(self) -> None:
+        if self.store is None:
+            return
+        pending, self.dirty = self.dirty, set()
+        infos = [self.processes[pid] for pid in pending if pid in self.processes]
+        if not infos:
+            return
+        try:
+            await self.store.save_processes(infos)
+        except Exception:
+            self.dirty |= {info.id for info in infos}
+            log.warning("could not save %d processes", len(infos), exc_info=True)
+
+    def report(
+        self, process_id: str, delta: MetricsDelta, status: ProcessStatus | None = None, error: str | None = None
+    ) -> ProcessInfo | None:
+        """A process reports the work it did: its metrics and its persona's spend grow. Returns the row as
+        it was before the report (None for an unknown process)."""
+        info = self.processes.get(process_id)
+        if info is None:
+            return None
+        changes: dict[str, Any] = {"metrics": info.metrics.plus(delta)}
+        self.spend[info.agent] = self.spend.get(info.agent, 0.0) + delta.cost_usd
+        self.processes[process_id] = info.model_copy(update=changes)
+        self.dirty.add(process_id)
+        if status and status != info.status:
+            self.set_status(process_id, status, error)
+        elif status == "running" and info.error and error is None:
+            self.update(process_id, error=None)
+        if error:
+            self.emit("turn.failed", process=process_id, agent=info.agent, error=error)
+        return info
+
+    def trim_finished(self) -> None:
+        finished = [p for p in self.processes.values() if p.status in ("completed", "failed")]
+        if len(finished) > FINISHED_KEPT:
+            finished.sort(key=lambda p: p.ended_at or p.started_at)
+            for info in finished[: len(finished) - FINISHED_KEPT]:
+                if info.id not in self.dirty:
+                    self.processes.pop(info.id, None)
+
+    def list_processes(
+        self, status: str | None = None, agent: str | None = None, kind: str | None = None
+    ) -> list[ProcessInfo]:
+        found = list(self.processes.values())
+        if status:
+            found = [p for p in found if p.status == status]
+        if agent:
+            found = [p for p in found if p.agent.lower() == agent.lower()]
+        if kind:
+            found = [p for p in found if p.kind == kind]
+        return sorted(found, key=lambda p: p.started_at)
+
+    def get_process(self, pid: str) -> tuple[ProcessInfo, list[ProcessInfo]] | None:
+        info = self.processes.get(pid)
+        if info is None:
+            return None
+        return info, [p for p in self.processes.values() if p.parent_id == pid]
+
+    def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["seq"] > seq][:limit]
+
+
+def restarts_by_kind(processes: Iterable[ProcessInfo]) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for info in processes:
+        totals[info.kind] += info.restarts
+    return dict(totals)
