@@ -16,6 +16,8 @@ from typing import Any
 
 from troupe.chat_model import ModelChunk, ModelRequest, ToolCall, Usage, estimate_tokens
 
+REQUESTS_KEPT = 200  # the newest requests, for tests to look at
+
 
 @dataclass(frozen=True)
 class ScriptedReply:
@@ -104,6 +106,8 @@ class ScriptedChatModel:
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         self.requests.append(request)
+        if len(self.requests) > REQUESTS_KEPT:  # a long demo or a benchmark must not grow without end
+            del self.requests[:-REQUESTS_KEPT]
         reply = self._next(request)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
