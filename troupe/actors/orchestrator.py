@@ -8,7 +8,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -32,7 +32,8 @@ from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.registry import Registry, restarts_by_kind
 from troupe.actors.session import SessionActor
 from troupe.actors.sessions import SessionDirectory, SessionSlot
-from troupe.actors.supervision import Decision, Policy, decide
+from troupe.actors.supervision import Policy, decide
+from troupe.actors.supervisor import Child, Supervisor, kill_actor
 from troupe.actors.task import TaskActor
 from troupe.chat_model import ToolCall
 from troupe.config.settings import Settings
@@ -57,21 +58,6 @@ class SessionLease:
     generation: int
 
 
-@dataclass
-class Child:
-    """A supervised actor: how to (re)create it and what happened to it."""
-
-    process_id: str
-    group: str  # siblings restarted together under restart_all
-    policy: Policy
-    factory: Callable[[], Awaitable[Any]]  # creates and initialises a fresh actor, returns its handle
-    handle: Any = None
-    generation: int = 0
-    restart_times: list[float] = field(default_factory=list)
-    watcher: asyncio.Task[None] | None = None
-    stopping: bool = False
-
-
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class Orchestrator:
     def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
@@ -80,7 +66,6 @@ class Orchestrator:
         self.started = time.time()
         self.store: Store | None = None
         self.registry = Registry(self._background)  # process rows, events and spend
-        self.children: dict[str, Child] = {}
         self.sessions = SessionDirectory(settings.max_sessions, settings.session_pool_size)
         self.capacity = asyncio.Lock()
         self.pool_returned = asyncio.Event()  # an actor joined the pool
@@ -93,7 +78,12 @@ class Orchestrator:
         self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
         self.timings: dict[str, float] = {}  # start-up phases, seconds (troupe serve --verbose prints them)
-        self.spawning = asyncio.Semaphore(max(1, int(ray.available_resources().get("CPU", 2))))
+        self.supervisor = Supervisor(  # the supervised children, watched and restarted
+            self.registry,
+            spawn_slots=int(ray.available_resources().get("CPU", 2)),
+            restart_factory=self._restart_factory,
+            failure_of=self._failure_of,
+        )
         self.life_loops_up = asyncio.Event()
         self.callers_served = asyncio.Event()  # personas are up: callers can be served
         self.rest_begun = False
@@ -113,7 +103,7 @@ class Orchestrator:
         ]
         for name in names:
             try:
-                self._kill(ray.get_actor(name, namespace=self.settings.namespace))
+                kill_actor(ray.get_actor(name, namespace=self.settings.namespace))
             except ValueError:
                 pass
         try:
@@ -224,18 +214,16 @@ class Orchestrator:
 
     async def shutdown(self) -> None:
         """Stop every child and flush the registry (the service is going away)."""
-        for child in list(self.children.values()):
-            child.stopping = True
-            if child.watcher:
-                child.watcher.cancel()
+        for child in list(self.supervisor.children.values()):
+            self.supervisor.unwatch(child)
         for slot in list(self.sessions):
             await self._release(slot, summarise=False)
-        for child in list(self.children.values()):
-            self._kill(child.handle)
+        for child in list(self.supervisor.children.values()):
+            kill_actor(child.handle)
             self.registry.set_status(child.process_id, "completed")
         while self.pool:
             pid, handle = self.pool.popleft()
-            self._kill(handle)
+            kill_actor(handle)
             self.registry.set_status(pid, "completed")
         if self.own_id is not None:
             self.registry.set_status(self.own_id, "completed")  # a clean stop, not an interruption
@@ -253,7 +241,7 @@ class Orchestrator:
             if after_crash:
                 raise
             # it died loading or on its first token: once more, with a probe that names the cause
-            self._kill(handle)
+            kill_actor(handle)
             return await self._make_local_model(after_crash=True)
         self.model_failure = state.reason if state.status == "failed" else None
         return handle
@@ -331,113 +319,23 @@ class Orchestrator:
         policy: Policy,
         factory: Callable[[], Awaitable[Any]],
     ) -> str:
-        pid = self.registry.register(ProcessInfo(id=new_process_id(), kind=kind, agent=agent, name=name, task=task))
-        child = Child(process_id=pid, group=group, policy=policy, factory=factory)
-        self.children[pid] = child
+        info = ProcessInfo(id=new_process_id(), kind=kind, agent=agent, name=name, task=task)
         if kind == "persona":
-            self.persona_ids[self.catalog.get(agent).key] = pid
+            self.persona_ids[self.catalog.get(agent).key] = info.id
         if kind == "life_loop":
-            self.life_ids[self.catalog.get(agent).key] = pid
-        try:
-            child.handle = await self._spawn(factory)
-        except Exception as exc:
-            self.registry.set_status(pid, "failed", f"failed to start: {exc}")
-            raise
-        if kind == "local_model" and self.model_failure:
-            # it cannot run here: say so and keep saying so, rather than restart it forever
-            self.registry.set_status(pid, "failed", self.model_failure)
-            return pid
-        self.registry.set_status(pid, "running")
-        self._watch(child)
-        return pid
+            self.life_ids[self.catalog.get(agent).key] = info.id
+        await self.supervisor.supervise(info, group, policy, factory)
+        return info.id
 
-    def _watch(self, child: Child, on_death: Callable[[int], Awaitable[None]] | None = None) -> None:
-        """Wait on the child's `watch()`; when it dies (and was not stopped on purpose), handle it.
-        `on_death` gets the generation that died; by default the child's supervision policy applies."""
-        generation = child.generation
-        handle = child.handle
-
-        async def watcher() -> None:
-            try:
-                await handle.watch.remote()
-            except RayActorError:
-                pass
-            except asyncio.CancelledError:
-                return
-            if child.stopping:
-                return
-            if on_death is not None:
-                await on_death(generation)
-            elif child.generation == generation:
-                await self._on_death(child)
-
-        child.watcher = asyncio.ensure_future(watcher())
-
-    async def _on_death(self, child: Child) -> None:
-        now = time.monotonic()
-        decision: Decision = decide(child.policy, child.restart_times, now)
-        info = self.registry.processes[child.process_id]
-        log.warning("%s %s died: %s", info.kind, info.name, decision.reason)
-        self.registry.emit(
-            "process.died",
-            process=child.process_id,
-            agent=info.agent,
-            kind=info.kind,
-            name=info.name,
-            decision=decision.action,
-            reason=decision.reason,
-        )
-        if decision.action in ("stop", "escalate"):
-            self.registry.set_status(child.process_id, "failed", f"died; {decision.reason}")
-            if decision.action == "escalate":
-                # the orchestrator is the top of the tree: escalation ends with the operator
-                self.registry.emit(
-                    "process.escalated", process=child.process_id, agent=info.agent, reason=decision.reason
-                )
-            self.children.pop(child.process_id, None)
-            return
-        if decision.delay_s:
-            await asyncio.sleep(decision.delay_s)
-        targets = [child]
-        if decision.action == "restart_all":
-            targets += [c for c in self.children.values() if c.group == child.group and c is not child]
-        for target in targets:
-            await self._restart(target, now)
-
-    async def _restart(self, child: Child, now: float) -> None:
-        child.generation += 1
-        child.restart_times.append(now)
-        if child.watcher and child.handle is not None:
-            self._kill(child.handle)
-        info = self.registry.processes[child.process_id]
-        factory = child.factory
+    def _restart_factory(self, child: Child, info: ProcessInfo) -> Callable[[], Awaitable[Any]]:
+        """How a child that died is created again: the offline model probes first, to name the cause."""
         if info.kind == "local_model":
-            factory = partial(self._make_local_model, after_crash=True)
-        try:
-            child.handle = await self._spawn(factory)
-        except Exception as exc:
-            self.registry.set_status(child.process_id, "failed", f"restart failed: {exc}")
-            return
-        if info.kind == "local_model" and self.model_failure:
-            self.registry.set_status(child.process_id, "failed", self.model_failure)  # it cannot run here: stop trying
-            return
-        self.registry.update(child.process_id, restarts=info.restarts + 1)
-        self.registry.set_status(child.process_id, "running")
-        self.registry.emit("process.restarted", process=child.process_id, agent=info.agent, restarts=info.restarts + 1)
-        self._watch(child)
+            return partial(self._make_local_model, after_crash=True)
+        return child.factory
 
-    async def _spawn(self, factory: Callable[[], Awaitable[Any]]) -> Any:
-        """Start an actor process, at most one per core at a time: Ray starts a worker process for each
-        actor, and more starting at once than there are cores only makes every one of them slower."""
-        async with self.spawning:
-            return await factory()
-
-    @staticmethod
-    def _kill(handle: Any) -> None:
-        try:
-            ray.kill(handle, no_restart=True)
-        except Exception:
-            pass
+    def _failure_of(self, info: ProcessInfo) -> str | None:
+        """Why a freshly started child cannot run here (only the offline model can say so)."""
+        return self.model_failure if info.kind == "local_model" else None
 
     # ------------------------------------------------------------------ sessions and the warm pool
 
@@ -490,7 +388,7 @@ class Orchestrator:
             )
         )
         try:
-            handle = await self._spawn(self._make_session)
+            handle = await self.supervisor.spawn(self._make_session)
         except Exception as exc:
             self.registry.set_status(pid, "failed", f"failed to start: {exc}")
             return
@@ -538,7 +436,7 @@ class Orchestrator:
             async with self.sessions.lock(key):
                 slot = self.sessions.get(key)
                 if slot is not None:
-                    child = self.children[slot.process_id]
+                    child = self.supervisor.children[slot.process_id]
                     if failed_generation is not None and failed_generation == child.generation:
                         await self._restart_session(child, slot)
                     self.sessions.touch(key)
@@ -563,7 +461,7 @@ class Orchestrator:
         try:
             session_id = await asyncio.wait_for(handle.bind.remote(caller_id, persona, pid, spent, one_turn), 30)
         except Exception:
-            self._kill(handle)
+            kill_actor(handle)
             self.registry.set_status(pid, "failed", "could not take on a caller")
             raise
         label = "one turn" if one_turn else "conversation"
@@ -575,7 +473,7 @@ class Orchestrator:
         self.sessions.add(key, slot)
         child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self._make_session,
                       handle=handle)  # fmt: skip
-        self.children[pid] = child
+        self.supervisor.children[pid] = child
         self._watch_session(child, slot)
         self.registry.emit("session.started", caller_id=caller_id, agent=persona, process=pid)
         return SessionLease(handle, pid, session_id, child.generation)
@@ -584,7 +482,7 @@ class Orchestrator:
         """At the cap: the least recently used session that is not mid-turn is let go (its summary is
         written in the background). Only when every session is mid-turn is the new caller refused."""
         for slot in self.sessions.eviction_order():
-            child = self.children.get(slot.process_id)
+            child = self.supervisor.children.get(slot.process_id)
             if child is None:
                 continue
             try:
@@ -616,13 +514,13 @@ class Orchestrator:
                 if child.generation == generation and self.sessions.get(key) is slot:
                     if slot.one_turn:  # nothing to come back to: its turn is kept by the door
                         self.sessions.remove(key, slot)
-                        self.children.pop(child.process_id, None)
+                        self.supervisor.children.pop(child.process_id, None)
                         self.registry.set_status(child.process_id, "failed", "died during its one turn")
                     else:
                         await self._restart_session(child, slot)
             self.sessions.settle(key)
 
-        self._watch(child, on_death)
+        self.supervisor.watch(child, on_death)
 
     def _key(self, slot: SessionSlot) -> tuple[str, str]:
         return (slot.caller_id, self.catalog.get(slot.persona).key)
@@ -633,11 +531,11 @@ class Orchestrator:
         if decision.action != "restart":
             self.registry.set_status(child.process_id, "failed", f"session died; {decision.reason}")
             self.sessions.remove(self._key(slot), slot)
-            self.children.pop(child.process_id, None)
+            self.supervisor.children.pop(child.process_id, None)
             return
         child.generation += 1
         child.restart_times.append(time.monotonic())
-        self._kill(child.handle)
+        kill_actor(child.handle)
         if decision.delay_s:
             await asyncio.sleep(decision.delay_s)
         _pool_pid, handle = await self._take_session_actor()
@@ -674,12 +572,10 @@ class Orchestrator:
         `summarise` the persona writes its summary into memory in the background, off every caller's
         path. `detached`: the actor has unbound itself already (a one-turn session)."""
         self.sessions.remove(self._key(slot), slot)
-        child = self.children.pop(slot.process_id, None)
+        child = self.supervisor.children.pop(slot.process_id, None)
         if child is None:
             return None
-        child.stopping = True
-        if child.watcher:
-            child.watcher.cancel()
+        self.supervisor.unwatch(child)
         held: dict[str, str] | None = None
         try:
             if not detached:
@@ -693,7 +589,7 @@ class Orchestrator:
         if recycled:
             self._pooled(child.handle, first=hand_on)
         else:
-            self._kill(child.handle)
+            kill_actor(child.handle)
         if summarise and held is not None:
             self._background(self._summarise(held))
         return held
@@ -730,7 +626,7 @@ class Orchestrator:
         """Grow the pool ahead of a burst; shrink it back to its floor when callers stop coming."""
         for _ in range(min(len(self.pool), self.sessions.pool_surplus(len(self.pool) + self.pool_filling))):
             pid, handle = self.pool.pop()
-            self._kill(handle)
+            kill_actor(handle)
             self.registry.set_status(pid, "completed")
         if self.sessions.pool_target(len(self.pool) + self.pool_filling):
             self._background(self._fill_pool())
@@ -740,7 +636,7 @@ class Orchestrator:
     async def persona_handle(self, name: str) -> Any:
         definition = self.catalog.get(name)
         pid = self.persona_ids.get(definition.key)
-        child = self.children.get(pid) if pid else None
+        child = self.supervisor.children.get(pid) if pid else None
         if child is None or child.handle is None:
             raise PersonaNotFound(f"{definition.name} has no running persona actor.")
         return child.handle
@@ -785,7 +681,7 @@ class Orchestrator:
             return f"{definition.name} could not finish the task: {message}"
         finally:
             if handle is not None:
-                self._kill(handle)
+                kill_actor(handle)
 
     async def schedule_callback(self, parent_id: str, persona: str, number: str, specialist: str, task: str) -> str:
         """Delegate `task` now and phone `number` back with the result when it is done (VAPI create-call).
@@ -840,7 +736,7 @@ class Orchestrator:
             # life loops start just after the door opens; a request that early waits for them
             await asyncio.wait_for(self.life_loops_up.wait(), 120)
         pid = self.life_ids.get(definition.key)
-        child = self.children.get(pid) if pid else None
+        child = self.supervisor.children.get(pid) if pid else None
         if child is None or child.handle is None:
             raise PersonaNotFound(f"{definition.name} has no running life loop.")
         return child.handle
@@ -972,9 +868,8 @@ class Orchestrator:
 
     async def model_status(self) -> str:
         """The offline model: "ok", "loading", or "failed: <why>" (what /ready and a refused turn say)."""
-        info = next(
-            (p for p in self.registry.processes.values() if p.kind == "local_model" and p.id in self.children), None
-        )
+        children = self.supervisor.children
+        info = next((p for p in self.registry.processes.values() if p.kind == "local_model" and p.id in children), None)
         if info is None:
             lost = [p for p in self.registry.processes.values() if p.kind == "local_model"]
             reason = lost[-1].error if lost and lost[-1].error else "the offline model is not running"
@@ -982,7 +877,7 @@ class Orchestrator:
         if info.status == "failed":
             return f"failed: {info.error or 'the offline model cannot run'}"
         try:
-            state = await asyncio.wait_for(self.children[info.id].handle.state.remote(), 5)
+            state = await asyncio.wait_for(children[info.id].handle.state.remote(), 5)
         except Exception as exc:
             return f"failed: the offline model does not answer ({type(exc).__name__})"
         if state.status == "failed":
