@@ -154,6 +154,20 @@ def test_a_reply_in_a_thread_continues_its_session(door: str, slack: FakeSlackSe
     assert [s.agent for s in sessions] == ["Maya"]
 
 
+def test_a_thread_stays_with_its_persona_on_another_door_replica(
+    door: str, slack: FakeSlackServer, runtime: Any
+) -> None:
+    """Slack's retry or the next message may reach another replica: the thread's persona is in the store."""
+    first = mention("maya: how are the ads doing?")
+    post(door, first)
+    assert reply_to(slack, first).text.startswith("*Maya:*")
+    other = create_app(Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client()))
+    with serving(other) as second_door:
+        follow = mention("and the budget?", thread_ts=first["event"]["ts"])
+        post(second_door, follow)
+        assert reply_to(slack, follow, nth=1).text == "*Maya:* Maya here. You said: and the budget?"
+
+
 def test_a_troupe_channel_routes_to_its_persona(door: str, slack: FakeSlackServer) -> None:
     body = mention("how is the launch going?", channel="CMAYA")
     post(door, body)

@@ -359,7 +359,7 @@ class SlackDoor:
         named, rest = addressed_persona(self.catalog, text)
         if named is not None:
             return named, rest
-        earlier = self._threads.get(message.caller_id)
+        earlier = self._threads.get(message.caller_id) or await self._thread_persona(message.caller_id)
         if earlier is not None:
             return earlier, text
         if message.channel_type != "im":
@@ -369,6 +369,17 @@ class SlackDoor:
         default = self.catalog.get(self.settings.default_persona)
         model, model_name = self.models.for_persona(default), model_name_for(self.settings, default)
         return await choose_persona(model, model_name, self.catalog, text, default.name), text
+
+    async def _thread_persona(self, caller_id: str) -> str | None:
+        """Who this thread was talking to, from the store: another door replica may have answered it."""
+        try:
+            persona = await (await self.store()).latest_persona(caller_id)
+        except Exception:
+            log.warning("could not look up thread %s in the store", caller_id, exc_info=True)
+            return None
+        if persona is not None:
+            self._remember_thread(caller_id, persona)
+        return persona
 
     def _remember_thread(self, caller_id: str, persona: str) -> None:
         self._threads[caller_id] = persona

@@ -127,6 +127,18 @@ class ConversationStore(StoreBase):
             ).scalar_one_or_none()
             return _record(SessionRecord, row) if row else None
 
+    async def latest_persona(self, caller_id: str) -> str | None:
+        """The persona this caller (a Slack thread, a phone number) spoke with last, if any."""
+        async with self.sessions() as db:
+            return (
+                await db.execute(
+                    select(SessionRow.persona)
+                    .where(SessionRow.caller_id == caller_id)
+                    .order_by(SessionRow.last_active_at.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+
     async def create_session(self, caller_id: str, persona: str, process_id: str) -> SessionRecord:
         async with self.sessions() as db:
             row = SessionRow(id=uuid4().hex, caller_id=caller_id, persona=persona, process_id=process_id)
