@@ -306,6 +306,10 @@ class SessionActor(ActorBase):
                 self.session_id, result.new_messages, turn_id=result.turn_id, interrupted=result.interrupted
             )
             self.transcript.extend(result.new_messages)
+            # a live session keeps only a window in memory; the whole conversation is in the store
+            keep = self.settings.history_turns * 4
+            if len(self.transcript) > keep:
+                del self.transcript[:-keep]
         self.spent += result.delta.cost_usd
         if result.error_code == BudgetExceeded.code:
             store = await self.store()
