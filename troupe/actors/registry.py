@@ -120,7 +120,9 @@ class Registry:
         self.spend[info.agent] = self.spend.get(info.agent, 0.0) + delta.cost_usd
         self.processes[process_id] = info.model_copy(update=changes)
         self.dirty.add(process_id)
-        if status and status != info.status:
+        if status == "running" and info.status == "completed":
+            pass  # a late report from an actor since let go does not bring its finished process back
+        elif status and status != info.status:
             self.set_status(process_id, status, error)
         elif status == "running" and info.error and error is None:
             self.update(process_id, error=None)
