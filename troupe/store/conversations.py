@@ -207,11 +207,9 @@ class ConversationStore(StoreBase):
             ).scalar_one()
         if kept >= len(input_messages) + len(output):
             return False
-        missing = list(output) if kept >= len(input_messages) else [*input_messages, *output]
-        if not missing:
-            return False
-        # the input went in with the turn id; the reply is marked interrupted where it was cut off
-        if kept < len(input_messages) and input_messages:
+        # the input went in with the turn id at `prepare` (all of it or none); the reply is marked
+        # interrupted where it was cut off
+        if kept < len(input_messages):
             await self.append_messages(session_id, input_messages, turn_id=turn_id)
         if output:
             await self.append_messages(session_id, output, turn_id=turn_id, interrupted=interrupted)
