@@ -97,6 +97,23 @@ def test_the_request_id_serve_makes_up_is_no_caller_but_a_clients_own_is(serve_d
     assert riley == ["req-my-call-7"]
 
 
+def troupe_serve(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    """`troupe serve` in its own process on the fake model, its console in tmp_path/serve.log."""
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("TROUPE_", "RAY_"))},
+        "TROUPE_MODEL_BACKEND": "fake",
+        "TROUPE_DATA_DIR": str(tmp_path),
+        "TROUPE_LIFE_LOOPS_ENABLED": "false",
+        "TROUPE_SESSION_POOL_SIZE": "1",
+        **env,
+    }
+    with (tmp_path / "serve.log").open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
+            env=environment, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
     """`troupe serve` as an operator runs it: its own Ray, Serve's throughput-optimized mode, the replica
     itself on --port (direct ingress) and Serve's proxy one port over; both answer. A service manager's
@@ -104,20 +121,8 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
     port = free_port()
     while not _free(port + 1):
         port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TROUPE_", "RAY_"))},
-        "TROUPE_MODEL_BACKEND": "fake",
-        "TROUPE_DATA_DIR": str(tmp_path),
-        "TROUPE_LIFE_LOOPS_ENABLED": "false",
-        "TROUPE_SESSION_POOL_SIZE": "1",
-        "TROUPE_NAMESPACE": f"troupe-cli-{os.getpid()}",
-    }
     log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = troupe_serve(tmp_path, port, TROUPE_NAMESPACE=f"troupe-cli-{os.getpid()}")
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -168,20 +173,7 @@ def test_two_door_replicas_serve_one_callers_conversation_in_turn(tmp_path: Path
     """`TROUPE_DOOR_REPLICAS=2`: Serve's proxy spreads one caller's turns over both replicas, and the
     conversation continues whichever answers (its state is in the session and the store, not a replica)."""
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("TROUPE_", "RAY_"))},
-        "TROUPE_MODEL_BACKEND": "fake",
-        "TROUPE_DATA_DIR": str(tmp_path),
-        "TROUPE_LIFE_LOOPS_ENABLED": "false",
-        "TROUPE_SESSION_POOL_SIZE": "1",
-        "TROUPE_DOOR_REPLICAS": "2",
-        "TROUPE_NAMESPACE": f"troupe-replicas-{os.getpid()}",
-    }
-    with (tmp_path / "serve.log").open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "troupe.cli", "serve", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    proc = troupe_serve(tmp_path, port, TROUPE_DOOR_REPLICAS="2", TROUPE_NAMESPACE=f"troupe-replicas-{os.getpid()}")
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
