@@ -22,9 +22,10 @@ from troupe.actors.agent import AgentLoop, budget_guard
 from troupe.actors.caller import is_anonymous
 from troupe.actors.messages import TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory
-from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator, SessionLease
+from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
 from troupe.actors.persona_file import PersonaCatalog, load_personas
 from troupe.actors.session import STALE, for_session
+from troupe.actors.session_keeper import SessionLease
 from troupe.chat_model import ToolCall, ToolSpec
 from troupe.config.settings import Settings
 from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE

@@ -1,14 +1,15 @@
-"""The orchestrator actor: registry of every process, supervisor of every actor, and the map from
-callers to their session actors (taken from a warm pool so no caller waits for a process to start)."""
+"""The orchestrator actor: a thin actor over the registry of every process (`registry.py`), the
+supervisor of every actor (`supervisor.py`) and the keeper of callers' sessions and the warm pool
+(`session_keeper.py`). It starts troupe, recovers it after its own process dies, and routes work
+between personas."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -31,31 +32,18 @@ from troupe.actors.persona import PersonaActor
 from troupe.actors.persona_file import PersonaCatalog
 from troupe.actors.registry import Registry, restarts_by_kind
 from troupe.actors.session import SessionActor
-from troupe.actors.sessions import SessionDirectory, SessionSlot
-from troupe.actors.supervision import Policy, decide
+from troupe.actors.session_keeper import SESSION_POLICY, SessionKeeper, SessionLease
+from troupe.actors.supervision import Policy
 from troupe.actors.supervisor import Child, Supervisor, kill_actor
 from troupe.actors.task import TaskActor
 from troupe.chat_model import ToolCall
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded, PersonaNotFound, SessionLimit
+from troupe.errors import BudgetExceeded, PersonaNotFound
 from troupe.store import Store
 
 log = logging.getLogger(__name__)
 
 ORCHESTRATOR_NAME = "orchestrator"
-SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
-POOL_WAIT_S = 2.0  # how long a caller may wait for an actor a one-turn session is handing back
-
-
-@dataclass(frozen=True)
-class SessionLease:
-    """What the door needs to talk to a caller's session directly (the orchestrator stays off the
-    hot path once a session exists)."""
-
-    handle: Any
-    process_id: str
-    session_id: str
-    generation: int
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
@@ -66,11 +54,6 @@ class Orchestrator:
         self.started = time.time()
         self.store: Store | None = None
         self.registry = Registry(self._background)  # process rows, events and spend
-        self.sessions = SessionDirectory(settings.max_sessions, settings.session_pool_size)
-        self.capacity = asyncio.Lock()
-        self.pool_returned = asyncio.Event()  # an actor joined the pool
-        self.pool: deque[tuple[str, Any]] = deque()  # warm, unbound session actors: (process id, handle)
-        self.pool_filling = 0
         self.own_id: str | None = None  # this orchestrator's own row in the registry
         self.persona_ids: dict[str, str] = {}
         self.life_ids: dict[str, str] = {}
@@ -83,6 +66,9 @@ class Orchestrator:
             spawn_slots=int(ray.available_resources().get("CPU", 2)),
             restart_factory=self._restart_factory,
             failure_of=self._failure_of,
+        )
+        self.keeper = SessionKeeper(  # callers' sessions and the warm pool
+            settings, self.registry, self.supervisor, self._make_session, self.persona_handle, self._background
         )
         self.life_loops_up = asyncio.Event()
         self.callers_served = asyncio.Event()  # personas are up: callers can be served
@@ -186,7 +172,7 @@ class Orchestrator:
         the rest of the pool."""
         began = time.perf_counter()
         try:
-            await self._fill_pool(min(1, self.settings.session_pool_size))
+            await self.keeper.fill_pool(min(1, self.settings.session_pool_size))
             await asyncio.gather(*(
                 self._supervise(
                     "life_loop", "life", persona.name, f"{persona.key}-life", "Life loop",
@@ -199,7 +185,7 @@ class Orchestrator:
         finally:
             self.life_loops_up.set()
             self.timings["life_loops"] = time.perf_counter() - began
-        await self._fill_pool()
+        await self.keeper.fill_pool()
         self.timings["pool"] = time.perf_counter() - began
 
     def _policy(self, name: str) -> Policy:
@@ -216,15 +202,10 @@ class Orchestrator:
         """Stop every child and flush the registry (the service is going away)."""
         for child in list(self.supervisor.children.values()):
             self.supervisor.unwatch(child)
-        for slot in list(self.sessions):
-            await self._release(slot, summarise=False)
+        await self.keeper.shutdown()
         for child in list(self.supervisor.children.values()):
             kill_actor(child.handle)
             self.registry.set_status(child.process_id, "completed")
-        while self.pool:
-            pid, handle = self.pool.popleft()
-            kill_actor(handle)
-            self.registry.set_status(pid, "completed")
         if self.own_id is not None:
             self.registry.set_status(self.own_id, "completed")  # a clean stop, not an interruption
         await self.registry.flush()
@@ -302,9 +283,7 @@ class Orchestrator:
         if info is None:
             return 0.0
         if info.kind == "session":
-            for slot in self.sessions:
-                if slot.process_id == process_id:
-                    slot.last_active = time.monotonic()
+            self.keeper.touch(process_id)
         return self.registry.spend.get(info.agent, 0.0)
 
     # ------------------------------------------------------------------ supervision
@@ -337,92 +316,12 @@ class Orchestrator:
         """Why a freshly started child cannot run here (only the offline model can say so)."""
         return self.model_failure if info.kind == "local_model" else None
 
-    # ------------------------------------------------------------------ sessions and the warm pool
-
-    async def _fill_pool(self, size: int | None = None) -> None:
-        free = len(self.pool) + self.pool_filling
-        want = self.sessions.pool_target(free) if size is None else size - free
-        if want <= 0:
-            return
-        self.pool_filling += want
-        try:
-            await asyncio.gather(*(self._add_to_pool() for _ in range(want)))
-        finally:
-            self.pool_filling -= want
-
-    async def _refill_later(self) -> None:
-        # a new actor process costs about a core-second; let the caller's first turn have the CPU first
-        await asyncio.sleep(0.5)
-        await self._fill_pool()
-
-    def _pooled(self, handle: Any, pid: str | None = None, first: bool = False) -> None:
-        """An actor joins the warm pool (a fresh one, or one whose conversation was let go); `first`: it
-        is the next one taken."""
-        pid = pid or self.registry.register(
-            ProcessInfo(id=new_process_id(), kind="session", agent="pool", name="warm-session",
-                        task="Waiting for a caller")
-        )  # fmt: skip
-        if first:
-            self.pool.appendleft((pid, handle))
-        else:
-            self.pool.append((pid, handle))
-        self.pool_returned.set()
-
-    async def _wait_for_pool(self, within: float) -> None:
-        deadline = time.monotonic() + within
-        while not self.pool and (left := deadline - time.monotonic()) > 0:
-            self.pool_returned.clear()
-            try:
-                await asyncio.wait_for(self.pool_returned.wait(), left)
-            except TimeoutError:
-                return
-
-    async def _add_to_pool(self) -> None:
-        pid = self.registry.register(
-            ProcessInfo(
-                id=new_process_id(),
-                kind="session",
-                agent="pool",
-                name="warm-session",
-                task="Waiting for a caller",
-            )
-        )
-        try:
-            handle = await self.supervisor.spawn(self._make_session)
-        except Exception as exc:
-            self.registry.set_status(pid, "failed", f"failed to start: {exc}")
-            return
-        self._pooled(handle, pid)  # pending: a process waiting for a caller
-
-    async def _take_session_actor(self) -> tuple[str, Any]:
-        if not self.pool and any(slot.one_turn for slot in self.sessions):
-            # one-turn sessions hand their actors back within moments of their turn: waiting for one
-            # costs milliseconds, a new process seconds (and a core-second of a 2-core machine)
-            await self._wait_for_pool(POOL_WAIT_S)
-        if self.pool:
-            pid, handle = self.pool.popleft()
-            self._background(self._refill_later())
-            return pid, handle
-        # pool empty (or disabled): a cold start, which the warm pool exists to avoid
-        pid = self.registry.register(
-            ProcessInfo(
-                id=new_process_id(),
-                kind="session",
-                agent="pool",
-                name="cold-session",
-                task="Starting for a caller",
-            )
-        )
-        handle = await self._make_session()
-        self._background(self._fill_pool())
-        return pid, handle
+    # ------------------------------------------------------------------ sessions
 
     async def session_for(
         self, caller_id: str, persona: str, failed_generation: int | None = None, one_turn: bool = False
     ) -> SessionLease:
-        """The session actor for this caller and persona: theirs if it is live, else one from the pool,
-        which picks the conversation up from the store. `failed_generation` says the door saw that actor
-        die; it is replaced at once. `one_turn`: a caller with no identity, released after its turn."""
+        """The session actor for this caller and persona (see `SessionKeeper.session_for`)."""
         definition = self.catalog.find(persona)
         if definition is None:
             raise PersonaNotFound(
@@ -431,205 +330,28 @@ class Orchestrator:
         if not self.callers_served.is_set():
             # the door opens while troupe is still starting: a caller this early waits for the personas
             await asyncio.wait_for(self.callers_served.wait(), 120)
-        key = (caller_id, definition.key)
-        try:
-            async with self.sessions.lock(key):
-                slot = self.sessions.get(key)
-                if slot is not None:
-                    child = self.supervisor.children[slot.process_id]
-                    if failed_generation is not None and failed_generation == child.generation:
-                        await self._restart_session(child, slot)
-                    self.sessions.touch(key)
-                    return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
-                budget = definition.budget_usd
-                if self.registry.spend.get(definition.name, 0.0) >= budget:
-                    raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
-                async with self.capacity:  # one caller at a time decides who makes room
-                    if self.sessions.full:
-                        await self._make_room()
-                    self.sessions.reserve()
-                try:
-                    return await self._open_session(key, caller_id, definition.name, one_turn)
-                finally:
-                    self.sessions.unreserve()
-        finally:
-            self.sessions.settle(key)
-
-    async def _open_session(self, key: tuple[str, str], caller_id: str, persona: str, one_turn: bool) -> SessionLease:
-        pid, handle = await self._take_session_actor()
-        spent = self.registry.spend.get(persona, 0.0)
-        try:
-            session_id = await asyncio.wait_for(handle.bind.remote(caller_id, persona, pid, spent, one_turn), 30)
-        except Exception:
-            kill_actor(handle)
-            self.registry.set_status(pid, "failed", "could not take on a caller")
-            raise
-        label = "one turn" if one_turn else "conversation"
-        self.registry.update(
-            pid, agent=persona, name=f"{key[1]}-{caller_id}", task=f"{label.capitalize()} with {caller_id}"
-        )
-        self.registry.set_status(pid, "running")
-        slot = SessionSlot(caller_id, persona, pid, session_id, time.monotonic(), one_turn)
-        self.sessions.add(key, slot)
-        child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self._make_session,
-                      handle=handle)  # fmt: skip
-        self.supervisor.children[pid] = child
-        self._watch_session(child, slot)
-        self.registry.emit("session.started", caller_id=caller_id, agent=persona, process=pid)
-        return SessionLease(handle, pid, session_id, child.generation)
-
-    async def _make_room(self) -> None:
-        """At the cap: the least recently used session that is not mid-turn is let go (its summary is
-        written in the background). Only when every session is mid-turn is the new caller refused."""
-        for slot in self.sessions.eviction_order():
-            child = self.supervisor.children.get(slot.process_id)
-            if child is None:
-                continue
-            try:
-                busy = await asyncio.wait_for(child.handle.busy.remote(), 2)
-            except Exception:
-                busy = False  # dead or stuck: it makes room all the same
-            if busy or self.sessions.get(self._key(slot)) is not slot:
-                continue
-            # its actor goes straight to the caller who needs the room: no process is stopped or started
-            await self._release(slot, summarise=True, hand_on=True)
-            if not self.sessions.full:
-                return
-        raise SessionLimit(
-            f"At capacity: all {len(self.sessions)} sessions are mid-turn (TROUPE_MAX_SESSIONS="
-            f"{self.settings.max_sessions}). Try again in a few seconds."
-        )
+        return await self.keeper.session_for(caller_id, definition, failed_generation, one_turn)
 
     async def turn_over(self, process_id: str, session_id: str) -> None:
         """A one-turn session has stored its turn: its actor goes back to the pool."""
-        for slot in self.sessions:
-            if slot.process_id == process_id and slot.session_id == session_id:
-                await self._release(slot, summarise=False, detached=True)
-                return
-
-    def _watch_session(self, child: Child, slot: SessionSlot) -> None:
-        async def on_death(generation: int) -> None:
-            key = self._key(slot)
-            async with self.sessions.lock(key):
-                if child.generation == generation and self.sessions.get(key) is slot:
-                    if slot.one_turn:  # nothing to come back to: its turn is kept by the door
-                        self.sessions.remove(key, slot)
-                        self.supervisor.children.pop(child.process_id, None)
-                        self.registry.set_status(child.process_id, "failed", "died during its one turn")
-                    else:
-                        await self._restart_session(child, slot)
-            self.sessions.settle(key)
-
-        self.supervisor.watch(child, on_death)
-
-    def _key(self, slot: SessionSlot) -> tuple[str, str]:
-        return (slot.caller_id, self.catalog.get(slot.persona).key)
-
-    async def _restart_session(self, child: Child, slot: SessionSlot) -> None:
-        """A session actor died: a fresh actor takes over and reloads the transcript from the store."""
-        decision = decide(child.policy, child.restart_times, time.monotonic())
-        if decision.action != "restart":
-            self.registry.set_status(child.process_id, "failed", f"session died; {decision.reason}")
-            self.sessions.remove(self._key(slot), slot)
-            self.supervisor.children.pop(child.process_id, None)
-            return
-        child.generation += 1
-        child.restart_times.append(time.monotonic())
-        kill_actor(child.handle)
-        if decision.delay_s:
-            await asyncio.sleep(decision.delay_s)
-        _pool_pid, handle = await self._take_session_actor()
-        self.registry.set_status(_pool_pid, "completed")  # its process identity is merged into the restarted one
-        self.registry.forget(_pool_pid)
-        await handle.bind.remote(
-            slot.caller_id, slot.persona, child.process_id, self.registry.spend.get(slot.persona, 0.0)
-        )
-        child.handle = handle
-        info = self.registry.processes[child.process_id]
-        self.registry.update(child.process_id, restarts=info.restarts + 1)
-        self.registry.set_status(child.process_id, "running")
-        self.registry.emit(
-            "process.restarted", process=child.process_id, agent=slot.persona, restarts=info.restarts + 1
-        )
-        self._watch_session(child, slot)
+        await self.keeper.turn_over(process_id, session_id)
 
     async def end_session(self, caller_id: str, persona: str) -> str | None:
         """The platform says the conversation is over: let it go now, and return its summary."""
-        definition = self.catalog.get(persona)
-        key = (caller_id, definition.key)
-        async with self.sessions.lock(key):
-            slot = self.sessions.get(key)
-            held = await self._release(slot, summarise=False) if slot is not None else None
-        self.sessions.settle(key)
-        if held is None:
-            return None
-        return await self._summarise(held)
-
-    async def _release(
-        self, slot: SessionSlot, *, summarise: bool, detached: bool = False, hand_on: bool = False
-    ) -> dict[str, str] | None:
-        """Let a conversation go: the actor settles it and returns to the pool (or stops). With
-        `summarise` the persona writes its summary into memory in the background, off every caller's
-        path. `detached`: the actor has unbound itself already (a one-turn session)."""
-        self.sessions.remove(self._key(slot), slot)
-        child = self.supervisor.children.pop(slot.process_id, None)
-        if child is None:
-            return None
-        self.supervisor.unwatch(child)
-        held: dict[str, str] | None = None
-        try:
-            if not detached:
-                held = await asyncio.wait_for(child.handle.detach.remote(), self.settings.turn_timeout_s)
-            recycled = hand_on or self.sessions.pool_surplus(len(self.pool) + 1) == 0
-        except Exception:
-            log.warning("session %s could not be released cleanly", slot.process_id, exc_info=True)
-            recycled = False
-        self.registry.set_status(slot.process_id, "completed")
-        self.registry.emit("session.ended", caller_id=slot.caller_id, agent=slot.persona, process=slot.process_id)
-        if recycled:
-            self._pooled(child.handle, first=hand_on)
-        else:
-            kill_actor(child.handle)
-        if summarise and held is not None:
-            self._background(self._summarise(held))
-        return held
-
-    async def _summarise(self, held: dict[str, str]) -> str:
-        """The persona summarises a conversation it let go into its memory of the caller, and ends it."""
-        try:
-            handle = await self.persona_handle(held["persona"])
-            summary: str = await handle.summarise_session.remote(held["session_id"], held["caller_id"])
-            return summary
-        except Exception:
-            log.warning("the session %s could not be summarised", held["session_id"], exc_info=True)
-            return ""
+        return await self.keeper.end(caller_id, self.catalog.get(persona))
 
     async def _housekeeping(self) -> None:
         """Release idle sessions, size the pool to demand and write the registry, off every caller's path."""
-        idle_every = min(30.0, self.settings.session_idle_timeout_s / 4)
+        every = min(5.0, self.settings.session_idle_timeout_s / 4)
         while True:
-            await asyncio.sleep(min(idle_every, 5.0))
+            await asyncio.sleep(every)
             try:
-                for slot in self.sessions.idle(self.settings.session_idle_timeout_s):
-                    key = self._key(slot)
-                    async with self.sessions.lock(key):
-                        if self.sessions.get(key) is slot:
-                            await self._release(slot, summarise=True)
-                    self.sessions.settle(key)
-                await self._size_pool()
+                await self.keeper.release_idle()
+                await self.keeper.size_pool()
                 self.registry.trim_finished()
                 await self.registry.flush()
             except Exception:
                 log.exception("housekeeping failed")
-
-    async def _size_pool(self) -> None:
-        """Grow the pool ahead of a burst; shrink it back to its floor when callers stop coming."""
-        for _ in range(min(len(self.pool), self.sessions.pool_surplus(len(self.pool) + self.pool_filling))):
-            pid, handle = self.pool.pop()
-            kill_actor(handle)
-            self.registry.set_status(pid, "completed")
-        if self.sessions.pool_target(len(self.pool) + self.pool_filling):
-            self._background(self._fill_pool())
 
     # ------------------------------------------------------------------ work between personas
 
@@ -792,7 +514,7 @@ class Orchestrator:
 
     async def list_sessions(self) -> list[SessionInfo]:
         out = []
-        for slot in self.sessions:
+        for slot in self.keeper.directory:
             info = self.registry.processes[slot.process_id]
             idle = time.monotonic() - slot.last_active
             out.append(
@@ -813,8 +535,8 @@ class Orchestrator:
             "status": "ok",
             "uptime_s": time.time() - self.started,
             "process_count": len(alive),
-            "session_count": len(self.sessions),
-            "pool_size": len(self.pool),
+            "session_count": len(self.keeper.directory),
+            "pool_size": len(self.keeper.pool),
             "personas": self.catalog.names(),
             "executives": [p.name for p in self.catalog.executives()],
             "active_personas": [

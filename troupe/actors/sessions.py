@@ -23,6 +23,11 @@ class SessionSlot:
     session_id: str
     last_active: float
     one_turn: bool = False
+    persona_key: str = ""  # the persona's key in the catalog (its name by default)
+
+    @property
+    def key(self) -> Key:
+        return (self.caller_id, self.persona_key or self.persona)
 
 
 class SessionDirectory:
