@@ -285,6 +285,12 @@ async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
         )  # fmt: skip
         runtime = Runtime.start(settings)
         try:
+            # troupe has been up a moment, as a deployed service has: its warm pool is full (the callers
+            # are not pre-warmed: none of them has a session)
+            began = time.perf_counter()
+            while ray.get(runtime.orchestrator.status.remote())["pool_size"] < pool:
+                time.sleep(0.2)
+            print(f"(warm pool of {pool} full {time.perf_counter() - began:.1f} s after start)", flush=True)
             app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))
             with serving(app) as url:
                 client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)

@@ -358,7 +358,7 @@ class SessionClient:
                 error_text=failure.message if failure else None,
                 interrupted=last is None,
             )
-            finishing = asyncio.ensure_future(self._finish(lease, plan, result))
+            finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
         await finishing
@@ -367,7 +367,7 @@ class SessionClient:
         elif last is not None:
             yield last
 
-    async def _finish(self, lease: SessionLease, plan: TurnPlan, result: TurnResult) -> None:
+    async def _finish(self, lease: SessionLease, plan: TurnPlan, result: TurnResult, caller_id: str) -> None:
         """Hand the finished turn to its session; if that actor died mid-turn (or no longer holds the
         turn), keep the turn through the store: the reply the caller heard is in the transcript."""
         try:
@@ -379,8 +379,9 @@ class SessionClient:
         try:
             store = await self.store()
             await store.keep_turn(
-                plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted
-            )
+                plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted,
+                caller_id=caller_id, persona=plan.persona, process_id=lease.process_id,
+            )  # fmt: skip
             self.orchestrator.report.remote(lease.process_id, result.delta)
         except Exception:
             log.warning("the turn %s could not be kept", plan.turn_id, exc_info=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from troupe.actors.schedule import describe
+from troupe.life import digest
 from troupe.life.posts import MAX_CHARS, shape, unsafe
 
 
@@ -33,3 +38,30 @@ def test_cron_in_words() -> None:
     assert describe("30 9 * * 1,5", "Europe/Paris") == "At 09:30 on Monday and Friday (Europe/Paris)"
     assert describe("0 9 1 * *", "UTC") == "At 09:00 on day 1 of the month (UTC)"
     assert describe("*/15 * * * *", "UTC") == "Cron '*/15 * * * *' (UTC)"
+
+
+async def test_the_digest_is_read_once_per_persona_and_served_stale_while_it_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[str] = []
+    release = asyncio.Event()
+
+    async def read(store: object, persona: str) -> tuple[str, ...]:
+        reads.append(persona)
+        await release.wait()
+        return (f"{persona} read {len(reads)}",)
+
+    monkeypatch.setattr(digest, "life_digest", read)
+    now = [0.0]
+    cache = digest.DigestCache(fresh_s=30, clock=lambda: now[0])
+    store = object()
+    first = [asyncio.ensure_future(cache.get(store, "Tony")) for _ in range(3)]  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    release.set()
+    assert {await f for f in first} == {("Tony read 1",)} and reads == ["Tony"]  # three sessions, one read
+    now[0] = 31
+    release.clear()
+    assert await cache.get(store, "Tony") == ("Tony read 1",)  # type: ignore[arg-type]  # stale, at once
+    release.set()
+    await asyncio.sleep(0.01)
+    assert await cache.get(store, "Tony") == ("Tony read 2",)  # type: ignore[arg-type]

@@ -71,13 +71,14 @@ class Orchestrator:
             settings, self.registry, self.supervisor, self._make_session, self.persona_handle, self._background
         )
         self.life_loops_up = asyncio.Event()
-        self.callers_served = asyncio.Event()  # personas are up: callers can be served
+        self.callers_served = asyncio.Event()  # the store and the model are up: callers can be served
         self.rest_begun = False
         self.model_failure: str | None = None  # why the offline model cannot run, when it cannot
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._starting = asyncio.Lock()
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        self.recovering = ray.get_runtime_context().was_current_actor_reconstructed
+        if self.recovering:
             # Ray restarted this orchestrator after its process died (and its children with it): start
             # again from the store, as on a cold start, so callers are served again within seconds
             self._background(self._recover())
@@ -128,21 +129,33 @@ class Orchestrator:
                 status="running",
             )
         )
-        first: list[Awaitable[Any]] = []
+        model = None
         if self.settings.effective_backend == "local":
-            first.append(self._timed("model", self._supervise(
+            model = asyncio.ensure_future(self._timed("model", self._supervise(
                 "local_model", "model", "troupe", LOCAL_MODEL_ACTOR, "Serve the offline model", SESSION_POLICY,
                 self._make_local_model,
             )))  # fmt: skip
-        first += [
+        personas = asyncio.ensure_future(asyncio.gather(*(
             self._supervise(
                 "persona", "personas", persona.name, f"{persona.key}-main", "Persona agent",
                 self._policy(persona.name), partial(self._make_persona, persona.name),
             )
             for persona in self.catalog.executives()
-        ]  # fmt: skip
+        )))  # fmt: skip
+        if self.recovering:
+            # callers are waiting: the first of them gets this actor rather than a cold start
+            self._background(self.keeper.fill_pool(min(1, self.settings.session_pool_size)))
         phase = time.perf_counter()
-        await asyncio.gather(*first)
+        try:
+            if model is not None:
+                await model
+            # a turn needs the store and the model, not the persona actors (they summarise, and answer
+            # other personas): callers are served from here
+            self.callers_served.set()
+            await personas
+        except BaseException:
+            personas.cancel()
+            raise
         self.timings["personas"] = time.perf_counter() - phase
         if not defer_rest:
             self.rest_begun = True
@@ -150,7 +163,6 @@ class Orchestrator:
         self._background(self._housekeeping())
         await self.registry.flush()  # the registry is in the store from the start: a restart finds what it lost
         self.ready = True
-        self.callers_served.set()
         self.timings["orchestrator"] = time.perf_counter() - began
         return await self.status()
 

@@ -11,6 +11,7 @@ import logging
 import secrets
 from collections import deque
 from typing import Any
+from uuid import uuid4
 
 import ray
 
@@ -24,7 +25,7 @@ from troupe.actors.tools import PersonaTools
 from troupe.chat_model import ChatMessage, ToolCall
 from troupe.config.settings import Settings
 from troupe.errors import BudgetExceeded
-from troupe.life.digest import life_digest
+from troupe.life.digest import DigestCache
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ STALE = "stale_session"
 REPORT_EVERY_S = 0.5  # how stale a busy session's metrics on the control panel may be
 
 
+DIGESTS = DigestCache()  # each persona's life digest, shared by the sessions this process holds in turn
 FINISHED_KEPT = 32  # turn ids remembered as finished, so a retried `finish` is not kept twice
 
 
@@ -82,6 +84,7 @@ class SessionActor(ActorBase):
         self.turn_lock = asyncio.Lock()
         self._turn_id: str | None = None
         self._open: asyncio.Future[None] | None = None
+        self._opening: asyncio.Future[None] | None = None  # the session's row being written
         self._input_write: asyncio.Future[int] | None = None
         self._prompt: tuple[tuple[Any, ...], str] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -93,7 +96,11 @@ class SessionActor(ActorBase):
 
     async def warm(self) -> dict[str, Any]:
         """Connect to the store and import what a turn needs before any caller is waiting on us."""
-        await self.store()
+        store = await self.store()
+        # the personas' digests are read now, so no caller's first turn waits for them
+        await asyncio.gather(
+            *(DIGESTS.get(store, persona.name) for persona in self.catalog.executives()), return_exceptions=True
+        )
         import troupe.integrations.fake_model
         import troupe.integrations.model_endpoint  # noqa: F401
 
@@ -102,28 +109,48 @@ class SessionActor(ActorBase):
     async def bind(
         self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0, one_turn: bool = False
     ) -> str:
-        """Take on a caller: continue their active conversation with this persona, or start one. The
+        """Take on a caller: continue their active conversation with this persona, or start one. Only
+        reads are on the caller's path (their active session and memories; the persona's digest comes
+        from a per-process cache); the session's row is written behind it, before the turn's input. The
         transcript is read on the first turn, so whatever the door wrote meanwhile is in it."""
         store = await self.store()
         self._reset()
         self.caller_id = caller_id
-        self.persona = self.catalog.get(persona)
+        self.persona = definition = self.catalog.get(persona)
         self.process_id = process_id
         self.persona_spent = persona_spent
         self.one_turn = one_turn
         existing = None
-        if not one_turn:
-            await store.upsert_caller(caller_id, phone=caller_id if caller_id.startswith("+") else None)
-            existing = await store.active_session(caller_id, self.persona.name)
+        if one_turn:  # no identity: no stored conversation, no memories of it
+            self.digest = await DIGESTS.get(store, definition.name)
+        else:
+            existing, remembered, self.digest = await asyncio.gather(
+                store.active_session(caller_id, definition.name),
+                store.recall(definition.name, subject=caller_id, limit=8),
+                DIGESTS.get(store, definition.name),
+            )
+            self.memories = tuple(entry.content for entry in remembered)
         if existing is not None:
             self.session_id = existing.id
-            await store.set_session_process(existing.id, process_id)
         else:
-            created = await store.create_session(caller_id, self.persona.name, process_id)
-            self.session_id = created.id
+            self.session_id = uuid4().hex
             self.loaded = True  # a new conversation: nothing to read
-        await self._refresh_context()
+        self._opening = self._spawn(
+            self._write_session(caller_id, definition.name, self.session_id, process_id, one_turn, existing is not None)
+        )
         return self.session_id
+
+    async def _write_session(
+        self, caller_id: str, persona: str, session_id: str, process_id: str, one_turn: bool, resumed: bool
+    ) -> None:
+        """The session's row (and the caller's), written while the caller's first turn is prepared."""
+        store = await self.store()
+        if not one_turn:
+            await store.upsert_caller(caller_id, phone=caller_id if caller_id.startswith("+") else None)
+        if resumed:
+            await store.set_session_process(session_id, process_id)
+        else:
+            await store.create_session(caller_id, persona, process_id, session_id=session_id)
 
     async def _load(self) -> None:
         """The newest window of the transcript: what the model is shown (older turns live on in the
@@ -138,7 +165,6 @@ class SessionActor(ActorBase):
         store = await self.store()
         remembered = await store.recall(self.persona.name, subject=self.caller_id, limit=8)
         self.memories = tuple(entry.content for entry in remembered)
-        self.digest = await life_digest(store, self.persona.name)
 
     def _allowance(self) -> Allowance:
         assert self.persona is not None
@@ -210,7 +236,7 @@ class SessionActor(ActorBase):
             turn_id = secrets.token_hex(8)
             if added:
                 self.transcript.extend(added)
-                self._input_write = asyncio.ensure_future(store.append_messages(session_id, added, turn_id=turn_id))
+                self._input_write = asyncio.ensure_future(self._write_input(session_id, added, turn_id))
             window = transcript_window(self.transcript, self.settings.history_turns)
             self._turn_id = turn_id
             self._open = asyncio.get_running_loop().create_future()
@@ -292,10 +318,21 @@ class SessionActor(ActorBase):
             status = "failed" if error is not None else "completed"
             await self.orchestrator.report.remote(process_id, delta, status=status, error=error)
 
+    async def _write_input(self, session_id: str, added: tuple[ChatMessage, ...], turn_id: str) -> int:
+        opening = self._opening
+        if opening is not None:
+            await opening  # the session's row first
+        store = await self.store()
+        return await store.append_messages(session_id, added, turn_id=turn_id)
+
     async def _settle_input(self) -> None:
+        """The session's row and the turn's input are in the store (before the reply goes in)."""
         write, self._input_write = self._input_write, None
         if write is not None:
             await write
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            await opening
 
     async def _keep(self, result: TurnResult) -> None:
         assert self.session_id is not None and self.persona is not None

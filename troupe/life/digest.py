@@ -4,7 +4,14 @@ the prompt builder keeps as much as the persona's token budget has room for."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
 from troupe.store import Store
+
+log = logging.getLogger(__name__)
 
 AT_RISK = "At risk: "
 
@@ -28,3 +35,46 @@ async def life_digest(store: Store, persona: str) -> tuple[str, ...]:
     for item in read[3:]:
         lines.append(f"You also read '{item.title}' ({item.url}).")
     return tuple(lines)
+
+
+DIGEST_FRESH_S = 30.0  # how stale a digest a session may put in its prompt (life activities run minutes apart)
+
+
+class DigestCache:
+    """Each persona's digest, read once per process and kept for DIGEST_FRESH_S: a session binding a
+    caller takes it from here instead of six reads on the caller's first turn. A stale one is served
+    while a fresh one is read behind it; one read per persona is in flight at a time."""
+
+    def __init__(self, fresh_s: float = DIGEST_FRESH_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fresh_s = fresh_s
+        self.clock = clock
+        self._kept: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._reading: dict[str, asyncio.Task[tuple[str, ...]]] = {}
+
+    async def get(self, store: Store, persona: str) -> tuple[str, ...]:
+        kept = self._kept.get(persona)
+        if kept is not None:
+            if self.clock() - kept[0] >= self.fresh_s:
+                # served stale this once; fresh from the next turn (a failed read keeps the old one)
+                self._read(store, persona).add_done_callback(_quietly)
+            return kept[1]
+        return await asyncio.shield(self._read(store, persona))
+
+    def _read(self, store: Store, persona: str) -> asyncio.Task[tuple[str, ...]]:
+        reading = self._reading.get(persona)
+        if reading is None:
+            reading = self._reading[persona] = asyncio.ensure_future(self._fetch(store, persona))
+        return reading
+
+    async def _fetch(self, store: Store, persona: str) -> tuple[str, ...]:
+        try:
+            digest = await life_digest(store, persona)
+            self._kept[persona] = (self.clock(), digest)
+            return digest
+        finally:
+            self._reading.pop(persona, None)
+
+
+def _quietly(task: asyncio.Task[tuple[str, ...]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a life digest could not be read: %s", task.exception())

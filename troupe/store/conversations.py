@@ -139,9 +139,11 @@ class ConversationStore(StoreBase):
                 )
             ).scalar_one_or_none()
 
-    async def create_session(self, caller_id: str, persona: str, process_id: str) -> SessionRecord:
+    async def create_session(
+        self, caller_id: str, persona: str, process_id: str, *, session_id: str | None = None
+    ) -> SessionRecord:
         async with self.sessions() as db:
-            row = SessionRow(id=uuid4().hex, caller_id=caller_id, persona=persona, process_id=process_id)
+            row = SessionRow(id=session_id or uuid4().hex, caller_id=caller_id, persona=persona, process_id=process_id)
             db.add(row)
             await db.commit()
             return _record(SessionRecord, row)
@@ -193,10 +195,19 @@ class ConversationStore(StoreBase):
         output: Sequence[ChatMessage],
         *,
         interrupted: bool = False,
+        caller_id: str | None = None,
+        persona: str | None = None,
+        process_id: str = "",
     ) -> bool:
         """Make sure a turn is in the transcript, whoever wrote what of it: the door calls this when the
         session actor died mid-turn. Idempotent by turn id: its input (written at `prepare`) and its
-        reply (at `finish`) are each written at most once. Returns True if anything was missing."""
+        reply (at `finish`) are each written at most once. Returns True if anything was missing. With
+        `caller_id` and `persona`, a session whose row its actor died before writing is created."""
+        if caller_id is not None and persona is not None and await self.get_session(session_id) is None:
+            try:
+                await self.create_session(caller_id, persona, process_id, session_id=session_id)
+            except IntegrityError:
+                pass  # its actor wrote it after all
         async with self.sessions() as db:
             kept = (
                 await db.execute(
