@@ -140,22 +140,39 @@ async def callers(client: openai.AsyncOpenAI, runtime: Runtime, count: int = 150
     )
 
 
-async def ttft(client: openai.AsyncOpenAI) -> None:
+async def ttft(client: openai.AsyncOpenAI, runtime: Runtime, pool: int) -> None:
+    """16 new callers, six turns each, 16 streams at once: first all arriving in the same instant (the
+    worst case: 16 sessions opened at once on 2 cores), then, once the pool has refilled, 16 others
+    arriving over one second."""
+    await ttft_group(client, "arriving at once", 0.0, "ttft-burst")
+    began = time.perf_counter()
+    while (await runtime.orchestrator.status.remote())["pool_size"] < pool:
+        await asyncio.sleep(0.2)
+    print(f"(the pool was full again {time.perf_counter() - began:.1f} s after that burst)", flush=True)
+    await ttft_group(client, "arriving over 1 s", 1.0, "ttft-spread")
+
+
+async def ttft_group(client: openai.AsyncOpenAI, label: str, spread_s: float, prefix: str) -> None:
     firsts: list[float] = []
+    opening: list[float] = []  # each caller's first turn (its session is opened on it)
 
     async def caller(i: int) -> None:
+        await asyncio.sleep(spread_s * i / 16)
         history = [{"role": "user", "content": "hello"}]
         for n in range(6):
-            text, first = await ask(client, history, f"ttft-caller-{i}")
+            text, first = await ask(client, history, f"{prefix}-{i}")
             firsts.append(first)
+            if n == 0:
+                opening.append(first)
             history += [{"role": "assistant", "content": text}, {"role": "user", "content": f"and {n}?"}]
 
     await asyncio.gather(*(caller(i) for i in range(16)))
     firsts.sort()
     p50, p99 = statistics.median(firsts), firsts[int(len(firsts) * 0.99) - 1]
     print(
-        f"ttft: 16 callers at 16 streams, not pre-warmed, {len(firsts)} turns: p50 {p50 * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms (p99 - p50 = {(p99 - p50) * 1000:.1f} ms; fake model, no model time)",
+        f"ttft: 16 callers {label}, not pre-warmed, 16 streams, {len(firsts)} turns: p50 {p50 * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms (p99 - p50 = {(p99 - p50) * 1000:.1f} ms; fake model, no model time); "
+        f"first turns: median {statistics.median(opening) * 1000:.1f} ms, slowest {max(opening) * 1000:.1f} ms",
         flush=True,
     )
 
@@ -288,8 +305,8 @@ async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
             # troupe has been up a moment, as a deployed service has: its warm pool is full (the callers
             # are not pre-warmed: none of them has a session)
             began = time.perf_counter()
-            while ray.get(runtime.orchestrator.status.remote())["pool_size"] < pool:
-                time.sleep(0.2)
+            while (await runtime.orchestrator.status.remote())["pool_size"] < pool:
+                await asyncio.sleep(0.2)
             print(f"(warm pool of {pool} full {time.perf_counter() - began:.1f} s after start)", flush=True)
             app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))
             with serving(app) as url:
@@ -300,7 +317,7 @@ async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
                     elif name == "callers":
                         await callers(client, runtime)
                     elif name == "ttft":
-                        await ttft(client)
+                        await ttft(client, runtime, pool)
                     elif name == "chaos":
                         await chaos(client, runtime)
                     elif name == "orchestrator":

@@ -93,6 +93,33 @@ async def test_session_lifecycle(store: Store) -> None:
     assert ended.status == "ended" and ended.summary == "Talked about the launch." and ended.ended_at
 
 
+async def test_a_bind_reads_in_one_trip_and_its_session_is_written_in_one(store: Store) -> None:
+    assert await store.conversation("+14155550100", "Tony") == (None, [])  # a new caller
+    await store.open_session("s1", "+14155550100", "Tony", "p1", resumed=False, identified=True)
+    await store.add_memory("Tony", "+14155550100", "older")
+    await store.add_memory("Tony", "+14155550100", "newer")
+    await store.add_memory("Tony", "someone else", "not theirs")
+    assert await store.conversation("+14155550100", "Tony", memories=1) == ("s1", ["newer"])
+    caller = await store.get_caller("+14155550100")
+    assert caller is not None and caller.phone == "+14155550100"
+    # the caller's next session, on another actor: the same row, the caller seen again, the phone kept
+    await store.open_session("s1", "+14155550100", "Tony", "p2", resumed=True, identified=True)
+    again = await store.get_caller("+14155550100")
+    assert again is not None and again.phone == "+14155550100" and again.last_seen_at >= caller.last_seen_at
+    assert (await store.get_session("s1")).process_id == "p2"
+    # a caller with no identity gets a session and no caller row
+    await store.open_session("s2", "anon-1", "Tony", "p3", resumed=False, identified=False)
+    assert await store.get_caller("anon-1") is None and (await store.get_session("s2")).status == "active"
+
+
+async def test_the_registry_is_written_as_one_upsert(store: Store) -> None:
+    rows = [ProcessInfo(id=f"0000000{i}", kind="session", agent="Tony", status="running") for i in range(3)]
+    await store.save_processes(rows)
+    await store.save_processes([rows[0].model_copy(update={"status": "completed"}), *rows[1:]])
+    loaded = {p.id: p.status for p in await store.load_processes()}
+    assert loaded == {"00000000": "completed", "00000001": "running", "00000002": "running"}
+
+
 async def test_recall_filters_by_subject_and_ranks_by_query(store: Store) -> None:
     await store.add_memory("Tony", "+1555", "Dana runs the payments team", kind="fact")
     await store.add_memory("Tony", "+1555", "Dana prefers morning calls", kind="fact")

@@ -258,3 +258,31 @@ async def test_idle_sessions_are_let_go_and_the_pool_shrinks_to_its_floor(world:
     assert len(world.keeper.pool) == world.keeper.settings.session_pool_size
     alive = {id(handle) for _, handle in world.keeper.pool}
     assert all(actor in world.killed for actor in world.made if id(actor) not in alive)  # none left behind
+
+
+async def test_a_refill_under_way_is_not_taken_for_a_surplus(tony: PersonaDef) -> None:
+    """While the pool refills after a burst, the actors already started are not stopped as more than
+    demand wants (they were, when the ones still starting were counted as well: the pool churned)."""
+    world = World(max_sessions=8, pool=4)
+    gate = asyncio.Event()
+    make = world.make
+
+    async def slow() -> FakeSession:
+        await gate.wait()  # the refill: each start waits for the test
+        return await make()
+
+    try:
+        await world.keeper.fill_pool()  # the floor of 4
+        world.keeper.make_session = slow
+        for caller in ("ann", "bob", "cat", "dan"):
+            await world.keeper.session_for(caller, tony)  # all four warm; the refill waits at the gate
+        await asyncio.sleep(0.01)
+        assert world.keeper.pool_filling == 4 and not world.keeper.pool
+        gate.set()
+        await asyncio.sleep(0)  # some of the refill is in the pool, some still starting
+        await world.keeper.size_pool()
+        await asyncio.wait_for(world.settle(), 5)
+        assert not [actor for actor in world.made if actor in world.killed]
+        assert len(world.keeper.pool) == 4 and world.keeper.pool_filling == 0
+    finally:
+        world.stop()

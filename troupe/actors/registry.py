@@ -38,6 +38,7 @@ class Registry:
         orchestrator went away are marked failed."""
         assert self.store is not None
         self.spend = await self.store.spend_by_agent()
+        lost = []
         for info in await self.store.load_processes(limit=FINISHED_KEPT):
             if info.status in ("running", "pending"):
                 # it was alive when the previous orchestrator went away; it is not any more
@@ -48,8 +49,10 @@ class Registry:
                         "error": "interrupted: the orchestrator restarted",
                     }
                 )
-                await self.store.save_process(info)
+                lost.append(info)
             self.processes[info.id] = info
+        if lost:
+            await self.store.save_processes(lost)  # one write, however many it lost
 
     def register(self, info: ProcessInfo) -> str:
         self.processes[info.id] = info

@@ -97,9 +97,13 @@ class SessionActor(ActorBase):
     async def warm(self) -> dict[str, Any]:
         """Connect to the store and import what a turn needs before any caller is waiting on us."""
         store = await self.store()
-        # the personas' digests are read now, so no caller's first turn waits for them
+        # the personas' digests are read now, so no caller's first turn waits for them (nor for a first
+        # connection of the thread a bind reads through)
+        executives = self.catalog.executives()
         await asyncio.gather(
-            *(DIGESTS.get(store, persona.name) for persona in self.catalog.executives()), return_exceptions=True
+            *(DIGESTS.get(store, persona.name) for persona in executives),
+            store.conversation("warm-up", executives[0].name),
+            return_exceptions=True,
         )
         import troupe.integrations.fake_model
         import troupe.integrations.model_endpoint  # noqa: F401
@@ -124,33 +128,18 @@ class SessionActor(ActorBase):
         if one_turn:  # no identity: no stored conversation, no memories of it
             self.digest = await DIGESTS.get(store, definition.name)
         else:
-            existing, remembered, self.digest = await asyncio.gather(
-                store.active_session(caller_id, definition.name),
-                store.recall(definition.name, subject=caller_id, limit=8),
-                DIGESTS.get(store, definition.name),
+            (existing, remembered), self.digest = await asyncio.gather(
+                store.conversation(caller_id, definition.name), DIGESTS.get(store, definition.name)
             )
-            self.memories = tuple(entry.content for entry in remembered)
-        if existing is not None:
-            self.session_id = existing.id
-        else:
-            self.session_id = uuid4().hex
-            self.loaded = True  # a new conversation: nothing to read
-        self._opening = self._spawn(
-            self._write_session(caller_id, definition.name, self.session_id, process_id, one_turn, existing is not None)
-        )
+            self.memories = tuple(remembered)
+        self.session_id = existing or uuid4().hex
+        self.loaded = existing is None  # a new conversation: nothing to read
+        # the session's row (and the caller's) is written while the caller's first turn is prepared
+        self._opening = self._spawn(store.open_session(
+            self.session_id, caller_id, definition.name, process_id, resumed=existing is not None,
+            identified=not one_turn,
+        ))  # fmt: skip
         return self.session_id
-
-    async def _write_session(
-        self, caller_id: str, persona: str, session_id: str, process_id: str, one_turn: bool, resumed: bool
-    ) -> None:
-        """The session's row (and the caller's), written while the caller's first turn is prepared."""
-        store = await self.store()
-        if not one_turn:
-            await store.upsert_caller(caller_id, phone=caller_id if caller_id.startswith("+") else None)
-        if resumed:
-            await store.set_session_process(session_id, process_id)
-        else:
-            await store.create_session(caller_id, persona, process_id, session_id=session_id)
 
     async def _load(self) -> None:
         """The newest window of the transcript: what the model is shown (older turns live on in the

@@ -7,6 +7,7 @@ session actors only through their handles (`warm`, `bind`, `detach`, `busy`, `wa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
 POOL_WAIT_S = 2.0  # how long a caller may wait for an actor a one-turn session is handing back
-REFILL_DELAY_S = 0.5  # a new actor process costs about a core-second: the caller's first turn goes first
+REFILL_DELAY_S = 1.0  # a new actor process costs about a core-second: the callers' first turns go first
 BIND_TIMEOUT_S = 30.0
 
 
@@ -65,6 +66,7 @@ class SessionKeeper:
         self.pool_filling = 0
         self.pool_returned = asyncio.Event()  # an actor joined the pool
         self.capacity = asyncio.Lock()  # one caller at a time decides who makes room
+        self.pacing = asyncio.Semaphore(1)  # refills start one actor at a time: a core stays with the callers
 
     # ------------------------------------------------------------------ opening a session
 
@@ -276,17 +278,15 @@ class SessionKeeper:
 
     # ------------------------------------------------------------------ the warm pool
 
-    async def fill_pool(self, size: int | None = None) -> None:
-        """Start free actors up to what demand wants (or up to `size` free)."""
+    async def fill_pool(self, size: int | None = None, paced: bool = False) -> None:
+        """Start free actors up to what demand wants (or up to `size` free). `paced`: one at a time (a
+        refill while callers are being served; at start-up the pool fills as fast as the cores allow)."""
         free = len(self.pool) + self.pool_filling
         want = self.directory.pool_target(free) if size is None else size - free
         if want <= 0:
             return
-        self.pool_filling += want
-        try:
-            await asyncio.gather(*(self._add_to_pool() for _ in range(want)))
-        finally:
-            self.pool_filling -= want
+        self.pool_filling += want  # each actor counts as free from now on, and as starting until it is
+        await asyncio.gather(*(self._add_to_pool(paced) for _ in range(want)))
 
     async def size_pool(self) -> None:
         """Grow the pool ahead of a burst; shrink it back to its floor when callers stop coming."""
@@ -295,11 +295,11 @@ class SessionKeeper:
             self.kill(handle)
             self.registry.set_status(pid, "completed")
         if self.directory.pool_target(len(self.pool) + self.pool_filling):
-            self.background(self.fill_pool())
+            self.background(self.fill_pool(paced=True))
 
     async def _refill_later(self) -> None:
         await asyncio.sleep(REFILL_DELAY_S)
-        await self.fill_pool()
+        await self.fill_pool(paced=True)
 
     def _register_free(self, name: str, task: str) -> str:
         return self.registry.register(
@@ -325,13 +325,17 @@ class SessionKeeper:
             except TimeoutError:
                 return
 
-    async def _add_to_pool(self) -> None:
+    async def _add_to_pool(self, paced: bool = False) -> None:
+        """Start one free actor (`pool_filling` counted it when it was asked for)."""
         pid = self._register_free("warm-session", "Waiting for a caller")
         try:
-            handle = await self.supervisor.spawn(self.make_session)
+            async with self.pacing if paced else contextlib.nullcontext():
+                handle = await self.supervisor.spawn(self.make_session)
         except Exception as exc:
             self.registry.set_status(pid, "failed", f"failed to start: {exc}")
             return
+        finally:
+            self.pool_filling -= 1
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_actor(self) -> tuple[str, Any]:

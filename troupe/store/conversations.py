@@ -11,13 +11,14 @@ from typing import Any
 from uuid import uuid4
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from troupe.chat_model import ChatMessage, ToolCall
 from troupe.errors import StoreUnavailable
 from troupe.store.engine import StoreBase
 from troupe.store.records import CallerRecord, SessionRecord, _record
-from troupe.store.schema import CallerRow, CallIdRow, MessageRow, SessionRow, _now, _utc
+from troupe.store.schema import CallerRow, CallIdRow, MemoryRow, MessageRow, SessionRow, _now, _utc
 
 # the two statements of every turn, built once (building and keying a statement costs more than running it)
 _CLAIM = (
@@ -31,6 +32,59 @@ _CLAIM = (
     .returning(SessionRow.next_seq)
 )
 _INSERT = insert(MessageRow)
+# what a session binding a caller reads: their active conversation with the persona, and the persona's
+# memories of them
+_ACTIVE = (
+    select(SessionRow.id)
+    .where(SessionRow.caller_id == bindparam("caller"), SessionRow.persona == bindparam("persona"))
+    .where(SessionRow.status == "active")
+    .order_by(SessionRow.started_at.desc())
+    .limit(1)
+)
+_MEMORIES = (
+    select(MemoryRow.content)
+    .where(MemoryRow.persona == bindparam("persona"), MemoryRow.subject == bindparam("caller"))
+    .order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc())
+    .limit(bindparam("limit"))
+)
+_RESUME = update(SessionRow).where(SessionRow.id == bindparam("sid")).values(process_id=bindparam("pid"))
+_NEW_SESSION = insert(SessionRow)
+
+
+def _conversation(conn: Connection, caller_id: str, persona: str, memories: int) -> tuple[str | None, list[str]]:
+    found = conn.execute(_ACTIVE, {"caller": caller_id, "persona": persona}).scalar()
+    remembered = conn.execute(_MEMORIES, {"caller": caller_id, "persona": persona, "limit": memories}).scalars()
+    return found, list(remembered)
+
+
+def _open_session(
+    conn: Connection, session_id: str, caller_id: str, persona: str, process_id: str, resumed: bool, identified: bool
+) -> None:
+    if identified:
+        now = _now()
+        phone = caller_id if caller_id.startswith("+") else None
+        dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite  # both spell the upsert alike
+        upsert = dialect.insert(CallerRow).values(caller_id=caller_id, phone=phone, first_seen_at=now, last_seen_at=now)
+        conn.execute(upsert.on_conflict_do_update(
+            index_elements=[CallerRow.caller_id],
+            set_={"last_seen_at": now, "phone": func.coalesce(upsert.excluded.phone, CallerRow.phone)},
+        ))  # fmt: skip
+    if resumed:
+        conn.execute(_RESUME, {"sid": session_id, "pid": process_id})
+    else:
+        conn.execute(
+            _NEW_SESSION, {"id": session_id, "caller_id": caller_id, "persona": persona, "process_id": process_id}
+        )
+
+
+def _reading(engine: Engine, work: Any, *args: Any) -> Any:
+    with engine.connect() as conn:
+        return work(conn, *args)
+
+
+def _writing(engine: Engine, work: Any, *args: Any) -> Any:
+    with engine.begin() as conn:
+        return work(conn, *args)
 
 
 def _message_values(
@@ -90,6 +144,38 @@ def _chat(row: MessageRow) -> ChatMessage:
 
 
 class ConversationStore(StoreBase):
+    async def conversation(self, caller_id: str, persona: str, *, memories: int = 8) -> tuple[str | None, list[str]]:
+        """What a session binding a caller needs, in one trip: the id of their active conversation with
+        `persona` (None: there is none) and the persona's newest memories of them."""
+        writer = self._sqlite_writer()
+        if writer is not None:
+            found: tuple[str | None, list[str]] = await asyncio.to_thread(
+                _reading, writer, _conversation, caller_id, persona, memories
+            )
+            return found
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_conversation, caller_id, persona, memories)
+
+    async def open_session(
+        self, session_id: str, caller_id: str, persona: str, process_id: str, *, resumed: bool, identified: bool
+    ) -> None:
+        """In one transaction: the caller is recorded (when `identified`), and the session is created
+        under `session_id` or, `resumed`, handed to `process_id`."""
+        args = (session_id, caller_id, persona, process_id, resumed, identified)
+        writer = self._sqlite_writer()
+        for attempt in range(20):
+            try:
+                if writer is not None:
+                    await asyncio.to_thread(_writing, writer, _open_session, *args)
+                    return
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(_open_session, *args)
+                    return
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+
     async def upsert_caller(self, caller_id: str, *, phone: str | None = None, name: str | None = None) -> CallerRecord:
         for _ in range(3):
             async with self.sessions() as db:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from troupe.actors.messages import ProcessInfo, ProcessMetrics
 from troupe.store.engine import StoreBase
@@ -53,17 +54,18 @@ class ProcessStore(StoreBase):
         await self.save_processes([info])
 
     async def save_processes(self, infos: list[ProcessInfo]) -> None:
-        """Write registry rows, new or changed, in one transaction."""
-        async with self.sessions() as db:
-            for info in infos:
-                values = _process_values(info)
-                row = await db.get(ProcessRow, info.id)
-                if row is None:
-                    db.add(ProcessRow(id=info.id, **values))
-                else:
-                    for key, value in values.items():
-                        setattr(row, key, value)
-            await db.commit()
+        """Write registry rows, new or changed, in one statement (an upsert on either database)."""
+        if not infos:
+            return
+        dialect: Any = sqlite if self._is_sqlite else postgresql  # both spell the upsert alike
+        latest = {info.id: info for info in infos}  # one row per id (the last word wins)
+        statement = dialect.insert(ProcessRow).values([{"id": pid, **_process_values(i)} for pid, i in latest.items()])
+        columns = list(_process_values(infos[0]))
+        statement = statement.on_conflict_do_update(
+            index_elements=[ProcessRow.id], set_={name: statement.excluded[name] for name in columns}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
 
     async def load_processes(self, *, status: str | None = None, limit: int = 1000) -> list[ProcessInfo]:
         async with self.sessions() as db:
