@@ -140,15 +140,20 @@ async def callers(client: openai.AsyncOpenAI, runtime: Runtime, count: int = 150
     )
 
 
+async def pool_full(runtime: Runtime, pool: int) -> float:
+    """Seconds until the warm pool holds `pool` free actors."""
+    began = time.perf_counter()
+    while (await runtime.orchestrator.status.remote())["pool_size"] < pool:  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.2)
+    return time.perf_counter() - began
+
+
 async def ttft(client: openai.AsyncOpenAI, runtime: Runtime, pool: int) -> None:
     """16 new callers, six turns each, 16 streams at once: first all arriving in the same instant (the
     worst case: 16 sessions opened at once on 2 cores), then, once the pool has refilled, 16 others
     arriving over one second."""
     await ttft_group(client, "arriving at once", 0.0, "ttft-burst")
-    began = time.perf_counter()
-    while (await runtime.orchestrator.status.remote())["pool_size"] < pool:
-        await asyncio.sleep(0.2)
-    print(f"(the pool was full again {time.perf_counter() - began:.1f} s after that burst)", flush=True)
+    print(f"(the pool was full again {await pool_full(runtime, pool):.1f} s after that burst)", flush=True)
     await ttft_group(client, "arriving over 1 s", 1.0, "ttft-spread")
 
 
@@ -304,10 +309,7 @@ async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
         try:
             # troupe has been up a moment, as a deployed service has: its warm pool is full (the callers
             # are not pre-warmed: none of them has a session)
-            began = time.perf_counter()
-            while (await runtime.orchestrator.status.remote())["pool_size"] < pool:
-                await asyncio.sleep(0.2)
-            print(f"(warm pool of {pool} full {time.perf_counter() - began:.1f} s after start)", flush=True)
+            print(f"(warm pool of {pool} full {await pool_full(runtime, pool):.1f} s after start)", flush=True)
             app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))
             with serving(app) as url:
                 client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
