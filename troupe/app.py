@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from troupe.actors.persona_file import PersonaCatalog
+from troupe.config.keys import Keyring
 from troupe.config.settings import Settings
 from troupe.control_panel import api
 from troupe.control_panel.access import Door
-from troupe.control_panel.limits import RateLimiter
+from troupe.control_panel.limits import RateLimited, RateLimiter
 from troupe.errors import TroupeError
 from troupe.integrations import completions, elevenlabs, slack, vapi
 from troupe.integrations.known_calls import KnownCalls
@@ -37,6 +38,7 @@ class Gateway:
     client: SessionClient
     known_calls: KnownCalls = field(init=False)
     limiter: RateLimiter = field(init=False)
+    keyring: Keyring = field(init=False)
 
     _store: Any = None
 
@@ -45,6 +47,7 @@ class Gateway:
         replicas = self.settings.door_replicas if self.settings.door == "serve" else 1
         self.limiter = RateLimiter(-(-self.settings.rate_limit_per_minute // replicas))
         self.known_calls = KnownCalls(self.store)
+        self.keyring = self.settings.keyring()  # read once: TROUPE_API_KEYS, the keys file, admin.key
 
     async def store(self) -> Any:
         """The door's own store handle (webhook de-duplication, reads), opened on first use."""
@@ -57,7 +60,7 @@ class Gateway:
 
 def create_app(gateway: Gateway) -> Any:
     """The ASGI app: FastAPI routes inside the access layer (keys, CORS, limits, request metrics)."""
-    return Door(create_routes(gateway), gateway.settings)
+    return Door(create_routes(gateway), gateway.settings, gateway.keyring)
 
 
 def create_routes(gateway: Gateway) -> FastAPI:
@@ -71,7 +74,8 @@ def create_routes(gateway: Gateway) -> FastAPI:
 
     @app.exception_handler(TroupeError)
     async def troupe_error(request: Request, exc: TroupeError) -> JSONResponse:
-        headers = {"Retry-After": "60" if exc.status == 429 else "5"} if exc.status in (429, 503) else None
+        retry = exc.retry_after if isinstance(exc, RateLimited) else 60 if exc.status == 429 else 5
+        headers = {"Retry-After": str(retry)} if exc.status in (429, 503) else None
         return JSONResponse(error_json(exc.message, exc.type, exc.code, exc.param), exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from troupe.actors.schedule import ACTIVITIES
+from troupe.config.keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 from troupe.config.settings import Settings, load_settings
-from troupe.errors import TroupeError
+from troupe.errors import ConfigError, TroupeError
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -46,13 +47,21 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not _is_loopback(settings.host) and not settings.keys and not args.insecure:
-        print(
-            f"troupe: refusing to bind {settings.host} with no API key configured; set TROUPE_API_KEYS "
-            "or pass --insecure",
-            file=sys.stderr,
-        )
+    settings = _settings(args, insecure=True if args.insecure else None)
+    admin_key = None
+    if settings.insecure:
+        if not _is_loopback(settings.host):
+            print(f"troupe: --insecure serves with no key at all, so only on loopback (not {settings.host})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    else:
+        # closed by default: the first start makes an admin key, shown once in the banner
+        key, made = ensure_admin_key(settings.data_dir)
+        admin_key = key if made else None
+    try:
+        settings.keyring()  # a malformed TROUPE_API_KEYS or keys file stops troupe here, naming the entry
+    except ConfigError as exc:
+        print(f"troupe: {exc.message}", file=sys.stderr)
         return 2
     verbose = bool(args.verbose)
     log_dir = _log_to_files(settings.data_dir / "logs", verbose)
@@ -73,11 +82,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             serve_with_ray(runtime, blocking=False, quiet=not verbose)
             timings["door"] = time.perf_counter() - phase
             status = runtime.wait_started()
-            _opened(runtime, status, timings, began, log_dir, verbose)
+            _opened(runtime, status, timings, began, log_dir, verbose, admin_key)
             _follow(runtime)
         else:
             status = runtime.wait_started()
-            serve_uvicorn(runtime, on_ready=lambda: _opened(runtime, status, timings, began, log_dir, verbose))
+            serve_uvicorn(
+                runtime, on_ready=lambda: _opened(runtime, status, timings, began, log_dir, verbose, admin_key)
+            )
     except KeyboardInterrupt:
         pass
     print("troupe: stopping", flush=True)
@@ -86,9 +97,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _opened(
-    runtime: Any, status: dict[str, Any], timings: dict[str, float], began: float, log_dir: Path, verbose: bool
+    runtime: Any,
+    status: dict[str, Any],
+    timings: dict[str, float],
+    began: float,
+    log_dir: Path,
+    verbose: bool,
+    admin_key: str | None,
 ) -> None:
-    """The door is open: start the life loops and the pool behind it, and print the banner."""
+    """The door is open: start the life loops and the pool behind it, and print the banner (with the
+    admin key the first time only: the panel URL carries it in its fragment, which never leaves the
+    browser, and the page signs in with it)."""
     runtime.orchestrator.start_rest.remote()
     settings = runtime.settings
     total = time.perf_counter() - began
@@ -101,12 +120,22 @@ def _opened(
         f"  store     {_store_label(settings)}\n"
         f"  personas  {executives} executives, {len(status['personas']) - executives} specialists\n"
         f"  logs      {log_dir}\n"
-        f"  next      troupe chat tony    (the control panel: {url}/)",
+        f"  access    {_access_label(settings, admin_key)}\n"
+        f"  next      troupe chat tony    (the control panel: {url}/{'#key=' + admin_key if admin_key else ''})",
         flush=True,
     )
     if verbose:
         phases = {**timings, **status.get("startup_s", {})}
         print("troupe: start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()), flush=True)
+
+
+def _access_label(settings: Settings, admin_key: str | None) -> str:
+    if settings.insecure:
+        return "OPEN to anyone who reaches this port (--insecure; loopback only)"
+    path = settings.data_dir / ADMIN_KEY_FILE
+    if admin_key:
+        return f"admin key {admin_key}  (shown once; kept in {path}, mode 0600)"
+    return f"keys required; the admin key is in {path}"
 
 
 def _follow(runtime: Any) -> None:
@@ -322,7 +351,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    key = args.key or (settings.keys[0] if settings.keys else None)
+    key = args.key or read_admin_key(settings.data_dir)
     params = {"activity": args.activity, **({"persona": args.persona} if args.persona else {})}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
@@ -364,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 3000)")
     serve.add_argument("--door", choices=["serve", "uvicorn"], help="Ray Serve (default) or uvicorn in this process")
-    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without an API key")
+    serve.add_argument(
+        "--insecure", action="store_true", help="serve with no API key at all (loopback only; the banner says so)"
+    )
     serve.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
         help="show Ray's and Serve's own logs and the start-up time of each phase",
@@ -395,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("activity", choices=ACTIVITIES, help="the activity to run")
     trigger.add_argument("--persona", help="one executive (default: all of them)")
     trigger.add_argument("--url", help="troupe's URL (default http://TROUPE_HOST:TROUPE_PORT)")
-    trigger.add_argument("--key", help="an API key (default: the first of TROUPE_API_KEYS)")
+    trigger.add_argument("--key", help="an admin or operator key (default: the one in <data dir>/admin.key)")
     trigger.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the activity")
     trigger.set_defaults(func=cmd_trigger)
     return parser

@@ -38,6 +38,7 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
         "namespace": f"troupe-test-{os.getpid()}-{next(_namespaces)}",
         "supervisor_poll_s": 0.2,
         "restart_backoff_s": 0.05,
+        "insecure": True,  # the suites of other features run open; tests/integration/test_security.py does not
     }
     values.update(overrides)
     return Settings(**values)

@@ -26,6 +26,8 @@ from troupe.app import serve_with_ray
 from troupe.runtime import Runtime
 from troupe.testing.loopback import free_port
 
+SERVE_KEY = "serve-key-0123456789abcdef"
+
 
 @pytest.fixture(scope="module")
 def serve_door(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -35,7 +37,7 @@ def serve_door(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
         {"when": "", "reply": "Hello through Serve."},
     ])  # fmt: skip
     port = free_port()
-    runtime = Runtime.start(make_settings(tmp, fake_script=script, port=port, api_keys="serve-key"))
+    runtime = Runtime.start(make_settings(tmp, fake_script=script, port=port, api_keys=SERVE_KEY))
     serve_with_ray(runtime, blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -51,7 +53,7 @@ def serve_door(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_sdk_streams_and_answers_through_serve(serve_door: str) -> None:
-    client = openai.OpenAI(base_url=f"{serve_door}/v1", api_key="serve-key")
+    client = openai.OpenAI(base_url=f"{serve_door}/v1", api_key=SERVE_KEY)
     reply = client.chat.completions.create(model="tony", messages=[{"role": "user", "content": "Hi"}])
     assert reply.choices[0].message.content == "Hello through Serve."
     chunks = list(client.chat.completions.create(
@@ -69,7 +71,7 @@ def test_sdk_streams_and_answers_through_serve(serve_door: str) -> None:
 
 
 def test_errors_and_keys_through_serve(serve_door: str) -> None:
-    key = {"Authorization": "Bearer serve-key"}
+    key = {"Authorization": f"Bearer {SERVE_KEY}"}
     assert httpx.post(f"{serve_door}/v1/chat/completions", json={"messages": []}).status_code == 401
     unknown = httpx.post(
         f"{serve_door}/v1/chat/completions", json={"model": "zed", "messages": [{"role": "user", "content": "x"}]},
@@ -85,8 +87,8 @@ def test_errors_and_keys_through_serve(serve_door: str) -> None:
 def test_the_request_id_serve_makes_up_is_no_caller_but_a_clients_own_is(serve_door: str) -> None:
     """Serve writes an X-Request-ID into every request without one: those callers stay anonymous
     (one-turn sessions, none held afterwards), while a client's own X-Request-ID names its caller."""
-    key = {"Authorization": "Bearer serve-key"}
-    client = openai.OpenAI(base_url=f"{serve_door}/v1", api_key="serve-key", max_retries=0)
+    key = {"Authorization": f"Bearer {SERVE_KEY}"}
+    client = openai.OpenAI(base_url=f"{serve_door}/v1", api_key=SERVE_KEY, max_retries=0)
     for _ in range(3):
         client.chat.completions.create(model="riley", messages=[{"role": "user", "content": "Hi"}])
     client.chat.completions.create(
@@ -132,7 +134,12 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        # closed by default: the first start made an admin key (mode 0600) and showed it once
+        key_file = tmp_path / "admin.key"
+        key = key_file.read_text().strip()
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert httpx.post(f"{url}/v1/chat/completions", json={"model": "maya", "messages": []}).status_code == 401
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
         stream = client.chat.completions.create(model="maya", messages=[{"role": "user", "content": "Hi"}], stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert httpx.get(f"http://127.0.0.1:{port + 1}/health", timeout=10).status_code == 200  # Serve's proxy
@@ -144,6 +151,7 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
         console = log.read_text()
         assert f"serving   http://127.0.0.1:{port}" in console and "troupe chat tony" in console
         assert "store     SQLite" in console and "5 executives" in console
+        assert console.count(key) == 2 and f"{url}/#key={key}" in console  # the key, and the panel URL with it
         for noise in ("(raylet)", "ServeController", "Token authentication", "INFO"):
             assert noise not in console, console
         assert "Started a local Ray instance" in (tmp_path / "logs" / "troupe.log").read_text()
@@ -185,11 +193,12 @@ def test_two_door_replicas_serve_one_callers_conversation_in_turn(tmp_path: Path
                 pass
             time.sleep(0.5)
         replicas, history = set(), []
+        key = {"Authorization": f"Bearer {(tmp_path / 'admin.key').read_text().strip()}"}
         for i in range(12):
             history.append({"role": "user", "content": f"turn {i}"})
             response = httpx.post(
                 f"{url}/v1/chat/completions", json={"model": "maya", "user": "two-doors", "messages": history},
-                timeout=30,
+                headers=key, timeout=30,
             )  # fmt: skip
             assert response.status_code == 200, response.text
             replicas.add(response.headers["x-troupe-replica"])

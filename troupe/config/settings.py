@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from troupe.config.keys import Keyring
+
 ModelBackend = Literal["auto", "endpoint", "local", "fake"]
 
 
@@ -139,9 +141,23 @@ class Settings(BaseSettings):
     # --- serving
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
     max_message_chars: int = Field(default=32_000, ge=100, description="Longest single message accepted.")
-    api_keys: str = Field(default="", description="Comma-separated bearer keys; empty leaves the doors open.")
-    metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")
-    cors_origins: str = Field(default="*", description="Comma-separated origins allowed on /api/*.")
+    api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="API keys, comma-separated: 'name:role:secret' (role admin, operator, client or platform), "
+        "or a bare key (an admin key). Added to <data dir>/admin.key, which troupe serve makes on first start.",
+    )
+    api_keys_file: Path | None = Field(default=None, description="A file of keys, one 'name:role:secret' a line.")
+    insecure: bool = Field(
+        default=False, description="Serve with no key at all (loopback only; troupe serve --insecure)."
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated Host names the door answers ('*': any); default: loopback names, the bound "
+        "address and TROUPE_PUBLIC_URL's host.",
+    )
+    public_docs: bool = Field(default=False, description="Serve /docs and /openapi.json without a key.")
+    metrics_public: bool = Field(default=False, description="Serve /metrics without a key (else an operator key).")
+    cors_origins: str = Field(default="", description="Comma-separated origins allowed on /api/* (default: none).")
     rate_limit_per_minute: int = Field(default=120, ge=0, description="Requests per caller per minute; 0 = off.")
     door: Literal["serve", "uvicorn"] = Field(default="serve", description="Ray Serve, or uvicorn in-process.")
     serve_max_ongoing_requests: int = Field(default=256, ge=1, description="Concurrent requests per Serve replica.")
@@ -190,9 +206,24 @@ class Settings(BaseSettings):
             raise ValueError(f"TROUPE_DATABASE_URL must be a sqlite or postgresql URL, got {redact_url(url)}")
         return self
 
+    def keyring(self) -> Keyring:
+        """Every key the door accepts (reads the keys file and admin.key: call it once, at start)."""
+        return Keyring.load(self.api_keys.get_secret_value(), self.api_keys_file, self.data_dir)
+
     @property
-    def keys(self) -> tuple[str, ...]:
-        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+    def hosts_allowed(self) -> tuple[str, ...]:
+        """Host names the door answers: TROUPE_ALLOWED_HOSTS, else loopback, the bound host and the public URL's."""
+        given = tuple(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+        if given:
+            return given
+        hosts = {"localhost", "127.0.0.1", "::1"}
+        if self.host not in ("0.0.0.0", "::", ""):
+            hosts.add(self.host.lower())
+        if self.public_url:
+            public = urlsplit(self.public_url).hostname
+            if public:
+                hosts.add(public.lower())
+        return tuple(sorted(hosts))
 
     @property
     def resolved_database_url(self) -> str:
@@ -213,15 +244,24 @@ class Settings(BaseSettings):
         return "endpoint" if (self.openai_base_url or self.openai_api_key) else "local"
 
     def env_for_workers(self) -> dict[str, str]:
-        """Variables a Ray worker on another node needs to rebuild these settings (secrets included)."""
-        env = {k: v for k, v in os.environ.items() if k.startswith("TROUPE_")}
-        for name, value in os.environ.items():
-            if name.startswith(PLATFORM_PREFIXES) and name not in env:
-                env[name] = value
-        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
-            if name in os.environ:
-                env[name] = os.environ[name]
-        return env
+        """The variables a Ray worker on another node needs to rebuild these settings, secrets left out:
+        Ray shows a job's runtime_env in its dashboard and state API. Workers on this machine inherit the
+        environment troupe started Ray with; on other nodes the secrets come from each node's own
+        environment (a Kubernetes Secret in KubeRay's pod spec, say), as the README describes."""
+        env = {k: v for k, v in os.environ.items() if k.startswith("TROUPE_") or k.startswith(PLATFORM_PREFIXES)}
+        if "OPENAI_BASE_URL" in os.environ:
+            env["OPENAI_BASE_URL"] = os.environ["OPENAI_BASE_URL"]
+        return {k: v for k, v in env.items() if not is_secret(k, v)}
+
+
+SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+
+
+def is_secret(name: str, value: str) -> bool:
+    """A variable that holds a secret: by its name, or a URL carrying a password (a database URL)."""
+    if any(word in name.upper() for word in SECRET_WORDS):
+        return True
+    return "://" in value and redact_url(value) != value
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -14,10 +14,11 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from troupe.actors.messages import ProcessInfo
 from troupe.actors.schedule import ACTIVITIES, validate
+from troupe.control_panel.access import COOKIE, COOKIE_LIFETIME_S, COOKIE_ROLES, cookie_for
 from troupe.control_panel.metrics import render
 from troupe.errors import InvalidRequest, TroupeError
 from troupe.life import goals as goals_file
@@ -197,6 +198,41 @@ PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 async def page() -> HTMLResponse:
     """The live control panel: a static page; all its data comes from /api/* (which needs the key)."""
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: SecretStr = Field(max_length=512)
+
+
+class Unauthorised(TroupeError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+@router.post("/api/login", status_code=200)
+async def login(request: Request, body: Login) -> JSONResponse:
+    """Sign the panel in with an admin or operator key: the answer sets an HttpOnly, SameSite=Strict
+    session cookie (12 h), so the page never keeps the key itself."""
+    gateway = request.app.state.gateway
+    key = gateway.keyring.find(body.key.get_secret_value().encode())
+    if key is None or key.role not in COOKIE_ROLES:
+        raise Unauthorised("That key cannot sign in to the control panel (it needs an admin or operator key).")
+    response = JSONResponse({"name": key.name, "role": key.role})
+    response.set_cookie(
+        COOKIE, cookie_for(key), max_age=COOKIE_LIFETIME_S, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https", path="/",
+    )  # fmt: skip
+    return response
+
+
+@router.post("/api/logout", status_code=200)
+async def logout() -> JSONResponse:
+    response = JSONResponse({"signed_out": True})
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @router.post("/api/sessions/{caller_id}/end")

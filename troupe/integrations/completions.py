@@ -12,9 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from troupe.actors.caller import normalise_phone, resolve_caller_id
+from troupe.actors.caller import is_anonymous, normalise_phone, resolve_caller_id
 from troupe.actors.messages import TurnEvent, TurnRequest
 from troupe.chat_model import ToolCall, Usage
+from troupe.config.keys import ApiKey
 from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
 from troupe.control_panel.request_ids import MARK
 from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
@@ -68,26 +69,45 @@ def parse_request(body: Any) -> ChatCompletionRequest:
 
 async def caller_of(request: Request, body: ChatCompletionRequest, known_calls: Any, region: str = "US") -> str:
     """Who is calling: VAPI's headers, else VAPI's body fields (`call.customer.number`, `call.id`), else
-    the request id or the body's `user`, else anonymous. A call id seen with a number maps to it."""
+    the request id or the body's `user`, else anonymous. A call id seen with a number maps to it.
+
+    Identity is taken as given only from a key that may assert it (a platform's or an admin's). A
+    client key's callers are its own: what it asserts is scoped to the key, so a client saying
+    +14155550100 never reaches the platform caller +14155550100, nor another client's."""
     headers = request.headers
     extra = body.model_extra or {}
     phone, call_id = call_identity(extra)
     phone = headers.get("x-vapi-caller-phone") or phone
     call_id = headers.get("x-vapi-call-id") or call_id
-    if phone and call_id and (number := normalise_phone(phone, region)):
+    key: ApiKey | None = getattr(request.state, "principal", None)
+    trusted = key is None or key.asserts_identity
+    if trusted and phone and call_id and (number := normalise_phone(phone, region)):
         known_calls.setdefault(resolve_caller_id(call_id=call_id), number)
-    elif call_id and not phone:
+    elif trusted and call_id and not phone:
         await known_calls.load(resolve_caller_id(call_id=call_id))  # another replica may have seen its number
     # Ray Serve writes an X-Request-ID into every request that has none: that one names no caller
     request_id = None if headers.get(SERVE_GENERATED_MARK) else headers.get("x-request-id")
-    return resolve_caller_id(
+    caller = resolve_caller_id(
         phone=phone,
         call_id=call_id,
         request_id=request_id,
         user=body.user,
-        known_calls=known_calls,
+        known_calls=known_calls if trusted else None,
         region=region,
     )
+    return caller if trusted or is_anonymous(caller) else scoped(key, caller)
+
+
+def check_rate(request: Request, caller_id: str) -> None:
+    """Charge a turn to its key, its client address and its caller (429 when any of them is spent)."""
+    key: ApiKey | None = getattr(request.state, "principal", None)
+    address = request.client.host if request.client else None
+    request.app.state.gateway.limiter.check(caller_id, key=key.name if key else None, address=address)
+
+
+def scoped(key: ApiKey | None, caller: str) -> str:
+    """A caller id asserted by a client key, as that key's own caller."""
+    return f"key:{key.name}:{caller}" if key is not None else caller
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -145,7 +165,7 @@ async def chat_completions(request: Request) -> Any:
         persona = assistant_persona(gateway.settings, gateway.catalog, body.model_extra or {}) or persona
     caller = await caller_of(request, body, gateway.known_calls, gateway.settings.default_region)
     turn = turn_of(body, caller, persona, gateway.settings.max_message_chars)
-    gateway.limiter.check(turn.caller_id)
+    check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
     began = time.perf_counter()
     events = _observed(gateway.client.turn(turn), persona, began).__aiter__()
