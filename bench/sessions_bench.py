@@ -38,24 +38,39 @@ from troupe.store import Store
 from troupe.testing.loopback import serving
 
 
-def troupe_rss_mb() -> float:
-    """This process and every Ray worker of this machine (troupe's actors), in MiB."""
-    total = psutil.Process().memory_info().rss
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
+def own_ray_processes() -> list[psutil.Process]:
+    """The Ray workers of the cluster this process started (its descendants: the raylet is its child),
+    not those of any other Ray on the machine."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
         if "ray::" in cmd or "default_worker.py" in cmd:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                pass
+            found.append(proc)
+    return found
+
+
+def troupe_rss_mb() -> float:
+    """This process and every Ray worker of its own cluster (troupe's actors), in MiB."""
+    total = psutil.Process().memory_info().rss
+    for proc in own_ray_processes():
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            pass
     return total / 2**20
 
 
 def session_actor_processes() -> list[psutil.Process]:
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if "SessionActor" in " ".join(proc.info["cmdline"] or []):
-            found.append(proc)
+    for proc in own_ray_processes():
+        try:
+            if "SessionActor" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            pass
     return found
 
 
