@@ -10,11 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from tests.integration.conftest import make_settings
 from troupe.app import Gateway, create_app
 from troupe.testing.loopback import serving
 
+KEY = "operator-key-0123456789abcdef"
+PLATFORM = "platform-key-0123456789abcdef"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -34,13 +37,16 @@ def browser() -> Iterator[Any]:
 
 def test_panel_shows_a_new_completion_live(start_runtime: Any, browser: Any, tmp_path: Path) -> None:
     runtime = start_runtime(make_settings(tmp_path))
-    settings = runtime.settings.model_copy(update={"api_keys": "panel-key"})
+    settings = runtime.settings.model_copy(
+        update={"api_keys": SecretStr(f"ops:operator:{KEY}, vapi:platform:{PLATFORM}")}
+    )
     app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))
     with serving(app) as url:
         page = browser.new_page()
-        page.add_init_script("sessionStorage.setItem('troupe-key', 'panel-key')")
-        page.goto(url + "/")
+        page.goto(f"{url}/#key={KEY}")  # the banner's URL: the page signs in and drops the key from the URL
         page.wait_for_selector(".persona[data-persona='Riley']", timeout=20_000)
+        assert KEY not in page.url and not page.evaluate("document.cookie")  # the cookie is HttpOnly
+        assert KEY not in page.evaluate("JSON.stringify(sessionStorage) + JSON.stringify(localStorage)")
         assert page.locator(".persona").count() == 5
         page.wait_for_selector("#live.on", timeout=20_000)
         before = page.locator("#processes tbody tr").count()
@@ -48,12 +54,12 @@ def test_panel_shows_a_new_completion_live(start_runtime: Any, browser: Any, tmp
         reply = httpx.post(
             f"{url}/v1/chat/completions",
             json={"model": "jordan", "messages": [{"role": "user", "content": "How is cash?"}]},
-            headers={"Authorization": "Bearer panel-key", "X-Vapi-Caller-Phone": "+14155559999"},
+            headers={"Authorization": f"Bearer {PLATFORM}", "X-Vapi-Caller-Phone": "+14155559999"},
             timeout=30,
         )
         assert reply.status_code == 200
         session = next(p for p in httpx.get(f"{url}/api/processes", params={"kind": "session", "agent": "Jordan"},
-                                            headers={"Authorization": "Bearer panel-key"}).json())  # fmt: skip
+                                            headers={"Authorization": f"Bearer {KEY}"}).json())  # fmt: skip
         # no reload: the event stream tells the page, which refetches
         page.wait_for_selector(f"#processes tr[data-id='{session['id']}']:has-text('Jordan')", timeout=20_000)
         row = page.locator(f"#processes tr[data-id='{session['id']}']").inner_text()
