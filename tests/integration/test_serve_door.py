@@ -124,7 +124,8 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
     while not _free(port + 1):
         port = free_port()
     log = tmp_path / "serve.log"
-    proc = troupe_serve(tmp_path, port, TROUPE_NAMESPACE=f"troupe-cli-{os.getpid()}")
+    secrets = {"VAPI_SECRET": "vapi-secret-value-4242", "TROUPE_API_KEYS": "ops:operator:operator-secret-4242-abcd"}
+    proc = troupe_serve(tmp_path, port, TROUPE_NAMESPACE=f"troupe-cli-{os.getpid()}", **secrets)
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -158,6 +159,12 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0
         assert "troupe: stopping" in log.read_text()
+        # no secret in any log line, troupe's or Ray's (whose logs would show a runtime_env carrying one)
+        for path in [log, *(tmp_path / "logs").rglob("*")]:
+            if path.is_file():
+                text = path.read_text(errors="ignore")
+                for secret in (key, *secrets.values(), "operator-secret-4242-abcd"):
+                    assert secret.split(":")[-1] not in text or (path == log and secret == key), (path, secret)
         with closing(sqlite3.connect(tmp_path / "troupe.db")) as db:
             still_running = db.execute("SELECT kind FROM processes WHERE status = 'running'").fetchall()
             said = db.execute("SELECT content FROM messages WHERE role = 'user'").fetchall()
