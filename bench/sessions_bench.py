@@ -88,6 +88,18 @@ async def ask(client: openai.AsyncOpenAI, messages: list[dict[str, str]], caller
     return "".join(parts), first
 
 
+async def actors_settle(quiet_s: float = 6.0, within_s: float = 90.0) -> float:
+    """Wait until the number of session actors has not changed for `quiet_s`; returns the seconds taken."""
+    began = time.perf_counter()
+    count, since = len(session_actor_processes()), time.perf_counter()
+    while time.perf_counter() - since < quiet_s and time.perf_counter() - began < within_s:
+        await asyncio.sleep(1)
+        now = len(session_actor_processes())
+        if now != count:
+            count, since = now, time.perf_counter()
+    return time.perf_counter() - began
+
+
 async def anonymous(client: openai.AsyncOpenAI, settings: Settings) -> None:
     errors, most = 0, 0
     history = [{"role": "user", "content": "Hello Tony, quick question."}]
@@ -95,7 +107,8 @@ async def anonymous(client: openai.AsyncOpenAI, settings: Settings) -> None:
         await ask(client, history, None)
     for _ in range(4):
         await asyncio.gather(*(ask(client, history, None) for _ in range(16)))
-    await asyncio.sleep(2)
+    # warm: the pool has grown to what the 16-at-once pattern wants (it starts one actor at a time)
+    settled = await actors_settle()
     warm = troupe_rss_mb()
 
     async def one(i: int) -> None:
@@ -120,7 +133,8 @@ async def anonymous(client: openai.AsyncOpenAI, settings: Settings) -> None:
     print(
         f"anonymous: 1000 requests, {errors} errors; 500 one at a time in {sequential:.1f} s, 500 at 16 at a time "
         f"in {concurrent:.1f} s; at most {most} session actors (cap {settings.max_sessions}); troupe RSS "
-        f"{warm:.0f} MiB after warm-up, {end:.0f} MiB at the end ({(end - warm) / warm * 100:+.1f}%)",
+        f"{warm:.0f} MiB after warm-up ({settled:.0f} s for the pool to settle), {end:.0f} MiB at the end "
+        f"({(end - warm) / warm * 100:+.1f}%)",
         flush=True,
     )
 
