@@ -23,6 +23,7 @@ from troupe.errors import TroupeError
 from troupe.integrations import completions, elevenlabs, slack, vapi
 from troupe.integrations.known_calls import KnownCalls
 from troupe.integrations.openai_api import error_json
+from troupe.integrations.tickets import TicketBook
 from troupe.runtime import SessionClient
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Gateway:
     known_calls: KnownCalls = field(init=False)
     limiter: RateLimiter = field(init=False)
     keyring: Keyring = field(init=False)
+    tickets: TicketBook = field(default_factory=TicketBook)  # the voice WebSocket's single-use tickets
 
     _store: Any = None
 

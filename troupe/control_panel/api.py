@@ -21,6 +21,7 @@ from troupe.actors.schedule import ACTIVITIES, validate
 from troupe.control_panel.access import COOKIE, COOKIE_LIFETIME_S, COOKIE_ROLES, cookie_for
 from troupe.control_panel.metrics import render
 from troupe.errors import InvalidRequest, TroupeError
+from troupe.integrations.tickets import TTL_S
 from troupe.life import goals as goals_file
 
 router = APIRouter()
@@ -226,6 +227,16 @@ async def login(request: Request, body: Login) -> JSONResponse:
         secure=request.url.scheme == "https", path="/",
     )  # fmt: skip
     return response
+
+
+@router.post("/api/ws-tickets", status_code=201)
+async def ws_ticket(request: Request) -> dict[str, Any]:
+    """A single-use ticket for the voice WebSocket (`/ws/elevenlabs?ticket=`), valid 60 s: a browser
+    cannot send a key on a WebSocket, and a key in its URL would stay in logs and history."""
+    gateway = request.app.state.gateway
+    key = getattr(request.state, "principal", None)
+    subject = key.name if key is not None else "insecure"
+    return {"ticket": gateway.tickets.issue(subject), "expires_in": int(TTL_S)}
 
 
 @router.post("/api/logout", status_code=200)
