@@ -1,9 +1,11 @@
 """VAPI end to end through a running troupe: its custom-LLM requests, its server messages (end-of-call
-report into memory, tool calls, assistant requests) with its secret, and outbound callbacks to a fake
-VAPI API on loopback."""
+report into memory, tool calls, assistant requests) with its secret or signed by its HMAC credential
+(forged, stale and replayed ones refused, and nothing done), and outbound callbacks to a fake VAPI API on
+loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -17,6 +19,7 @@ import pytest
 from tests.integration.conftest import make_settings
 from tests.integration.test_runtime import wait_for
 from troupe.app import Gateway, create_app
+from troupe.integrations.vapi import hmac_signature
 from troupe.store import Store
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
 from troupe.testing.fake_vapi import FakeVapiServer
@@ -85,6 +88,37 @@ def event(message: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
     return {"json": {"message": message}, "headers": {"X-Vapi-Secret": secret}}
 
 
+def signed(message: dict[str, Any], secret: str = SECRET, stamp: int | None = None,
+           names: tuple[str, str] = ("X-Vapi-Signature", "X-Vapi-Timestamp")) -> dict[str, Any]:  # fmt: skip
+    """A server message as a VAPI HMAC credential (SHA-256, hex, "{timestamp}.{body}") sends it."""
+    raw = json.dumps({"message": message}).encode()
+    timestamp = str(int(time.time()) if stamp is None else stamp)
+    headers = {"Content-Type": "application/json", names[0]: hmac_signature(secret, timestamp, raw),
+               names[1]: timestamp}  # fmt: skip
+    return {"content": raw, "headers": headers}
+
+
+def remember_fact(call_id: str, fact: str) -> dict[str, Any]:
+    return {
+        "type": "tool-calls", "call": {"id": call_id, "customer": {"number": NUMBER}},
+        "toolCallList": [{"id": "tc-1", "type": "function",
+                          "function": {"name": "remember", "arguments": {"fact": fact}}}],
+    }  # fmt: skip
+
+
+def facts(runtime: Any, word: str) -> list[str]:
+    """What Tony remembers about the caller that mentions `word` (read from the store)."""
+
+    async def recall() -> list[str]:
+        store = await Store.open(runtime.settings.resolved_database_url)
+        try:
+            return [m.content for m in await store.recall("Tony", subject=NUMBER) if word in m.content]
+        finally:
+            await store.close()
+
+    return asyncio.run(recall())
+
+
 def first_speakable(url: str, body: dict[str, Any]) -> tuple[float, str]:
     began = time.perf_counter()
     first, text = None, []
@@ -125,12 +159,10 @@ def test_custom_llm_call_is_remembered_for_the_next_call(door: Any, upstream: Fa
         finally:
             await store.close()
 
-    import asyncio
-
     memories = asyncio.run(wait_for(remembered))
     assert "order 42" in memories[0].content
     time.sleep(1.0)
-    assert len(asyncio.run(remembered())) == 1  # the replayed report was not summarised again
+    assert len(asyncio.run(remembered())) == 1  # the report sent again was not summarised again
 
     first_speakable(url, vapi_llm_body("call-def", "It's me again."))
     assert "order 42" in upstream.requests[-1]["messages"][0]["content"]  # the next call starts knowing it
@@ -159,6 +191,44 @@ def test_events_need_the_secret(door: Any) -> None:
         legacy = httpx.post(f"{url}/vapi/events", json={"type": old, "call": {"id": "call-1", "from": NUMBER}},
                             headers={"X-Vapi-Secret": SECRET})  # fmt: skip
         assert legacy.status_code == 200, old
+
+
+def test_a_signed_message_is_processed_once(door: Any) -> None:
+    url, runtime = door
+    request = signed(remember_fact("call-hmac", "Likes the blue plan."))
+    answer = httpx.post(f"{url}/vapi/events", **request)
+    assert answer.status_code == 200 and answer.json()["results"][0]["result"] == "Noted."
+    replay = httpx.post(f"{url}/vapi/events", **request)  # the very same signed message again
+    error = replay.json()["error"]
+    assert replay.status_code == 409 and error["code"] == "replayed_webhook" and "received before" in error["message"]
+    assert len(facts(runtime, "blue plan")) == 1  # the replay ran no tool
+    # VAPI's default header names (x-signature, x-timestamp) and a millisecond timestamp are read too
+    defaults = signed({"type": "status-update", "status": "in-progress", "call": {"id": "call-hmac"}},
+                      stamp=int(time.time() * 1000), names=("x-signature", "x-timestamp"))  # fmt: skip
+    assert httpx.post(f"{url}/vapi/events", **defaults).json() == {"received": "status-update"}
+
+
+def test_forged_and_stale_signed_messages_are_refused_and_nothing_runs(door: Any) -> None:
+    url, runtime = door
+
+    def refused(request: dict[str, Any], why: str) -> None:
+        answer = httpx.post(f"{url}/vapi/events", **request)
+        assert answer.status_code == 401, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "invalid_signature" and why in error["message"], error
+
+    refused(signed(remember_fact("call-forged", "Forged fact."), secret="not-the-secret"), "does not match")
+    refused(signed(remember_fact("call-stale", "Stale fact."), stamp=int(time.time()) - 600), "outside the accepted")
+    tampered = signed(remember_fact("call-tampered", "Honest fact."))
+    tampered["content"] = tampered["content"].replace(b"Honest", b"Forged")
+    refused(tampered, "does not match")
+    unstamped = signed(remember_fact("call-unstamped", "Unstamped fact."))
+    del unstamped["headers"]["X-Vapi-Timestamp"]
+    refused(unstamped, "needs both")
+    # a wrong signature is not rescued by the right shared secret alongside it
+    both = signed(remember_fact("call-both", "Both fact."), secret="not-the-secret")
+    refused({**both, "headers": {**both["headers"], "X-Vapi-Secret": SECRET}}, "does not match")
+    assert facts(runtime, "fact.") == []
 
 
 def test_assistant_request_points_vapi_at_troupe(door: Any) -> None:

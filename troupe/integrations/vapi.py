@@ -3,14 +3,20 @@
 (`{"message": {"type": ...}}`): call status, transcripts, the end-of-call report (summarised into the
 persona's memory of the caller), tool calls (run with the persona's own tools) and assistant requests
 (answered with an assistant that points VAPI back at troupe). The older event names of the contract
-(`call.started`, `call.ended`, `speech.recognized`, `assistant.message`) are accepted too."""
+(`call.started`, `call.ended`, `speech.recognized`, `assistant.message`) are accepted too.
+
+Server messages carry VAPI_SECRET as is (X-Vapi-Secret, or Authorization: Bearer), or are signed with it by
+a VAPI HMAC credential (SHA-256, hex, payload "{timestamp}.{body}"): a signed message is accepted once,
+while its timestamp is within TROUPE_WEBHOOK_TOLERANCE_S."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,9 +25,18 @@ from troupe.actors.caller import normalise_phone, resolve_caller_id
 from troupe.chat_model import ToolCall
 from troupe.config.settings import Settings
 from troupe.errors import InvalidRequest, NotConfigured, TroupeError
+from troupe.integrations.replay import Replayed, replay_guard
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+
+SOURCE = "vapi"
+# the headers an HMAC credential sends, as named when it is set up: VAPI's defaults are x-signature and
+# x-timestamp; set-ups commonly name them x-vapi-signature and x-vapi-timestamp
+SIGNATURE_HEADERS = ("x-vapi-signature", "x-signature")
+TIMESTAMP_HEADERS = ("x-vapi-timestamp", "x-timestamp")
+SIGNATURE_PREFIX = "sha256="  # the credential's optional signaturePrefix, GitHub style
+MILLISECONDS_AFTER = 10**11  # a timestamp this large is in milliseconds (10**11 seconds is the year 5138)
 
 _background: set[asyncio.Task[Any]] = set()
 
@@ -30,6 +45,12 @@ class BadSecret(TroupeError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_secret"
+
+
+class BadSignature(TroupeError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_signature"
 
 
 def _dig(data: Any, *path: str) -> Any:
@@ -71,16 +92,58 @@ def assistant_persona(settings: Settings, catalog: Any, body: dict[str, Any]) ->
     return None
 
 
-def _check_secret(request: Request, settings: Settings) -> None:
+def hmac_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """What a VAPI HMAC credential sends: hex HMAC-SHA256 of "{timestamp}.{body}" (its default payload)."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sent_at(timestamp: str) -> float | None:
+    """The Unix time of a signed timestamp, in seconds or milliseconds (VAPI's docs do not say which)."""
+    if not timestamp.isdigit():
+        return None
+    value = int(timestamp)
+    return value / 1000 if value >= MILLISECONDS_AFTER else float(value)
+
+
+def verify_hmac(secret: str, body: bytes, timestamp: str | None, signature: str | None, *,
+                now: float, tolerance_s: float) -> str:  # fmt: skip
+    """The verified signature (what a replay repeats), or BadSignature saying what was wrong."""
+    if not timestamp or not signature:
+        raise BadSignature(f"A signed VAPI message needs both {SIGNATURE_HEADERS[0]} and {TIMESTAMP_HEADERS[0]}.")
+    when = sent_at(timestamp.strip())
+    if when is None:
+        raise BadSignature("The VAPI timestamp is not a Unix time.")
+    expected = hmac_signature(secret, timestamp.strip(), body)
+    given = signature.strip().lower().removeprefix(SIGNATURE_PREFIX)
+    if not hmac.compare_digest(expected.encode(), given.encode()):
+        raise BadSignature("The VAPI signature does not match the body (check the HMAC credential's secret).")
+    if abs(now - when) > tolerance_s:
+        raise BadSignature("The VAPI timestamp is outside the accepted window (a delayed or replayed message).")
+    return expected
+
+
+def _header(request: Request, names: tuple[str, ...]) -> str | None:
+    return next((value for name in names if (value := request.headers.get(name))), None)
+
+
+async def _authenticate(request: Request, settings: Settings, body: bytes) -> None:
+    """An HMAC-signed message (refused if replayed), else the shared secret as is."""
     if settings.vapi_secret is None:
         raise NotConfigured("VAPI events are not enabled: set VAPI_SECRET to the secret configured in VAPI.")
-    expected = settings.vapi_secret.get_secret_value().encode()
+    secret = settings.vapi_secret.get_secret_value()
+    signature = _header(request, SIGNATURE_HEADERS)
+    if signature is not None:
+        verified = verify_hmac(secret, body, _header(request, TIMESTAMP_HEADERS), signature,
+                               now=time.time(), tolerance_s=settings.webhook_tolerance_s)  # fmt: skip
+        if not await replay_guard(request.app.state).first_delivery(SOURCE, verified):
+            raise Replayed("This signed VAPI message was received before; a replay is not processed.")
+        return
     given = request.headers.get("x-vapi-secret", "")
     if not given:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else ""
-    if not hmac.compare_digest(given.encode(), expected):
-        raise BadSecret("Missing or wrong VAPI secret (X-Vapi-Secret or Authorization: Bearer).")
+    if not hmac.compare_digest(given.encode(), secret.encode()):
+        raise BadSecret("Missing or wrong VAPI secret (X-Vapi-Secret, Authorization: Bearer, or an HMAC signature).")
 
 
 def _transcript(message: dict[str, Any]) -> str:
@@ -104,10 +167,10 @@ def _later(coro: Any) -> None:
 async def vapi_events(request: Request) -> Any:
     gateway = request.app.state.gateway
     settings: Settings = gateway.settings
-    _check_secret(request, settings)
+    await _authenticate(request, settings, await request.body())
     from troupe.integrations.completions import read_json
 
-    body = await read_json(request, settings.max_body_bytes)
+    body = await read_json(request, settings.max_body_bytes)  # parsed only once it is authenticated
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object with a `message`.")
     inner = body.get("message")
