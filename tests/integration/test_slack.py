@@ -1,5 +1,6 @@
 """The Slack door end to end: signed Events API requests into a running troupe over loopback HTTP,
-replies read back from a fake Slack Web API server that speaks Slack's wire format."""
+replies read back from a fake Slack Web API server that speaks Slack's wire format. Forged, stale and
+replayed requests are answered nothing (a replay is acknowledged, as Slack requires, and not processed)."""
 
 from __future__ import annotations
 
@@ -102,11 +103,18 @@ def post(
     ts: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
+    raw, sent = signed(body, secret=secret, ts=ts, headers=headers)
+    return httpx.post(url + path, content=raw, headers=sent, timeout=30)
+
+
+def signed(body: dict[str, Any] | bytes, *, secret: str = SECRET, ts: str | None = None,
+           headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:  # fmt: skip
+    """A request body and the headers Slack signs it with."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     stamp = ts or str(int(time.time()))
     sent = {"content-type": "application/json", "x-slack-request-timestamp": stamp,
             "x-slack-signature": sign(secret, raw, stamp), **(headers or {})}  # fmt: skip
-    return httpx.post(url + path, content=raw, headers=sent, timeout=30)
+    return raw, sent
 
 
 def reply_to(slack: FakeSlackServer, body: dict[str, Any], nth: int = 0, timeout_s: float = 60.0) -> Posted:
@@ -195,6 +203,10 @@ def test_bad_or_missing_signatures_are_refused_and_nothing_runs(door: str, slack
     assert unsigned.status_code == 401
     stale = post(door, mention("old news"), ts=str(int(time.time()) - 600))
     assert stale.status_code == 401
+    early = post(door, mention("from the future"), ts=str(int(time.time()) + 600))
+    assert early.status_code == 401
+    odd = post(door, mention("odd stamp"), ts="soon")
+    assert odd.status_code == 401 and odd.json()["error"]["code"] == "invalid_signature"
     tampered = mention("x")
     stamp = str(int(time.time()))
     headers = {"x-slack-request-timestamp": stamp, "x-slack-signature": sign(SECRET, b"{}", stamp)}
@@ -217,6 +229,23 @@ def test_a_retried_delivery_is_processed_once(door: str, slack: FakeSlackServer)
     reply_to(slack, sentinel)
     assert [p.text for p in slack.fake.posted] == [
         "*Tony:* Tony here. You said: just once please",
+        "*Tony:* Tony here. You said: sentinel",
+    ]
+
+
+def test_a_replayed_request_is_acknowledged_and_not_processed(door: str, slack: FakeSlackServer) -> None:
+    """The same signed request sent again within the window (a captured one, or a duplicate on the way):
+    Slack wants a 200 for anything it may have sent, and the store's event id makes it a no-op."""
+    body = mention("only the first counts", channel="CREPLAY")
+    slack.fake.channels["CREPLAY"] = "replay"
+    raw, headers = signed(body)
+    answers = [httpx.post(f"{door}/slack/events", content=raw, headers=headers, timeout=30) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    sentinel = mention("sentinel", channel="CREPLAY")
+    post(door, sentinel)
+    reply_to(slack, sentinel)
+    assert [p.text for p in slack.fake.posted] == [  # one turn taken and answered, not three
+        "*Tony:* Tony here. You said: only the first counts",
         "*Tony:* Tony here. You said: sentinel",
     ]
 

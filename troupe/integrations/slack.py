@@ -1,11 +1,13 @@
 """The Slack door: Events API requests at /slack/events (and /slack/events/{persona} for a persona with
-its own Slack app), verified and acknowledged at once, then answered in the thread by the right persona."""
+its own Slack app), verified and acknowledged at once, then answered in the thread by the right persona.
+
+A request's signature is checked once, here, by slack_sdk's SignatureVerifier (its window is five
+minutes); Bolt's own check is turned off. A redelivered or replayed event is acknowledged, as Slack
+requires, and processed only the first time its event id is seen."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -22,6 +24,7 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from troupe.actors.models import ModelFactory, model_name_for
@@ -71,26 +74,18 @@ class SlackMessage:
         return thread_caller_id(self.team, self.channel, self.thread_ts)
 
 
-def signature_ok(secret: str, body: bytes, timestamp: str | None, signature: str | None, *,
-                 now: float, tolerance_s: float) -> bool:  # fmt: skip
-    """Slack's v0 signature: hex HMAC-SHA256 of "v0:{timestamp}:{body}", and a timestamp within tolerance."""
-    if not timestamp or not signature:
-        return False
+def verified(verifier: SignatureVerifier, body: bytes, timestamp: str | None, signature: str | None) -> bool:
+    """Slack's v0 signature and timestamp window, as slack_sdk checks them; a timestamp that is not a
+    number or a body that is not UTF-8 is a refusal, not an error."""
     try:
-        sent = int(timestamp)
-    except ValueError:
+        return verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
+    except (ValueError, UnicodeDecodeError):
         return False
-    if abs(now - sent) > tolerance_s:
-        return False
-    base = b"v0:" + timestamp.encode() + b":" + body
-    expected = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 def sign(secret: str, body: bytes, timestamp: str) -> str:
     """The X-Slack-Signature Slack would send (for tests, benchmarks and replaying events)."""
-    base = b"v0:" + timestamp.encode() + b":" + body
-    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return str(SignatureVerifier(secret).generate_signature(timestamp=timestamp, body=body))
 
 
 def incoming(body: dict[str, Any]) -> SlackMessage | None:
@@ -221,6 +216,7 @@ class SlackApp:
     token: str | None
     client: AsyncWebClient
     handler: AsyncSlackRequestHandler
+    verifier: SignatureVerifier
 
 
 @dataclass
@@ -269,8 +265,10 @@ class SlackDoor:
 
         # Bolt's own client stays token-less: it never calls Slack here, and troupe posts through `client`
         quiet = AsyncWebClient(base_url=self.settings.slack_api_base_url)
-        bolt = AsyncApp(signing_secret=secret, authorize=authorize, client=quiet, process_before_response=False)
-        app = SlackApp(persona, secret, token, client, AsyncSlackRequestHandler(bolt))
+        # the door has verified the signature before Bolt sees the request: Bolt does not check it again
+        bolt = AsyncApp(signing_secret=secret, authorize=authorize, client=quiet, process_before_response=False,
+                        request_verification_enabled=False)  # fmt: skip
+        app = SlackApp(persona, secret, token, client, AsyncSlackRequestHandler(bolt), SignatureVerifier(secret))
 
         async def on_event(body: dict[str, Any]) -> None:
             # Bolt has acknowledged already; the turn runs after the 200 is sent
@@ -498,8 +496,8 @@ async def _events(request: Request, persona: str | None) -> Response:
         limit = door.settings.max_body_bytes
         return _error(413, f"Request body is {len(body)} bytes; the limit is {limit}.", "request_too_large")
     headers = request.headers
-    if not signature_ok(secret, body, headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature"),
-                        now=time.time(), tolerance_s=door.settings.webhook_tolerance_s):  # fmt: skip
+    app = door.app_for(persona, secret, token)
+    if not verified(app.verifier, body, headers.get("x-slack-request-timestamp"), headers.get("x-slack-signature")):
         return _error(401, "Invalid or missing Slack signature, or a stale timestamp.", "invalid_signature")
     if not headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         try:
@@ -510,8 +508,8 @@ async def _events(request: Request, persona: str | None) -> Response:
             return _error(400, "Request body must be a JSON object.", "invalid_json")
         if payload.get("type") == "event_callback" and not token:
             return _error(503, f"Slack is not configured: set SLACK_BOT_TOKEN{suffix}.", "slack_not_configured")
-    # Bolt verifies again (its window is five minutes), answers url_verification, and acknowledges events
-    return await door.app_for(persona, secret, token).handler.handle(request)
+    # Bolt answers url_verification and acknowledges events
+    return await app.handler.handle(request)
 
 
 @router.post("/slack/events", include_in_schema=False)
