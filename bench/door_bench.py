@@ -155,7 +155,7 @@ def main() -> None:
                    "TROUPE_MODEL": "gpt-4o-mini", "TROUPE_RATE_LIMIT_PER_MINUTE": "0",
                    "TROUPE_SESSION_POOL_SIZE": "4", "TROUPE_LIFE_LOOPS_ENABLED": "false",
                    "TROUPE_DATA_DIR": tempfile.mkdtemp(prefix="troupe-bench-")}  # fmt: skip
-            proc = subprocess.Popen([PY, "-m", "troupe.cli", "serve", "--door", door, "--port", str(tp)], env=env,
+            proc = subprocess.Popen([PY, "-m", "troupe.cli", "serve", "--door", door, "--port", str(tp), "--insecure"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
             procs.append(proc)
             wait_ready(f"http://127.0.0.1:{tp}")

@@ -72,7 +72,9 @@ def engine_rates(runs: int) -> None:
 def through_troupe(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-offline")
-        settings = Settings(data_dir=Path(tmp), model_backend="local", life_loops_enabled=False, namespace="bench")
+        settings = Settings(
+            data_dir=Path(tmp), model_backend="local", life_loops_enabled=False, namespace="bench", insecure=True
+        )  # a loopback door with no key, as `troupe serve --insecure`
         runtime = Runtime.start(settings)
         try:
             app = create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))

@@ -84,7 +84,7 @@ def main() -> None:
     with FakeSlackServer() as slack, tempfile.TemporaryDirectory() as data:
         settings = Settings(
             data_dir=Path(data), model_backend="fake", session_pool_size=1, life_loops_enabled=False,
-            rate_limit_per_minute=0, namespace="troupe-bench-platforms",
+            rate_limit_per_minute=0, namespace="troupe-bench-platforms", insecure=True,
             vapi_secret=SecretStr(VAPI_SECRET), public_url="https://troupe.example.com",
             slack_signing_secret=SecretStr(SLACK_SECRET), slack_bot_token=SecretStr("xoxb-bench"),
             slack_api_base_url=slack.base_url,

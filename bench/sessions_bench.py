@@ -332,7 +332,7 @@ async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-sessions")
         settings = Settings(
             data_dir=Path(tmp), model_backend="fake", life_loops_enabled=False, namespace="bench-sessions",
-            rate_limit_per_minute=0, max_sessions=32, session_pool_size=pool,
+            rate_limit_per_minute=0, max_sessions=32, session_pool_size=pool, insecure=True,
         )  # fmt: skip
         runtime = Runtime.start(settings)
         try:

@@ -129,6 +129,10 @@ class Orchestrator:
                 status="running",
             )
         )
+        if self.recovering:
+            # callers are waiting: the first of them gets this actor, started before the personas (who
+            # would otherwise take both cores while the caller waits for a cold start)
+            await self.keeper.fill_pool(min(1, self.settings.session_pool_size))
         model = None
         if self.settings.effective_backend == "local":
             model = asyncio.ensure_future(self._timed("model", self._supervise(
@@ -142,9 +146,6 @@ class Orchestrator:
             )
             for persona in self.catalog.executives()
         )))  # fmt: skip
-        if self.recovering:
-            # callers are waiting: the first of them gets this actor rather than a cold start
-            self._background(self.keeper.fill_pool(min(1, self.settings.session_pool_size)))
         phase = time.perf_counter()
         try:
             if model is not None:
