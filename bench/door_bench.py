@@ -155,8 +155,8 @@ def main() -> None:
                    "TROUPE_MODEL": "gpt-4o-mini", "TROUPE_RATE_LIMIT_PER_MINUTE": "0",
                    "TROUPE_SESSION_POOL_SIZE": "4", "TROUPE_LIFE_LOOPS_ENABLED": "false",
                    "TROUPE_DATA_DIR": tempfile.mkdtemp(prefix="troupe-bench-")}  # fmt: skip
-            proc = subprocess.Popen([PY, "-m", "troupe.cli", "serve", "--door", door, "--port", str(tp), "--insecure"], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            command = [PY, "-m", "troupe.cli", "serve", "--door", door, "--port", str(tp), "--insecure"]
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(proc)
             wait_ready(f"http://127.0.0.1:{tp}")
             figures = measure(f"http://127.0.0.1:{tp}/v1/chat/completions", args.requests, settle=5.0)
