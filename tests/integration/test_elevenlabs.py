@@ -1,6 +1,7 @@
 """ElevenLabs end to end through a running troupe: its custom-LLM requests (speakable pieces, identity),
-signed post-call webhooks into memory, the voice bridge to a fake Conversational AI server on loopback,
-and `troupe say` against a fake text-to-speech endpoint."""
+signed post-call webhooks into memory (forged, stale and replayed ones refused), the voice bridge to a
+fake Conversational AI server on loopback (opened with a single-use ticket or a bearer key, from allowed
+Origins only), and `troupe say` against a fake text-to-speech endpoint."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import SecretStr
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.conftest import make_settings, write_script
 from troupe.app import Gateway, create_app
 from troupe.cli import main as cli_main
+from troupe.integrations.tickets import TicketBook
 from troupe.runtime import Runtime
 from troupe.store import Store
 from troupe.testing.fake_elevenlabs import (
@@ -37,6 +40,10 @@ SECRET = "whsec-elevenlabs-test"
 ORIGIN = "https://app.example.com"
 GREETING = "Hello there. This is Tony speaking! How can I help you today?"
 SLOW = "so I was thinking that we could maybe meet on the terrace around noon"
+CLIENT_KEY = "voice-client-key-0123456789"
+PANEL_KEY = "voice-panel-key-0123456789"
+KEYS = f"voice:client:{CLIENT_KEY}, panel:operator:{PANEL_KEY}"
+TICKETS = TicketBook()  # the Gateway's book of every door these tests start
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +78,17 @@ def runtime(ray_session: None, tmp_path_factory: pytest.TempPathFactory, eleven:
 
 
 @contextmanager
-def door_with(runtime: Any, **changes: Any) -> Iterator[str]:
+def door_with(runtime: Any, tickets: TicketBook = TICKETS, **changes: Any) -> Iterator[str]:
     settings = runtime.settings.model_copy(update=changes)
-    with serving(create_app(Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client()))) as url:
+    gateway = Gateway(settings, runtime.catalog, runtime.orchestrator, runtime.client(), tickets=tickets)
+    with serving(create_app(gateway)) as url:
+        yield url
+
+
+@contextmanager
+def keyed_door(runtime: Any, tickets: TicketBook = TICKETS) -> Iterator[str]:
+    """A door that is not --insecure: it has a key, so the bridge wants a ticket or that key."""
+    with door_with(runtime, tickets, api_keys=SecretStr(KEYS), insecure=False) as url:
         yield url
 
 
@@ -172,9 +187,9 @@ def test_identity_from_the_extra_body_and_errors(door: str) -> None:
 
 
 def test_the_llm_door_needs_the_api_key_when_keys_are_set(runtime: Any) -> None:
-    with door_with(runtime, api_keys="k-123") as url:
+    with keyed_door(runtime) as url:
         assert httpx.post(f"{url}/v1/elevenlabs-llm", json=llm_body("Hi")).status_code == 401
-        headers = {"Authorization": "Bearer k-123"}
+        headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
         with httpx.stream(
             "POST", f"{url}/v1/elevenlabs-llm", json=llm_body("Hi", user_id="alice"), headers=headers, timeout=30
         ) as r:
@@ -216,32 +231,42 @@ def test_a_signed_transcription_is_remembered_once(door: str, runtime: Any) -> N
         dynamic_variables={"persona": "Maya", "system__caller_id": "+1 415 555 0123"},
     )
     body = json.dumps(event).encode()
-    answer = send_webhook(door, body)
+    stamp = int(time.time())
+    answer = send_webhook(door, body, stamp=stamp)
     assert answer.status_code == 200 and answer.json()["status"] == "accepted"
-    replay = send_webhook(door, body)  # ElevenLabs retries: the same conversation and type
-    assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
+    replay = send_webhook(door, body, stamp=stamp)  # the very same signed delivery again
+    assert replay.status_code == 409 and replay.json()["error"]["code"] == "replayed_webhook"
+    retry = send_webhook(door, body, stamp=stamp + 1)  # ElevenLabs retries, signed anew: the same conversation
+    assert retry.status_code == 200 and retry.json()["status"] == "duplicate"
 
     memories = poll(lambda: remembered(runtime, "Maya", "+14155550123"))
     assert "table for four" in memories[0].content and memories[0].source == "elevenlabs"
     time.sleep(1.0)
-    assert len(remembered(runtime, "Maya", "+14155550123")) == 1
+    assert len(remembered(runtime, "Maya", "+14155550123")) == 1  # neither the replay nor the retry counted
 
 
-def test_bad_signatures_are_refused_and_nothing_is_processed(door: str) -> None:
+def test_bad_signatures_are_refused_and_nothing_is_processed(door: str, runtime: Any) -> None:
     event = post_call_transcription("conv_forged", [("user", "hello")], phone="+14155550142")
     body = json.dumps(event).encode()
     assert send_webhook(door, body, secret="not-the-secret").status_code == 401
     stale = send_webhook(door, body, stamp=int(time.time()) - 3600)
     assert stale.status_code == 401 and "window" in stale.json()["error"]["message"]
+    late = send_webhook(door, body, stamp=int(time.time()) - 600)  # inside the SDK's 30 minutes, not troupe's 5
+    assert late.status_code == 401 and "window" in late.json()["error"]["message"]
+    early = send_webhook(door, body, stamp=int(time.time()) + 600)  # the SDK alone would take it
+    assert early.status_code == 401 and "window" in early.json()["error"]["message"]
     tampered = httpx.post(
         f"{door}/elevenlabs/webhook",
         content=body.replace(b"hello", b"HELLO"),
         headers={"ElevenLabs-Signature": signature_header(SECRET, body)},
     )
     assert tampered.status_code == 401
+    time.sleep(1.0)
+    assert remembered(runtime, "Tony", "+14155550142") == []  # nothing refused reached the memory
     assert httpx.post(f"{door}/elevenlabs/webhook", content=body).status_code == 401
     # none of those claimed the conversation: the genuine delivery is still processed
     assert send_webhook(door, body).json()["status"] == "accepted"
+    assert poll(lambda: remembered(runtime, "Tony", "+14155550142"))  # once the genuine one came
 
 
 def test_malformed_and_unknown_webhooks(door: str, runtime: Any) -> None:
@@ -257,6 +282,10 @@ def test_malformed_and_unknown_webhooks(door: str, runtime: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------- voice bridge
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def ws_url(http_url: str, **params: str) -> str:
@@ -276,7 +305,8 @@ async def test_bridge_relays_both_ways_and_answers_pings(
 ) -> None:
     monkeypatch.setenv("ELEVENLABS_AGENT_ID_MAYA", "agent_maya")
     before = len(eleven.fake.conversations)
-    async with connect(ws_url(door, persona="maya", user_id="alice"), origin=ORIGIN) as ws:  # type: ignore[arg-type]
+    ticket = TICKETS.issue("test:browser")
+    async with connect(ws_url(door, persona="maya", user_id="alice", ticket=ticket), origin=ORIGIN) as ws:  # type: ignore[arg-type]
         started = json.loads(await asyncio.wait_for(ws.recv(), 10))
         assert started["type"] == "conversation_initiation_metadata"
         await ws.send(json.dumps({"user_audio_chunk": base64.b64encode(b"caller-audio-1").decode()}))
@@ -309,17 +339,18 @@ async def test_bridge_relays_both_ways_and_answers_pings(
 
 
 async def test_agent_hanging_up_closes_the_client(
-    door: str, eleven: FakeElevenLabsServer, monkeypatch: pytest.MonkeyPatch
+    runtime: Any, eleven: FakeElevenLabsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ELEVENLABS_AGENT_ID_TONY", "agent_tony")
     eleven.behaviour.close_after_replies = 1
-    async with connect(ws_url(door, persona="Tony")) as ws:  # no Origin: not a browser
-        await ws.send(json.dumps({"user_audio_chunk": base64.b64encode(b"bye").decode()}))
-        await next_of(ws, "audio")
-        with pytest.raises(ConnectionClosed):
-            while True:  # what the agent still says before it hangs up, then the close
-                await asyncio.wait_for(ws.recv(), 10)
-        assert ws.close_code == 1000 and ws.close_reason == "conversation ended"
+    with keyed_door(runtime) as url:  # no Origin and a bearer key: a client that is not a browser
+        async with connect(ws_url(url, persona="Tony"), additional_headers=bearer(CLIENT_KEY)) as ws:
+            await ws.send(json.dumps({"user_audio_chunk": base64.b64encode(b"bye").decode()}))
+            await next_of(ws, "audio")
+            with pytest.raises(ConnectionClosed):
+                while True:  # what the agent still says before it hangs up, then the close
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1000 and ws.close_reason == "conversation ended"
     start = eleven.fake.conversations[-1].received[0]
     assert start["user_id"].startswith("voice-")  # an anonymous caller keeps one id for the conversation
 
@@ -346,20 +377,64 @@ async def test_bridge_refusals(door: str, runtime: Any, monkeypatch: pytest.Monk
     with door_with(runtime, elevenlabs_api_key=None) as url:
         code, reason = await closed_with(ws_url(url, persona="maya"))
         assert code == 1011 and reason is not None and "ELEVENLABS_API_KEY" in reason
-    with door_with(runtime, elevenlabs_api_key="not-the-key") as url:
+    with door_with(runtime, elevenlabs_api_key=SecretStr("not-the-key")) as url:
         code, reason = await closed_with(ws_url(url, persona="maya"))  # ElevenLabs refuses the signed URL
         assert code == 1011 and reason == "Could not start an ElevenLabs conversation."
 
-    with door_with(runtime, api_keys="k-123") as url:
-        with pytest.raises(InvalidStatus) as no_key:
-            async with connect(ws_url(url, persona="maya")):
-                pass
-        assert no_key.value.response.status_code == 403
-        async with connect(ws_url(url, persona="maya", key="k-123")) as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "conversation_initiation_metadata"
-        headers = {"Authorization": "Bearer k-123"}
-        async with connect(ws_url(url, persona="maya"), additional_headers=headers) as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "conversation_initiation_metadata"
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def opens(url: str, **options: Any) -> bool:
+    """True when the bridge lets the client in (and the agent's conversation starts); False when the
+    handshake is refused (403, before the socket is accepted)."""
+    try:
+        async with connect(url, **options) as ws:
+            return bool(json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "conversation_initiation_metadata")
+    except InvalidStatus as refused:
+        assert refused.response.status_code == 403
+        return False
+
+
+async def test_the_bridge_takes_a_ticket_once_or_a_bearer_key(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ELEVENLABS_AGENT_ID_MAYA", "agent_maya")
+    clock = Clock()
+    book = TicketBook(clock=clock)
+    with keyed_door(runtime, book) as url:
+        bridge = ws_url(url, persona="maya")
+        assert not await opens(bridge)  # nothing: closed
+        assert not await opens(ws_url(url, persona="maya", key=CLIENT_KEY))  # a key in the URL is not read
+        assert await opens(bridge, additional_headers=bearer(CLIENT_KEY))
+        assert not await opens(bridge, additional_headers=bearer("not-a-key-0123456789abc"))
+
+        ticket = book.issue("voice")
+        with_ticket = ws_url(url, persona="maya", ticket=ticket)
+        assert not await opens(with_ticket, origin="https://evil.example.com")  # a foreign page
+        assert await opens(with_ticket, origin=ORIGIN)  # (the foreign page's attempt did not use it up)
+        assert not await opens(with_ticket, origin=ORIGIN)  # once only
+        assert await opens(ws_url(url, persona="maya", ticket=book.issue("voice")), origin=url)  # the door's page
+        late = book.issue("voice")
+        clock.now += 61
+        assert not await opens(ws_url(url, persona="maya", ticket=late), origin=ORIGIN)  # expired
+        assert not await opens(ws_url(url, persona="maya", ticket="made-up"), origin=ORIGIN)
+
+
+async def test_a_ticket_from_the_door_opens_the_bridge_once(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a browser page does: ask POST /api/ws-tickets with its key, then open the socket with it."""
+    monkeypatch.setenv("ELEVENLABS_AGENT_ID_MAYA", "agent_maya")
+    with keyed_door(runtime, TicketBook()) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            assert (await http.post("/api/ws-tickets")).status_code == 401
+            issued = await http.post("/api/ws-tickets", headers=bearer(PANEL_KEY))
+        assert issued.status_code == 201
+        bridge = ws_url(url, persona="maya", ticket=issued.json()["ticket"])
+        assert await opens(bridge, origin=ORIGIN)
+        assert not await opens(bridge, origin=ORIGIN)
 
 
 # ---------------------------------------------------------------------------------------- troupe say

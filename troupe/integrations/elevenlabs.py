@@ -1,21 +1,26 @@
 """ElevenLabs, spoken as ElevenLabs speaks: its custom-LLM requests (`/v1/elevenlabs-llm`, answered in
 speakable pieces), its signed post-call webhooks (the transcript goes into the persona's memory of the
 caller), a voice bridge (`WS /ws/elevenlabs`) from a browser or phone to a persona's Conversational AI
-agent, and text to speech in a persona's voice (`troupe say`)."""
+agent, and text to speech in a persona's voice (`troupe say`).
+
+A webhook's signature is checked by the ElevenLabs SDK's own helper (`webhooks.construct_event`), its
+timestamp against TROUPE_WEBHOOK_TOLERANCE_S, and the same signed delivery is accepted once. The voice
+bridge takes a single-use ticket (`?ticket=`, from `gateway.tickets`) or a bearer key, never a key in its
+URL, and only from the allowed Origins or the door's own page."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
-import hmac
 import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import APIRouter, Request, WebSocket
@@ -38,7 +43,12 @@ from troupe.integrations.completions import (
     turn_of,
 )
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter
+from troupe.integrations.replay import Replayed, replay_guard
 from troupe.integrations.speakable import speakable
+from troupe.integrations.tickets import TicketBook
+
+if TYPE_CHECKING:
+    from elevenlabs.webhooks_custom import WebhooksClient
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -172,19 +182,43 @@ async def elevenlabs_llm(request: Request) -> Any:
 # ---------------------------------------------------------------------------------------- post-call webhook
 
 
-def verify_signature(header: str, body: bytes, secret: str, tolerance_s: float, now: float) -> None:
-    """Checks `ElevenLabs-Signature: t=<unix>,v0=<hex>`: HMAC-SHA256 of "t.body", t within tolerance."""
-    fields = [part.strip().partition("=") for part in header.split(",")]
-    stamp = next((value for key, _, value in fields if key == "t"), "")
-    given = [value.encode() for key, _, value in fields if key == "v0"]
-    if not stamp.isdigit() or not given:
+@functools.cache
+def _webhook_helper() -> WebhooksClient:
+    """The SDK's webhook helper. It never calls ElevenLabs, so one keyless client serves every request."""
+    from elevenlabs.client import ElevenLabs
+
+    return ElevenLabs(api_key="").webhooks
+
+
+def _signed_parts(header: str) -> tuple[str, str]:
+    """(t, v0) of `ElevenLabs-Signature: t=<unix>,v0=<hex>`, read as the SDK reads them (the last v0 counts)."""
+    stamp = signature = ""
+    for part in header.split(","):
+        if part.startswith("t="):
+            stamp = part[2:]
+        elif part.startswith("v0="):
+            signature = part
+    return stamp, signature
+
+
+def verified_event(header: str, body: bytes, secret: str, tolerance_s: float, now: float) -> tuple[Any, str]:
+    """The webhook's event, once the SDK's helper has matched its signature, and that signature (what a
+    replay repeats). The SDK allows a timestamp 30 minutes old and any in the future: troupe's tolerance
+    applies first, both ways."""
+    stamp, signature = _signed_parts(header)
+    if not stamp.isdigit() or not signature:
         raise BadSignature("Missing or malformed ElevenLabs-Signature header (expected t=<unix>,v0=<hex>).")
     if abs(now - int(stamp)) > tolerance_s:
         raise BadSignature("The ElevenLabs-Signature timestamp is outside the accepted window.")
-    expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest().encode()
-    # compare against every signature given, so timing does not say which one nearly matched
-    if not any([hmac.compare_digest(expected, value) for value in given]):
-        raise BadSignature("The ElevenLabs-Signature does not match the body.")
+    from elevenlabs.errors import BadRequestError
+
+    try:
+        event = _webhook_helper().construct_event(rawBody=body.decode(), sig_header=header, secret=secret)
+    except (BadRequestError, UnicodeDecodeError):
+        raise BadSignature("The ElevenLabs-Signature does not match the body.") from None
+    except json.JSONDecodeError as exc:  # signed, but not JSON
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    return event, signature
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -273,13 +307,10 @@ async def elevenlabs_webhook(request: Request) -> Any:
     if len(raw) > settings.max_body_bytes:
         raise BodyTooLarge(f"Request body is {len(raw)} bytes; the limit is {settings.max_body_bytes}.")
     secret = settings.elevenlabs_webhook_secret.get_secret_value()
-    verify_signature(
-        request.headers.get("elevenlabs-signature", ""), raw, secret, settings.webhook_tolerance_s, time.time()
-    )
-    try:
-        event = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    header = request.headers.get("elevenlabs-signature", "")
+    event, signature = verified_event(header, raw, secret, settings.webhook_tolerance_s, time.time())
+    if not await replay_guard(request.app.state).first_delivery(SOURCE, signature):
+        raise Replayed("This signed ElevenLabs delivery was received before; a replay is not processed.")
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise InvalidRequest("The body must be a JSON object with a `type`.", param="type")
     kind = event["type"]
@@ -304,23 +335,30 @@ async def elevenlabs_webhook(request: Request) -> Any:
 # ---------------------------------------------------------------------------------------- voice bridge
 
 
-def origin_allowed(origin: str | None, allowed: str) -> bool:
-    """A browser's Origin against the comma-separated allowed list ("*": any). No Origin: not a browser."""
+def origin_allowed(origin: str | None, host: str | None, allowed: str) -> bool:
+    """A browser's Origin: one of the comma-separated allowed origins ("*": any), or the door's own page
+    (the Origin names the Host it connected to). No Origin: not a browser."""
     if not origin:
         return True
+    origin = origin.strip().rstrip("/").lower()
     origins = {o.strip().rstrip("/").lower() for o in allowed.split(",") if o.strip()}
-    return "*" in origins or origin.strip().rstrip("/").lower() in origins
+    if "*" in origins or origin in origins:
+        return True
+    _, _, authority = origin.partition("://")
+    return host is not None and authority == host.strip().lower()
 
 
-def _key_given(websocket: WebSocket) -> bytes:
+def admitted(websocket: WebSocket, tickets: TicketBook, insecure: bool) -> str | None:
+    """Who opens the bridge: a ticket's subject (`?ticket=`, redeemed once), else the key the door matched
+    to an Authorization: Bearer header (a client that is not a browser); anyone at an --insecure door."""
+    ticket = websocket.query_params.get("ticket")
+    if ticket:
+        return tickets.redeem(ticket)
+    key = getattr(websocket.state, "principal", None)  # what the door's access layer made of the request
     scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip().encode()
-    return websocket.query_params.get("key", "").encode()
-
-
-def key_ok(given: bytes, keys: Iterable[str]) -> bool:
-    return any([hmac.compare_digest(given, key.encode()) for key in keys])
+    if key is not None and (insecure or (scheme.lower() == "bearer" and token.strip())):
+        return str(key.name)
+    return None
 
 
 async def signed_url(settings: Settings, agent_id: str) -> str:
@@ -360,10 +398,12 @@ async def voice_bridge(websocket: WebSocket) -> None:
     and relays it both ways (the client sends `user_audio_chunk` messages or raw audio frames)."""
     gateway = websocket.app.state.gateway
     settings: Settings = gateway.settings
-    if not origin_allowed(websocket.headers.get("origin"), settings.cors_origins):
-        await websocket.close(code=1008)  # before accepting: the handshake is refused (403)
+    # both refusals come before accepting: the handshake is refused (403)
+    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), settings.cors_origins):
+        await websocket.close(code=1008)
         return
-    if settings.keys and not key_ok(_key_given(websocket), settings.keys):
+    subject = admitted(websocket, gateway.tickets, settings.insecure)
+    if subject is None:
         await websocket.close(code=1008)
         return
     await websocket.accept()
@@ -383,6 +423,7 @@ async def voice_bridge(websocket: WebSocket) -> None:
         return
     # one id for the whole conversation, so every custom-LLM turn reaches the same session
     user_id = _text(websocket.query_params.get("user_id")) or f"voice-{secrets.token_hex(6)}"
+    log.info("voice bridge to %s for %s (%s)", persona.name, subject, user_id)
     try:
         url = await signed_url(settings, agent_id)
     except Exception as exc:
