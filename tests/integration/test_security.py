@@ -182,3 +182,13 @@ def test_the_panel_signs_in_by_cookie_which_cannot_be_driven_cross_site(door: st
         assert browser.get("/api/status").status_code == 401
     forged = httpx.get(f"{door}/api/status", cookies={"troupe_session": f"ops.{int(time.time()) + 3600}.00ff"})
     assert forged.status_code == 401
+
+
+def test_the_elevenlabs_llm_door_scopes_a_client_keys_caller_too(door: str, runtime: Runtime) -> None:
+    tag = door.rsplit(":", 1)[1]
+    body = {**CHAT, "user_id": f"el-{tag}"}
+    assert httpx.post(f"{door}/v1/elevenlabs-llm", json=body, headers=bearer(CLIENT), timeout=30).status_code == 200
+    assert httpx.post(f"{door}/v1/elevenlabs-llm", json=body, headers=bearer(PLATFORM), timeout=30).status_code == 200
+    sessions = httpx.get(f"{door}/api/sessions", headers=bearer(ADMIN)).json()
+    callers = {s["caller_id"] for s in sessions if s["caller_id"].endswith(f"el-{tag}")}
+    assert len(callers) == 2 and any(c.startswith("key:app:") for c in callers), callers

@@ -26,7 +26,7 @@ import httpx
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
-from troupe.actors.caller import normalise_phone, resolve_caller_id
+from troupe.actors.caller import is_anonymous, normalise_phone, resolve_caller_id
 from troupe.actors.messages import TurnEvent
 from troupe.config.settings import Settings, platform_secret
 from troupe.errors import InvalidRequest, NotConfigured, PersonaNotFound, TroupeError
@@ -37,9 +37,11 @@ from troupe.integrations.completions import (
     _error_response,
     _observed,
     _sse,
+    check_rate,
     parse_request,
     read_json,
     resolve_persona,
+    scoped,
     turn_of,
 )
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter
@@ -92,7 +94,7 @@ def caller_from(
     sources: Iterable[Mapping[str, Any]],
     *,
     conversation_id: str | None = None,
-    known_calls: Mapping[str, str],
+    known_calls: Mapping[str, str] | None,
     region: str = "US",
 ) -> str:
     """The caller in ElevenLabs' fields: a phone number first, then a user id, then the conversation."""
@@ -160,9 +162,15 @@ async def elevenlabs_llm(request: Request) -> Any:
     extra = _extra_body(body)
     persona = _llm_persona(gateway, body, extra)
     top = {"user_id": (body.model_extra or {}).get("user_id"), "caller_id": body.user}
-    caller_id = caller_from((extra, top), known_calls=gateway.known_calls, region=gateway.settings.default_region)
+    key = getattr(request.state, "principal", None)
+    trusted = key is None or key.asserts_identity  # a client key's callers are its own (see caller_of)
+    caller_id = caller_from(
+        (extra, top), known_calls=gateway.known_calls if trusted else None, region=gateway.settings.default_region
+    )
+    if not trusted and not is_anonymous(caller_id):
+        caller_id = scoped(key, caller_id)
     turn = turn_of(body, caller_id, persona, settings.max_message_chars)
-    gateway.limiter.check(turn.caller_id)
+    check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
     events = _observed(gateway.client.turn(turn), persona, time.perf_counter()).__aiter__()
     first = await anext(events)
