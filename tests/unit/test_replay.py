@@ -4,6 +4,7 @@ which every replica shares (a real SQLite store here)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,15 @@ async def test_without_the_store_this_replica_still_refuses_replays() -> None:
     guard = ReplayGuard(down, ttl_s=600)
     assert await guard.first_delivery("vapi", "abc123")
     assert not await guard.first_delivery("vapi", "abc123")
+
+
+async def test_the_stores_signatures_do_not_only_grow(store: Store) -> None:
+    async def shared() -> Store:
+        return store
+
+    await store.claim_event("vapi-signed", "old-one")
+    await store.claim_event("slack", "an-event-id")  # other sources' ids are not touched
+    assert await store.forget_events("vapi-signed", timedelta(seconds=-1)) == 1  # everything is "older" than the future
+    guard = ReplayGuard(shared, ttl_s=600)
+    assert await guard.first_delivery("vapi", "old-one")  # forgotten: a signature that old fails its timestamp anyway
+    assert not await store.claim_event("slack", "an-event-id")

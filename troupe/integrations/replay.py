@@ -7,6 +7,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from troupe.errors import TroupeError
@@ -14,6 +15,7 @@ from troupe.errors import TroupeError
 log = logging.getLogger(__name__)
 
 KEPT = 50_000  # signatures remembered per replica
+PRUNE_EVERY_S = 600.0  # how often a replica drops the store's signatures that have outlived their use
 
 
 class Replayed(TroupeError):
@@ -57,13 +59,20 @@ class ReplayGuard:
 
     def __init__(self, store: Callable[[], Awaitable[Any]], ttl_s: float, kept: int = KEPT) -> None:
         self._store = store
+        self._ttl_s = ttl_s
         self._local = SeenSignatures(ttl_s, kept)
+        self._pruned: dict[str, float] = {}  # source -> when its old signatures were last dropped
 
     async def first_delivery(self, source: str, signature: str) -> bool:
         if not self._local.first_time(f"{source}:{signature}"):
             return False
         try:
-            return bool(await (await self._store()).claim_event(f"{source}-signed", signature))
+            store = await self._store()
+            if time.monotonic() - self._pruned.get(source, float("-inf")) > PRUNE_EVERY_S:
+                # the store's table never only grows: signatures older than their use are dropped
+                self._pruned[source] = time.monotonic()
+                await store.forget_events(f"{source}-signed", timedelta(seconds=self._ttl_s))
+            return bool(await store.claim_event(f"{source}-signed", signature))
         except Exception as exc:
             # the signature and its timestamp are verified and this replica's record still refuses a
             # replay here: a store that is briefly down should not cut off a live call

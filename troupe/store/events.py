@@ -3,12 +3,14 @@ across restarts; the EventStore mixin of Store."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import timedelta
+
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from troupe.store.engine import StoreBase
 from troupe.store.records import BudgetEventRecord, _record
-from troupe.store.schema import BudgetEventRow, SeenEventRow
+from troupe.store.schema import BudgetEventRow, SeenEventRow, _now
 
 
 class EventStore(StoreBase):
@@ -32,3 +34,13 @@ class EventStore(StoreBase):
                 await db.rollback()
                 return False
             return True
+
+    async def forget_events(self, source: str, older_than: timedelta) -> int:
+        """Drop seen events of `source` older than `older_than` (a signed delivery that old is refused by
+        its timestamp anyway); returns how many went."""
+        async with self.sessions() as db:
+            result = await db.execute(
+                delete(SeenEventRow).where(SeenEventRow.source == source, SeenEventRow.seen_at < _now() - older_than)
+            )
+            await db.commit()
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
