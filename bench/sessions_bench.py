@@ -288,6 +288,8 @@ async def orchestrator_kill(client: openai.AsyncOpenAI, runtime: Runtime) -> Non
             return
     back = time.perf_counter() - killed
     failed = [p for p in await handle.list_processes.remote() if "orchestrator restarted" in (p.error or "")]
+    phases = (await handle.status.remote())["startup_s"]
+    print("orchestrator: its recovery: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()), flush=True)
     print(
         f"orchestrator: SIGKILL under 8 streams; a new turn was served {back:.1f} s later; the rebuilt registry "
         f"marks {len(failed)} processes lost with it",

@@ -129,16 +129,19 @@ class Orchestrator:
                 status="running",
             )
         )
-        if self.recovering:
-            # callers are waiting: the first of them gets this actor, started before the personas (who
-            # would otherwise take both cores while the caller waits for a cold start)
-            await self.keeper.fill_pool(min(1, self.settings.session_pool_size))
         model = None
         if self.settings.effective_backend == "local":
             model = asyncio.ensure_future(self._timed("model", self._supervise(
                 "local_model", "model", "troupe", LOCAL_MODEL_ACTOR, "Serve the offline model", SESSION_POLICY,
                 self._make_local_model,
             )))  # fmt: skip
+        if self.recovering:
+            # callers are waiting (those whose sessions died with it first): actors for them start before
+            # the personas, which would otherwise take both cores while callers wait for cold starts
+            if model is None:
+                self.callers_served.set()
+            held = sum(1 for p in self.registry.lost if p.kind == "session" and p.agent != "pool")
+            await self.keeper.fill_pool(max(1, min(held, self.settings.max_sessions)))
         personas = asyncio.ensure_future(asyncio.gather(*(
             self._supervise(
                 "persona", "personas", persona.name, f"{persona.key}-main", "Persona agent",

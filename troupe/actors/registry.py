@@ -32,6 +32,7 @@ class Registry:
         self.event_seq = 0
         self.spend: dict[str, float] = {}
         self._flush_due = False
+        self.lost: list[ProcessInfo] = []  # what was alive when the previous orchestrator went away
 
     async def rebuild(self) -> None:
         """Load spend and the latest rows from the store; rows that were alive when the previous
@@ -53,6 +54,7 @@ class Registry:
             self.processes[info.id] = info
         if lost:
             await self.store.save_processes(lost)  # one write, however many it lost
+        self.lost = lost
 
     def register(self, info: ProcessInfo) -> str:
         self.processes[info.id] = info

@@ -339,9 +339,9 @@ class SessionKeeper:
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_actor(self) -> tuple[str, Any]:
-        if not self.pool and any(slot.one_turn for slot in self.directory):
-            # one-turn sessions hand their actors back within moments of their turn: waiting for one
-            # costs milliseconds, a new process seconds (and a core-second of a 2-core machine)
+        if not self.pool and (self.pool_filling or any(slot.one_turn for slot in self.directory)):
+            # actors are starting already, or one-turn sessions hand theirs back within moments: waiting
+            # for one costs less than starting yet another process (a core-second of a 2-core machine)
             await self._wait_for_pool(POOL_WAIT_S)
         if self.pool:
             pid, handle = self.pool.popleft()
