@@ -94,12 +94,13 @@ async def test_session_lifecycle(store: Store) -> None:
 
 
 async def test_a_bind_reads_in_one_trip_and_its_session_is_written_in_one(store: Store) -> None:
-    assert await store.conversation("+14155550100", "Tony") == (None, [])  # a new caller
+    assert (await store.conversation("+14155550100", "Tony"))[:2] == (None, [])  # a new caller
     await store.open_session("s1", "+14155550100", "Tony", "p1", resumed=False, identified=True)
     await store.add_memory("Tony", "+14155550100", "older")
     await store.add_memory("Tony", "+14155550100", "newer")
     await store.add_memory("Tony", "someone else", "not theirs")
-    assert await store.conversation("+14155550100", "Tony", memories=1) == ("s1", ["newer"])
+    found, remembered, life = await store.conversation("+14155550100", "Tony", memories=1)
+    assert (found, remembered) == ("s1", ["newer"]) and life.startswith("0@")  # no life runs yet
     caller = await store.get_caller("+14155550100")
     assert caller is not None and caller.phone == "+14155550100"
     # the caller's next session, on another actor: the same row, the caller seen again, the phone kept

@@ -99,16 +99,19 @@ class SessionActor(ActorBase):
         store = await self.store()
         # the personas' digests are read now, so no caller's first turn waits for them (nor for a first
         # connection of the thread a bind reads through)
-        executives = self.catalog.executives()
         await asyncio.gather(
-            *(DIGESTS.get(store, persona.name) for persona in executives),
-            store.conversation("warm-up", executives[0].name),
+            *(self._warm_digest(store, persona.name) for persona in self.catalog.executives()),
             return_exceptions=True,
         )
         import troupe.integrations.fake_model
         import troupe.integrations.model_endpoint  # noqa: F401
 
         return await self.ping()
+
+    @staticmethod
+    async def _warm_digest(store: Any, persona: str) -> None:
+        _, _, life = await store.conversation("warm-up", persona)
+        await DIGESTS.get(store, persona, life)
 
     async def bind(
         self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0, one_turn: bool = False
@@ -124,14 +127,11 @@ class SessionActor(ActorBase):
         self.process_id = process_id
         self.persona_spent = persona_spent
         self.one_turn = one_turn
-        existing = None
+        existing, remembered, life = await store.conversation(caller_id, definition.name)
         if one_turn:  # no identity: no stored conversation, no memories of it
-            self.digest = await DIGESTS.get(store, definition.name)
-        else:
-            (existing, remembered), self.digest = await asyncio.gather(
-                store.conversation(caller_id, definition.name), DIGESTS.get(store, definition.name)
-            )
-            self.memories = tuple(remembered)
+            existing, remembered = None, []
+        self.memories = tuple(remembered)
+        self.digest = await DIGESTS.get(store, definition.name, life)
         self.session_id = existing or uuid4().hex
         self.loaded = existing is None  # a new conversation: nothing to read
         # the session's row (and the caller's) is written while the caller's first turn is prepared

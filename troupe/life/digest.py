@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 
 from troupe.store import Store
 
@@ -37,44 +35,30 @@ async def life_digest(store: Store, persona: str) -> tuple[str, ...]:
     return tuple(lines)
 
 
-DIGEST_FRESH_S = 30.0  # how stale a digest a session may put in its prompt (life activities run minutes apart)
-
-
 class DigestCache:
-    """Each persona's digest, read once per process and kept for DIGEST_FRESH_S: a session binding a
-    caller takes it from here instead of six reads on the caller's first turn. A stale one is served
-    while a fresh one is read behind it; one read per persona is in flight at a time."""
+    """Each persona's digest, read once per process and per version of its life: a session binding a
+    caller gives the version it read with the caller's conversation (`Store.conversation`: how many life
+    runs the persona has had, and when the last one finished) and gets the digest from here, instead of
+    six reads on the caller's first turn. A new activity run makes a new version, so a caller never hears
+    an old digest. One read per persona is in flight at a time."""
 
-    def __init__(self, fresh_s: float = DIGEST_FRESH_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.fresh_s = fresh_s
-        self.clock = clock
-        self._kept: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._reading: dict[str, asyncio.Task[tuple[str, ...]]] = {}
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[str, tuple[str, ...]]] = {}  # persona -> (version, digest)
+        self._reading: dict[tuple[str, str], asyncio.Task[tuple[str, ...]]] = {}
 
-    async def get(self, store: Store, persona: str) -> tuple[str, ...]:
+    async def get(self, store: Store, persona: str, version: str) -> tuple[str, ...]:
         kept = self._kept.get(persona)
-        if kept is not None:
-            if self.clock() - kept[0] >= self.fresh_s:
-                # served stale this once; fresh from the next turn (a failed read keeps the old one)
-                self._read(store, persona).add_done_callback(_quietly)
+        if kept is not None and kept[0] == version:
             return kept[1]
-        return await asyncio.shield(self._read(store, persona))
-
-    def _read(self, store: Store, persona: str) -> asyncio.Task[tuple[str, ...]]:
-        reading = self._reading.get(persona)
+        reading = self._reading.get((persona, version))
         if reading is None:
-            reading = self._reading[persona] = asyncio.ensure_future(self._fetch(store, persona))
-        return reading
+            reading = self._reading[(persona, version)] = asyncio.ensure_future(self._fetch(store, persona, version))
+        return await asyncio.shield(reading)
 
-    async def _fetch(self, store: Store, persona: str) -> tuple[str, ...]:
+    async def _fetch(self, store: Store, persona: str, version: str) -> tuple[str, ...]:
         try:
             digest = await life_digest(store, persona)
-            self._kept[persona] = (self.clock(), digest)
+            self._kept[persona] = (version, digest)
             return digest
         finally:
-            self._reading.pop(persona, None)
-
-
-def _quietly(task: asyncio.Task[tuple[str, ...]]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("a life digest could not be read: %s", task.exception())
+            self._reading.pop((persona, version), None)

@@ -18,7 +18,7 @@ from troupe.chat_model import ChatMessage, ToolCall
 from troupe.errors import StoreUnavailable
 from troupe.store.engine import StoreBase
 from troupe.store.records import CallerRecord, SessionRecord, _record
-from troupe.store.schema import CallerRow, CallIdRow, MemoryRow, MessageRow, SessionRow, _now, _utc
+from troupe.store.schema import CallerRow, CallIdRow, LifeRunRow, MemoryRow, MessageRow, SessionRow, _now, _utc
 
 # the two statements of every turn, built once (building and keying a statement costs more than running it)
 _CLAIM = (
@@ -47,14 +47,18 @@ _MEMORIES = (
     .order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc())
     .limit(bindparam("limit"))
 )
+_LIFE_VERSION = select(func.count(LifeRunRow.id), func.max(LifeRunRow.finished_at)).where(
+    LifeRunRow.persona == bindparam("persona")
+)
 _RESUME = update(SessionRow).where(SessionRow.id == bindparam("sid")).values(process_id=bindparam("pid"))
 _NEW_SESSION = insert(SessionRow)
 
 
-def _conversation(conn: Connection, caller_id: str, persona: str, memories: int) -> tuple[str | None, list[str]]:
+def _conversation(conn: Connection, caller_id: str, persona: str, memories: int) -> tuple[str | None, list[str], str]:
     found = conn.execute(_ACTIVE, {"caller": caller_id, "persona": persona}).scalar()
     remembered = conn.execute(_MEMORIES, {"caller": caller_id, "persona": persona, "limit": memories}).scalars()
-    return found, list(remembered)
+    runs, last = conn.execute(_LIFE_VERSION, {"persona": persona}).one()
+    return found, list(remembered), f"{runs}@{last}"
 
 
 def _open_session(
@@ -144,12 +148,15 @@ def _chat(row: MessageRow) -> ChatMessage:
 
 
 class ConversationStore(StoreBase):
-    async def conversation(self, caller_id: str, persona: str, *, memories: int = 8) -> tuple[str | None, list[str]]:
+    async def conversation(
+        self, caller_id: str, persona: str, *, memories: int = 8
+    ) -> tuple[str | None, list[str], str]:
         """What a session binding a caller needs, in one trip: the id of their active conversation with
-        `persona` (None: there is none) and the persona's newest memories of them."""
+        `persona` (None: there is none), the persona's newest memories of them, and the version of the
+        persona's life (its runs and when the last finished), which says whether a digest is current."""
         writer = self._sqlite_writer()
         if writer is not None:
-            found: tuple[str | None, list[str]] = await asyncio.to_thread(
+            found: tuple[str | None, list[str], str] = await asyncio.to_thread(
                 _reading, writer, _conversation, caller_id, persona, memories
             )
             return found
