@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import ray
 
@@ -62,3 +64,16 @@ def start_runtime(ray_session: None) -> Iterator[Any]:
     yield start
     for runtime in started:
         runtime.stop()
+
+
+def wait_until_up(url: str, path: str = "/health", within: float = 60.0) -> None:
+    """Poll a door until `path` answers 200 (a door that is starting refuses connections or answers 503)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url}{path} did not answer 200 within {within:.0f} s")

@@ -15,7 +15,7 @@ import openai
 import pytest
 from ray import serve
 
-from tests.integration.conftest import make_settings
+from tests.integration.conftest import make_settings, wait_until_up
 from troupe.app import Gateway, create_app, serve_with_ray
 from troupe.runtime import Runtime
 from troupe.store import Store
@@ -56,13 +56,7 @@ def door(request: pytest.FixtureRequest, runtime: Runtime) -> Iterator[str]:
         return
     serve_with_ray(runtime, blocking=False)
     url = f"http://127.0.0.1:{runtime.settings.port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
+    wait_until_up(url)
     yield url
     serve.shutdown()
 

@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -21,7 +20,7 @@ import psutil
 import pytest
 from ray import serve
 
-from tests.integration.conftest import make_settings, write_script
+from tests.integration.conftest import make_settings, wait_until_up, write_script
 from troupe.app import serve_with_ray
 from troupe.runtime import Runtime
 from troupe.testing.loopback import free_port
@@ -40,13 +39,7 @@ def serve_door(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> I
     runtime = Runtime.start(make_settings(tmp, fake_script=script, port=port, api_keys=SERVE_KEY))
     serve_with_ray(runtime, blocking=False)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
+    wait_until_up(url)
     yield url
     serve.shutdown()
     runtime.stop()
@@ -128,13 +121,7 @@ def test_troupe_serve_binds_the_replica_to_its_port(tmp_path: Path) -> None:
     proc = troupe_serve(tmp_path, port, TROUPE_NAMESPACE=f"troupe-cli-{os.getpid()}", **secrets)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        wait_until_up(url, within=120)
         # closed by default: the first start made an admin key (mode 0600) and showed it once
         key_file = tmp_path / "admin.key"
         key = key_file.read_text().strip()
@@ -191,14 +178,7 @@ def test_two_door_replicas_serve_one_callers_conversation_in_turn(tmp_path: Path
     proc = troupe_serve(tmp_path, port, TROUPE_DOOR_REPLICAS="2", TROUPE_NAMESPACE=f"troupe-replicas-{os.getpid()}")
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_up(url, "/ready", within=120)
         replicas, history = set(), []
         key = {"Authorization": f"Bearer {(tmp_path / 'admin.key').read_text().strip()}"}
         for i in range(12):

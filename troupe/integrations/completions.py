@@ -79,8 +79,7 @@ async def caller_of(request: Request, body: ChatCompletionRequest, known_calls: 
     phone, call_id = call_identity(extra)
     phone = headers.get("x-vapi-caller-phone") or phone
     call_id = headers.get("x-vapi-call-id") or call_id
-    key: ApiKey | None = getattr(request.state, "principal", None)
-    trusted = key is None or key.asserts_identity
+    trusted = trusts_identity(request)
     if trusted and phone and call_id and (number := normalise_phone(phone, region)):
         known_calls.setdefault(resolve_caller_id(call_id=call_id), number)
     elif trusted and call_id and not phone:
@@ -95,19 +94,34 @@ async def caller_of(request: Request, body: ChatCompletionRequest, known_calls: 
         known_calls=known_calls if trusted else None,
         region=region,
     )
-    return caller if trusted or is_anonymous(caller) else scoped(key, caller)
+    return scoped(request, caller)
+
+
+def principal(request: Request) -> ApiKey | None:
+    """The key the access layer let this request in with (None: a route it does not guard)."""
+    return getattr(request.state, "principal", None)
+
+
+def trusts_identity(request: Request) -> bool:
+    """The caller identity this request asserts is taken as given (a platform's or an admin's key)."""
+    key = principal(request)
+    return key is None or key.asserts_identity
+
+
+def scoped(request: Request, caller: str) -> str:
+    """The caller id as the request's key owns it: a client key's asserted caller is that key's own
+    (`key:<name>:<caller>`); a trusted key's, and an anonymous one, stay as they are."""
+    key = principal(request)
+    if key is None or key.asserts_identity or is_anonymous(caller):
+        return caller
+    return f"key:{key.name}:{caller}"
 
 
 def check_rate(request: Request, caller_id: str) -> None:
     """Charge a turn to its key, its client address and its caller (429 when any of them is spent)."""
-    key: ApiKey | None = getattr(request.state, "principal", None)
+    key = principal(request)
     address = request.client.host if request.client else None
     request.app.state.gateway.limiter.check(caller_id, key=key.name if key else None, address=address)
-
-
-def scoped(key: ApiKey | None, caller: str) -> str:
-    """A caller id asserted by a client key, as that key's own caller."""
-    return f"key:{key.name}:{caller}" if key is not None else caller
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

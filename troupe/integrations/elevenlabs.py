@@ -26,7 +26,7 @@ import httpx
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
-from troupe.actors.caller import is_anonymous, normalise_phone, resolve_caller_id
+from troupe.actors.caller import normalise_phone, resolve_caller_id
 from troupe.actors.messages import TurnEvent
 from troupe.config.settings import Settings, platform_secret
 from troupe.errors import InvalidRequest, NotConfigured, PersonaNotFound, TroupeError
@@ -42,6 +42,7 @@ from troupe.integrations.completions import (
     read_json,
     resolve_persona,
     scoped,
+    trusts_identity,
     turn_of,
 )
 from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter
@@ -162,13 +163,8 @@ async def elevenlabs_llm(request: Request) -> Any:
     extra = _extra_body(body)
     persona = _llm_persona(gateway, body, extra)
     top = {"user_id": (body.model_extra or {}).get("user_id"), "caller_id": body.user}
-    key = getattr(request.state, "principal", None)
-    trusted = key is None or key.asserts_identity  # a client key's callers are its own (see caller_of)
-    caller_id = caller_from(
-        (extra, top), known_calls=gateway.known_calls if trusted else None, region=gateway.settings.default_region
-    )
-    if not trusted and not is_anonymous(caller_id):
-        caller_id = scoped(key, caller_id)
+    known_calls = gateway.known_calls if trusts_identity(request) else None  # a client key's callers are its own
+    caller_id = scoped(request, caller_from((extra, top), known_calls=known_calls, region=settings.default_region))
     turn = turn_of(body, caller_id, persona, settings.max_message_chars)
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()

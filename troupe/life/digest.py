@@ -5,11 +5,8 @@ the prompt builder keeps as much as the persona's token budget has room for."""
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from troupe.store import Store
-
-log = logging.getLogger(__name__)
 
 AT_RISK = "At risk: "
 
