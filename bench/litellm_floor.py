@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 VENV = Path(__file__).resolve().parent / ".litellm-venv"
-# 1.82.7, 1.82.8 and 1.107.0 were published compromised
+# versions reported as published compromised
 REQUIREMENT = "litellm[proxy]!=1.82.7,!=1.82.8,!=1.107.0"
 # nothing that would reach the internet: no cost map fetch, no telemetry, no database, no UI
 OFFLINE = {
@@ -58,7 +57,7 @@ def install() -> str:
 def command(api_base: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The proxy's command line and environment: one worker on 127.0.0.1:port with no master key
     (like troupe's --insecure), serving `tony` from the upstream at api_base."""
-    config = Path(tempfile.mkdtemp(prefix="litellm-bench-")) / "config.yaml"
+    config = VENV / "bench-config.yaml"
     config.write_text(CONFIG.format(api_base=api_base))
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LITELLM_MASTER_KEY")}
     line = [str(VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
