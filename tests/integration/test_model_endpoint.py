@@ -1,16 +1,22 @@
-"""EndpointChatModel through the real `openai` SDK against an OpenAI-compatible server on loopback."""
+"""EndpointChatModel against an OpenAI-compatible server on loopback: streaming, usage, tool calls, the
+retries and fallbacks it keeps from the SDK, and failures that name the host only."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from troupe.chat_model import ChatMessage, ModelRequest, ToolSpec, complete
 from troupe.errors import ModelUnavailable
 from troupe.integrations.model_endpoint import EndpointChatModel
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
+from troupe.testing.loopback import LoopbackServer
 
 HELLO = ModelRequest(messages=(ChatMessage(role="user", content="hello"),), model="gpt-4o-mini")
 
@@ -63,3 +69,59 @@ async def test_upstream_errors_and_a_closed_port_are_model_unavailable() -> None
             HELLO,
         )
     assert f"127.0.0.1:{port}" in caught.value.message and "sk-very-secret" not in caught.value.message
+
+
+async def test_a_refused_request_is_retried_before_the_reply_starts() -> None:
+    with FakeOpenAIServer(Behaviour(reply="Second time lucky.", fail_status=503, fail_first=1)) as server:
+        result = await complete(EndpointChatModel("m", base_url=server.base_url, api_key="k", max_retries=1), HELLO)
+        assert result.content == "Second time lucky." and len(server.requests) == 2
+
+
+async def test_an_endpoint_without_stream_options_is_asked_again_without_them() -> None:
+    with FakeOpenAIServer(Behaviour(reply="Plain stream.", reject_stream_options=True)) as server:
+        result = await complete(EndpointChatModel("m", base_url=server.base_url, api_key="k", max_retries=0), HELLO)
+        assert result.content == "Plain stream." and result.usage.estimated
+        assert "stream_options" in server.requests[0] and "stream_options" not in server.requests[1]
+
+
+def streaming(*writes: bytes) -> LoopbackServer:
+    """An endpoint that answers every request with these writes, each one send."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def answer() -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            for write in writes:
+                yield write
+                await asyncio.sleep(0.02)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return LoopbackServer(app)
+
+
+def event(content: str) -> bytes:
+    return b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}\r\n\r\n' % content.encode()
+
+
+async def test_tokens_that_arrive_together_leave_in_one_chunk_and_spaced_ones_apart() -> None:
+    with streaming(event("a ") + event("b ") + event("c "), event("d "), b"data: [DONE]\n\n") as server:
+        model = EndpointChatModel("m", base_url=f"{server.root}/v1", api_key="k")
+        assert [c.content async for c in model.stream(HELLO) if c.content] == ["a b c ", "d "]
+
+
+async def test_an_event_split_across_reads_is_read_whole() -> None:
+    whole = event("split")
+    with streaming(whole[:20], whole[20:], b"data: [DONE]\n\n") as server:
+        model = EndpointChatModel("m", base_url=f"{server.root}/v1", api_key="k")
+        assert [c.content async for c in model.stream(HELLO) if c.content] == ["split"]
+
+
+async def test_an_error_event_mid_stream_is_model_unavailable() -> None:
+    with streaming(event("Half"), b'data: {"error":{"message":"overloaded"}}\n\n') as server:
+        model = EndpointChatModel("m", base_url=f"{server.root}/v1", api_key="k")
+        seen: list[str] = []
+        with pytest.raises(ModelUnavailable, match="failed: overloaded"):
+            async for chunk in model.stream(HELLO):
+                seen.append(chunk.content)
+        assert seen == ["Half"]

@@ -85,7 +85,7 @@ class SessionActor(ActorBase):
         self._turn_id: str | None = None
         self._open: asyncio.Future[None] | None = None
         self._opening: asyncio.Future[None] | None = None  # the session's row being written
-        self._input_write: asyncio.Future[int] | None = None
+        self._input: tuple[ChatMessage, ...] = ()  # the open turn's input, written with its reply
         self._prompt: tuple[tuple[Any, ...], str] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         # metrics not yet reported to the orchestrator, and what it was last told
@@ -193,9 +193,10 @@ class SessionActor(ActorBase):
         return self._prompt[1]
 
     async def prepare(self, request: TurnRequest) -> TurnPlan | TurnEvent:
-        """Open a turn: take the caller's new input into the transcript (written to the store while the
-        model thinks) and hand the door the assembled request in one reply. The door streams from the
-        model itself and closes the turn with `finish`. Turns of one caller run one at a time."""
+        """Open a turn: take the caller's new input into the transcript and hand the door the assembled
+        request in one reply. The door streams from the model itself and closes the turn with `finish`,
+        which writes the input and the reply in one statement (if this actor dies first, the door writes
+        both). Turns of one caller run one at a time."""
         async with self.turn_lock:
             if not self._serves(request):
                 # the door held a handle to an actor since released (and perhaps given to someone else)
@@ -225,7 +226,7 @@ class SessionActor(ActorBase):
             turn_id = secrets.token_hex(8)
             if added:
                 self.transcript.extend(added)
-                self._input_write = asyncio.ensure_future(self._write_input(session_id, added, turn_id))
+            self._input = added
             window = transcript_window(self.transcript, self.settings.history_turns)
             self._turn_id = turn_id
             self._open = asyncio.get_running_loop().create_future()
@@ -258,6 +259,7 @@ class SessionActor(ActorBase):
             await asyncio.wait_for(asyncio.shield(self._open), self.settings.turn_timeout_s)
         except TimeoutError:
             log.warning("turn %s of %s was never finished; moving on", self._turn_id, self.process_id)
+            await self._write_input()
             self._close_turn()
 
     def _close_turn(self) -> None:
@@ -281,7 +283,7 @@ class SessionActor(ActorBase):
         if result.turn_id != self._turn_id:
             return False
         try:
-            await self._settle_input()
+            await self._settled()
             await self._keep(result)
             self.finished.append(result.turn_id)
         finally:
@@ -307,30 +309,31 @@ class SessionActor(ActorBase):
             status = "failed" if error is not None else "completed"
             await self.orchestrator.report.remote(process_id, delta, status=status, error=error)
 
-    async def _write_input(self, session_id: str, added: tuple[ChatMessage, ...], turn_id: str) -> int:
-        opening = self._opening
-        if opening is not None:
-            await opening  # the session's row first
-        store = await self.store()
-        return await store.append_messages(session_id, added, turn_id=turn_id)
-
-    async def _settle_input(self) -> None:
-        """The session's row and the turn's input are in the store (before the reply goes in)."""
-        write, self._input_write = self._input_write, None
-        if write is not None:
-            await write
+    async def _settled(self) -> None:
+        """The session's row is in the store (written behind a new conversation's first bind)."""
         opening, self._opening = self._opening, None
         if opening is not None:
             await opening
 
+    async def _write_input(self) -> None:
+        """The open turn's input alone, for a turn that is never finished."""
+        added, self._input = self._input, ()
+        if added and self.session_id is not None and self._turn_id is not None:
+            await self._settled()
+            store = await self.store()
+            await store.append_messages(self.session_id, added, turn_id=self._turn_id)
+
     async def _keep(self, result: TurnResult) -> None:
         assert self.session_id is not None and self.persona is not None
         allowance = self._allowance()
-        if result.new_messages:
+        added, self._input = self._input, ()
+        if added or result.new_messages:
+            # the turn in one write: the caller's input and the reply
             store = await self.store()
             await store.append_messages(
-                self.session_id, result.new_messages, turn_id=result.turn_id, interrupted=result.interrupted
-            )
+                self.session_id, added + result.new_messages, turn_id=result.turn_id,
+                interrupted=result.interrupted, reply_from=len(added),
+            )  # fmt: skip
             self.transcript.extend(result.new_messages)
             # a live session keeps only a window in memory; the whole conversation is in the store
             keep = self.settings.history_turns * 4
@@ -405,7 +408,7 @@ class SessionActor(ActorBase):
             return None
         async with self.turn_lock:
             await self._await_open_turn()
-            await self._settle_input()
+            await self._settled()
             await self._send_report()
             held = {"session_id": self.session_id, "caller_id": self.caller_id, "persona": self.persona.name}
             self._reset()

@@ -224,22 +224,27 @@ def _error_response(event: TurnEvent) -> JSONResponse:
 async def _sse(
     first: TurnEvent, events: AsyncIterator[TurnEvent], writer: ChunkWriter, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    yield writer.role()
+    """The reply as SSE. What is ready together goes in one write: the role with the first words, and
+    the finish with the usage and `[DONE]`."""
+    out = writer.role()
     event: TurnEvent | None = first
     while event is not None:
         if event.kind == "delta" and event.text:
-            yield writer.content(event.text)
+            out += writer.content(event.text)
         elif event.kind == "tool_calls":
-            yield writer.tool_calls(event.tool_calls)
+            out += writer.tool_calls(event.tool_calls)
         elif event.kind == "done":
-            yield writer.finish(event.finish_reason or "stop")
+            out += writer.finish(event.finish_reason or "stop")
             if include_usage:
-                yield writer.usage(event.usage or Usage())
+                out += writer.usage(event.usage or Usage())
         elif event.kind == "error":
             # headers are sent: report the error in-band and end the stream cleanly
-            yield writer.error(event.text, "server_error", event.error_code or "internal_error")
+            out += writer.error(event.text, "server_error", event.error_code or "internal_error")
+        if out and event.kind not in ("done", "error"):  # after those, the stream only ends
+            yield out
+            out = b""
         event = await anext(events, None)
-    yield writer.done()
+    yield out + writer.done()
 
 
 async def _collect(first: TurnEvent, events: AsyncIterator[TurnEvent], model_name: str) -> Any:

@@ -115,25 +115,35 @@ def _append(
     messages: Sequence[ChatMessage],
     turn_id: str | None = None,
     interrupted: bool = False,
+    reply_from: int = 0,
 ) -> int:
     """Claim the next sequence numbers on the session row (one UPDATE, which serialises concurrent
-    writers on both databases) and insert the messages; returns the last sequence number."""
+    writers on both databases) and insert the messages; returns the last sequence number. Messages
+    from `reply_from` on are the reply, which `interrupted` marks."""
     now = _now()
     users = sum(1 for m in messages if m.role == "user")
     claimed = conn.execute(_CLAIM, {"sid": session_id, "n": len(messages), "users": users, "now": now}).scalar()
     if claimed is None:
         raise StoreUnavailable(f"no session {session_id}")
     first = claimed - len(messages)
-    rows = [_message_values(session_id, first + i, m, now, turn_id, interrupted) for i, m in enumerate(messages)]
+    rows = [
+        _message_values(session_id, first + i, m, now, turn_id, interrupted and i >= reply_from)
+        for i, m in enumerate(messages)
+    ]
     conn.execute(_INSERT, rows)
     return int(claimed) - 1
 
 
 def _append_in(
-    engine: Engine, session_id: str, messages: Sequence[ChatMessage], turn_id: str | None, interrupted: bool
+    engine: Engine,
+    session_id: str,
+    messages: Sequence[ChatMessage],
+    turn_id: str | None,
+    interrupted: bool,
+    reply_from: int,
 ) -> int:
     with engine.begin() as conn:
-        return _append(conn, session_id, messages, turn_id, interrupted)
+        return _append(conn, session_id, messages, turn_id, interrupted, reply_from)
 
 
 def _chat(row: MessageRow) -> ChatMessage:
@@ -258,22 +268,27 @@ class ConversationStore(StoreBase):
         *,
         turn_id: str | None = None,
         interrupted: bool = False,
+        reply_from: int = 0,
     ) -> int:
         """Append in order; sequence numbers are claimed atomically on the session row. `turn_id` tags
-        the turn that wrote them; `interrupted` marks a reply that was cut off mid-stream.
+        the turn that wrote them; `interrupted` marks a reply that was cut off mid-stream (the messages
+        from `reply_from` on, when the turn's input goes in the same write).
 
-        This runs twice on every caller turn, so it is two prebuilt SQL statements in one transaction
-        rather than the ORM's unit of work, and on SQLite the whole transaction is one trip to a worker
-        thread (aiosqlite would make one per statement; bench/door_bench.py shows the CPU per stream)."""
+        This runs on every caller turn (its input and reply together), so it is two prebuilt SQL
+        statements in one transaction rather than the ORM's unit of work, and on SQLite the whole
+        transaction is one trip to a worker thread (aiosqlite would make one per statement;
+        bench/door_bench.py shows the CPU per stream)."""
         if not messages:
             return -1
         writer = self._sqlite_writer()
         for attempt in range(20):
             try:
                 if writer is not None:
-                    return await asyncio.to_thread(_append_in, writer, session_id, messages, turn_id, interrupted)
+                    return await asyncio.to_thread(
+                        _append_in, writer, session_id, messages, turn_id, interrupted, reply_from
+                    )
                 async with self.engine.begin() as conn:
-                    return await conn.run_sync(_append, session_id, messages, turn_id, interrupted)
+                    return await conn.run_sync(_append, session_id, messages, turn_id, interrupted, reply_from)
             except OperationalError:
                 if attempt == 19:
                     raise
@@ -311,12 +326,12 @@ class ConversationStore(StoreBase):
             ).scalar_one()
         if kept >= len(input_messages) + len(output):
             return False
-        # the input went in with the turn id at `prepare` (all of it or none); the reply is marked
-        # interrupted where it was cut off
-        if kept < len(input_messages):
-            await self.append_messages(session_id, input_messages, turn_id=turn_id)
-        if output:
-            await self.append_messages(session_id, output, turn_id=turn_id, interrupted=interrupted)
+        # a turn's input and reply go in together, or the input alone (all of it or none); the reply is
+        # marked interrupted where it was cut off
+        missing = (tuple(input_messages) if kept < len(input_messages) else ()) + tuple(output)
+        await self.append_messages(
+            session_id, missing, turn_id=turn_id, interrupted=interrupted, reply_from=len(missing) - len(output)
+        )
         return True
 
     async def interrupted_turns(self, session_id: str) -> int:

@@ -30,6 +30,8 @@ class Behaviour:
     token_delay_s: float = 0.0
     include_usage: bool = True  # honour stream_options.include_usage
     fail_status: int | None = None  # answer every request with this HTTP status
+    fail_first: int = 0  # with fail_status: only the first this many requests fail (0: all of them)
+    reject_stream_options: bool = False  # answer 400 to a request with stream_options, as some servers do
     tool_call: dict[str, Any] | None = None  # {"name": ..., "arguments": {...}}: answer with a tool call
     reply_fn: Callable[[dict[str, Any]], str] | None = None
 
@@ -54,7 +56,10 @@ class FakeOpenAI:
             body = await request.json()
             self.requests.append(body)
             b = self.behaviour
-            if b.fail_status:
+            if b.reject_stream_options and "stream_options" in body:
+                unknown = {"error": {"message": "Unrecognized request argument: stream_options", "code": None}}
+                return JSONResponse(unknown, status_code=400)
+            if b.fail_status and (not b.fail_first or len(self.requests) <= b.fail_first):
                 failure = {"error": {"message": "upstream failure", "type": "server_error", "code": None}}
                 return JSONResponse(failure, status_code=b.fail_status)
             words = self.words(body)
