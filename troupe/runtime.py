@@ -52,6 +52,9 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
             kwargs["address"] = settings.ray_address
         else:
             kwargs.update(include_dashboard=False, num_cpus=os.cpu_count() or 2)
+            # Ray runs workers at nice 15, below anything else on the machine: for troupe its actors and
+            # its Serve replica are the service, and a busy machine would starve them of the CPU first
+            os.environ.setdefault("RAY_worker_niceness", "0")
             os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", REQUEST_ID_MIDDLEWARE)
             # direct ingress binds one replica to one port: several replicas are served by Serve's proxy
             if settings.door == "serve" and settings.serve_direct_ingress and settings.door_replicas == 1:
