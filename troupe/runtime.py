@@ -13,6 +13,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -24,9 +25,10 @@ from troupe.actors.messages import TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
 from troupe.actors.persona_file import PersonaCatalog, load_personas
+from troupe.actors.prompt import transcript_window
 from troupe.actors.session import STALE, for_session
 from troupe.actors.session_keeper import SessionLease
-from troupe.chat_model import ToolCall, ToolSpec
+from troupe.chat_model import ChatMessage, ToolCall, ToolSpec
 from troupe.config.settings import Settings
 from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
 from troupe.errors import ConfigError, TroupeError, TroupeUnavailable
@@ -197,16 +199,53 @@ class RemoteTools:
     """The persona's own tools for one turn, run by its session actor (they need the store and the
     company); the door runs the rest of the turn itself."""
 
-    def __init__(self, session: Any, plan: TurnPlan) -> None:
+    def __init__(self, session: Any, turn_id: str, specs: tuple[ToolSpec, ...]) -> None:
         self.session = session
-        self.plan = plan
+        self.turn_id = turn_id
+        self._specs = specs
 
     def specs(self) -> tuple[ToolSpec, ...]:
-        return self.plan.own_tools
+        return self._specs
 
     async def run(self, call: ToolCall) -> str:
-        result: str = await self.session.run_tool.remote(self.plan.turn_id, call)
+        result: str = await self.session.run_tool.remote(self.turn_id, call)
         return result
+
+
+@dataclass
+class SessionCopy:
+    """The door's copy of what a live session's turns are built from (see TurnPlan): its system
+    prompt and tools for one context, and its transcript at one version."""
+
+    process_id: str
+    context: str = ""
+    system: str = ""
+    tools: tuple[ToolSpec, ...] = ()
+    transcript: list[ChatMessage] = field(default_factory=list)
+    version: int | None = None
+
+    def known(self, lease: SessionLease) -> tuple[str, int] | None:
+        if lease.process_id != self.process_id or not self.context or self.version is None:
+            return None
+        return self.context, self.version
+
+    def take(self, plan: TurnPlan, keep: int) -> tuple[ChatMessage, ...]:
+        """Bring the copy up to the plan; returns the transcript the turn is built on."""
+        if plan.system is not None and plan.own_tools is not None:
+            self.context, self.system, self.tools = plan.context, plan.system, plan.own_tools
+        if plan.window is not None:
+            self.transcript = list(plan.window)
+        else:
+            self.transcript.extend(plan.input)
+        del self.transcript[:-keep]
+        self.version = plan.version
+        return tuple(self.transcript)
+
+    def kept(self, plan: TurnPlan, new_messages: tuple[ChatMessage, ...]) -> None:
+        """The session kept the turn: its transcript moved on by the reply, as this copy does."""
+        if self.version == plan.version and new_messages:
+            self.transcript.extend(new_messages)
+            self.version += 1
 
 
 class SessionClient:
@@ -225,6 +264,7 @@ class SessionClient:
         self.models = ModelFactory(settings)
         # the handles of live sessions, least recently used first; bounded like the sessions themselves
         self.leases: OrderedDict[tuple[str, str], SessionLease] = OrderedDict()
+        self.copies: dict[tuple[str, str], SessionCopy] = {}  # of the leased sessions' context
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._finishing: set[asyncio.Task[Any]] = set()
         self._store: Store | None = None
@@ -253,7 +293,7 @@ class SessionClient:
                 lease = await self._session_for(caller_id, persona, failed.generation if failed else None)
                 self.leases[key] = lease
                 while len(self.leases) > self.settings.max_sessions * 2:
-                    self.leases.popitem(last=False)
+                    self.copies.pop(self.leases.popitem(last=False)[0], None)
                 return lease
         finally:
             if not lock.locked():
@@ -282,12 +322,22 @@ class SessionClient:
 
     def forget(self, caller_id: str, persona: str) -> None:
         self.leases.pop((caller_id, persona.lower()), None)
+        self.copies.pop((caller_id, persona.lower()), None)
+
+    def _copy(self, request: TurnRequest, lease: SessionLease) -> SessionCopy:
+        key = (request.caller_id, request.persona.lower())
+        copy = self.copies.get(key)
+        if copy is None or copy.process_id != lease.process_id:
+            copy = self.copies[key] = SessionCopy(lease.process_id)
+        return copy
 
     async def _prepare(self, request: TurnRequest, one_turn: bool) -> tuple[SessionLease, TurnPlan | TurnEvent]:
         """Open the turn on the caller's session. If that actor died (or was released and reused), the
         turn goes to the caller's current session actor instead: the transcript is in the store."""
         lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
         for attempt in range(3):
+            if not one_turn:
+                request = request.model_copy(update={"known": self._copy(request, lease).known(lease)})
             try:
                 plan: TurnPlan | TurnEvent = await asyncio.wait_for(
                     lease.handle.prepare.remote(request), self.settings.actor_call_timeout_s
@@ -322,11 +372,13 @@ class SessionClient:
         if isinstance(plan, TurnEvent):
             yield plan
             return
+        copy = SessionCopy(lease.process_id) if one_turn else self._copy(request, lease)
+        history = copy.take(plan, self.settings.history_turns * 4)
         loop = AgentLoop(
             speaker=plan.persona,
             model=self.models.for_persona(self.catalog.get(plan.persona)),
             model_name=plan.model_name,
-            toolbox=RemoteTools(lease.handle, plan),
+            toolbox=RemoteTools(lease.handle, plan.turn_id, copy.tools),
             max_iterations=plan.max_iterations,
             temperature=plan.temperature,
             budget_guard=budget_guard(plan.allowance),
@@ -334,8 +386,12 @@ class SessionClient:
         last: TurnEvent | None = None
         failure: TroupeError | None = None
         try:
+            messages = (
+                ChatMessage(role="system", content=copy.system),
+                *transcript_window(history, self.settings.history_turns),
+            )
             async for event in loop.run(
-                plan.messages,
+                messages,
                 client_tools=request.client_tools,
                 temperature=request.temperature,
                 max_tokens=request.max_tokens,
@@ -361,7 +417,7 @@ class SessionClient:
                 error_text=failure.message if failure else None,
                 interrupted=last is None,
             )
-            finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id))
+            finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id, copy))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
         await finishing
@@ -370,7 +426,9 @@ class SessionClient:
         elif last is not None:
             yield last
 
-    async def _finish(self, lease: SessionLease, plan: TurnPlan, result: TurnResult, caller_id: str) -> None:
+    async def _finish(
+        self, lease: SessionLease, plan: TurnPlan, result: TurnResult, caller_id: str, copy: SessionCopy
+    ) -> None:
         """Hand the finished turn to its session; if that actor died mid-turn (or no longer holds the
         turn), keep the turn through the store: the reply the caller heard is in the transcript."""
         try:
@@ -378,7 +436,9 @@ class SessionClient:
         except Exception:
             kept = False
         if kept:
+            copy.kept(plan, result.new_messages)
             return
+        copy.version = None  # whatever the session holds now, this copy is not it
         try:
             store = await self.store()
             await store.keep_turn(

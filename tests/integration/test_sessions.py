@@ -212,3 +212,27 @@ async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(r
     finally:
         await store.close()
     assert said == ["I am Grace", "are you back?"]  # nothing acknowledged was lost
+
+
+async def test_the_model_sees_the_whole_window_though_a_turn_carries_only_its_input(runtime: Any) -> None:
+    """The door keeps a copy of the session's prompt and transcript, so a plan carries only what changed;
+    what the model is shown is the same as if the session had sent everything, turn after turn, and
+    again after the session is lost and picked up from the store."""
+    client = runtime.client()
+    caller = "+14155550310"
+    for n in range(3):
+        assert (await say(runtime, caller, f"message {n}", client=client))[-1].kind == "done"
+    model = client.models.for_persona(runtime.catalog.get("Tony"))
+    shown = [(m.role, m.content) for m in model.requests[-1].messages]
+    assert shown[0][0] == "system" and "Tony" in (shown[0][1] or "")
+    users = [content for role, content in shown if role == "user"]
+    assert users == ["message 0", "message 1", "message 2"]
+    assert [role for role, _ in shown[1:]] == ["user", "assistant"] * 2 + ["user"]
+    copy = client.copies[(caller, "tony")]
+    assert copy.version is not None and len(copy.transcript) == 6
+
+    ray.kill(client.leases[(caller, "tony")].handle, no_restart=True)  # picked up by another actor
+    assert (await say(runtime, caller, "message 3", client=client))[-1].kind == "done"
+    shown_after = [(m.role, m.content) for m in model.requests[-1].messages]
+    assert [c for r, c in shown_after if r == "user"] == ["message 0", "message 1", "message 2", "message 3"]
+    assert shown_after[0] == shown[0]

@@ -120,6 +120,7 @@ class TurnRequest(_Frozen):
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     client_tools: tuple[ToolSpec, ...] = ()
+    known: tuple[str, int] | None = None  # the door's copy of the session: its context and version
 
 
 class Allowance(_Frozen):
@@ -135,15 +136,23 @@ class Allowance(_Frozen):
 
 class TurnPlan(_Frozen):
     """A turn assembled by the caller's session for the door to run: the prompt and history, the
-    persona's own tools (which still run in the session), and what the turn may spend."""
+    persona's own tools (which still run in the session), and what the turn may spend.
+
+    What the door already holds is left out, so a turn moves a few hundred bytes rather than the whole
+    prompt: the system prompt and tools come once per `context` (they change when the persona's
+    memories of the caller do), and the transcript window only when the door's copy is not at
+    `version` (then it is its copy plus `input`)."""
 
     turn_id: str
     session_id: str
-    input: tuple[ChatMessage, ...] = ()  # the caller's new messages, as the session wrote them
+    input: tuple[ChatMessage, ...] = ()  # the caller's new messages, as the session took them
     persona: str
     model_name: str
-    messages: tuple[ChatMessage, ...]
-    own_tools: tuple[ToolSpec, ...] = ()
+    context: str
+    version: int  # of the session's transcript, with this turn's input in it
+    system: str | None = None  # None: the door's, of `context`
+    own_tools: tuple[ToolSpec, ...] | None = None  # None: the door's, of `context`
+    window: tuple[ChatMessage, ...] | None = None  # None: the door's copy plus `input`
     temperature: float | None = None
     max_iterations: int = 4
     allowance: Allowance

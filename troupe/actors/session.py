@@ -86,7 +86,10 @@ class SessionActor(ActorBase):
         self._open: asyncio.Future[None] | None = None
         self._opening: asyncio.Future[None] | None = None  # the session's row being written
         self._input: tuple[ChatMessage, ...] = ()  # the open turn's input, written with its reply
-        self._prompt: tuple[tuple[Any, ...], str] | None = None
+        self._prompt: tuple[tuple[Any, ...], str, str] | None = None  # (what went in, the prompt, its context)
+        self._contexts = 0
+        self._bind_nonce = secrets.token_hex(4)  # a context id is never reused by a later binding
+        self.version = 0  # of the transcript: bumped whenever it changes, so a door knows its copy is current
         self._background: set[asyncio.Task[Any]] = set()
         # metrics not yet reported to the orchestrator, and what it was last told
         self._unreported = MetricsDelta()
@@ -148,6 +151,7 @@ class SessionActor(ActorBase):
         store = await self.store()
         self.transcript = await store.load_messages(self.session_id, limit=self.settings.history_turns * 2)
         self.loaded = True
+        self.version += 1
 
     async def _refresh_context(self) -> None:
         assert self.persona is not None and self.caller_id is not None
@@ -181,16 +185,19 @@ class SessionActor(ActorBase):
             )
         return self.tools
 
-    def _system_prompt(self, client_system: str | None) -> str:
-        """Built once per change of what goes into it (memories, life digest, the client's instructions)."""
+    def _system_prompt(self, client_system: str | None) -> tuple[str, str]:
+        """Built once per change of what goes into it (memories, life digest, the client's instructions);
+        returns it with the id of that context, by which a door keeps its copy."""
         assert self.persona is not None and self.caller_id is not None
         key = (self.memories, self.digest, client_system)
         if self._prompt is None or self._prompt[0] != key:
             context = PromptContext(
                 caller_id=self.caller_id, memories=self.memories, life_digest=self.digest, client_system=client_system
             )
-            self._prompt = (key, build_system_prompt(self.persona, context, self.catalog)[0])
-        return self._prompt[1]
+            self._contexts += 1
+            prompt = build_system_prompt(self.persona, context, self.catalog)[0]
+            self._prompt = (key, prompt, f"{self._bind_nonce}:{self._contexts}")
+        return self._prompt[1], self._prompt[2]
 
     async def prepare(self, request: TurnRequest) -> TurnPlan | TurnEvent:
         """Open a turn: take the caller's new input into the transcript and hand the door the assembled
@@ -210,10 +217,12 @@ class SessionActor(ActorBase):
                 await self._load()
             store = await self.store()
             added, client_system = new_input(request.messages)
+            known_version = request.known[1] if request.known is not None else None
             if self.one_turn:
                 # no identity, no stored history: the client sent the whole conversation (OpenAI clients do)
                 history = [m for m in request.messages if m.role != "system"]
                 self.transcript = history[: len(history) - len(added)]
+                known_version = None
             if added and self.transcript and self.transcript[-1] == added[-1]:
                 added = ()  # a retried request: its input is already in the transcript
             if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
@@ -224,10 +233,16 @@ class SessionActor(ActorBase):
                     error_status=400,
                 )
             turn_id = secrets.token_hex(8)
+            before = self.version
             if added:
                 self.transcript.extend(added)
+                self.version += 1
             self._input = added
-            window = transcript_window(self.transcript, self.settings.history_turns)
+            system, context = self._system_prompt(client_system)
+            tools = self._toolbox(store).specs()
+            door_has_context = request.known is not None and request.known[0] == context
+            # the door's transcript is this one if it saw its every change, within this context
+            door_is_current = door_has_context and known_version == before
             self._turn_id = turn_id
             self._open = asyncio.get_running_loop().create_future()
             return TurnPlan(
@@ -236,8 +251,11 @@ class SessionActor(ActorBase):
                 input=added,
                 persona=persona.name,
                 model_name=model_name_for(self.settings, persona),
-                messages=(ChatMessage(role="system", content=self._system_prompt(client_system)), *window),
-                own_tools=self._toolbox(store).specs(),
+                context=context,
+                version=self.version,
+                system=None if door_has_context else system,
+                own_tools=None if door_has_context else tools,
+                window=None if door_is_current else transcript_window(self.transcript, self.settings.history_turns),
                 temperature=persona.temperature,
                 max_iterations=self.settings.max_tool_iterations,
                 allowance=self._allowance(),
@@ -334,7 +352,9 @@ class SessionActor(ActorBase):
                 self.session_id, added + result.new_messages, turn_id=result.turn_id,
                 interrupted=result.interrupted, reply_from=len(added),
             )  # fmt: skip
-            self.transcript.extend(result.new_messages)
+            if result.new_messages:
+                self.transcript.extend(result.new_messages)
+                self.version += 1
             # a live session keeps only a window in memory; the whole conversation is in the store
             keep = self.settings.history_turns * 4
             if len(self.transcript) > keep:
