@@ -75,7 +75,7 @@ def test_callers_with_no_identity_never_exhaust_capacity(runtime: Any, door: str
         store = await open_store(runtime)
 
         async def all_ended() -> list[Any]:
-            # each session's row is closed just after its actor is handed back (the next caller first)
+            # each is written whole, ended, in the one write that keeps its turn
             found = [s for s in await store.list_sessions(status=None) if s.caller_id.startswith("anon-")]
             return found if len(found) == 12 and all(s.status == "ended" for s in found) else []
 

@@ -348,8 +348,18 @@ class Orchestrator:
             await asyncio.wait_for(self.callers_served.wait(), 120)
         return await self.keeper.session_for(caller_id, definition, failed_generation, one_turn)
 
-    async def turn_over(self, process_id: str, session_id: str) -> None:
-        """A one-turn session has stored its turn: its actor goes back to the pool."""
+    async def turn_over(
+        self,
+        process_id: str,
+        session_id: str,
+        delta: MetricsDelta | None = None,
+        status: ProcessStatus | None = None,
+        error: str | None = None,
+    ) -> None:
+        """A one-turn session has stored its turn: what it cost is counted, and its actor goes back to
+        the pool."""
+        if delta is not None and (delta != MetricsDelta() or error is not None):
+            self.registry.report(process_id, delta, status, error)
         await self.keeper.turn_over(process_id, session_id)
 
     async def end_session(self, caller_id: str, persona: str) -> str | None:

@@ -137,11 +137,13 @@ class SessionActor(ActorBase):
         self.digest = await DIGESTS.get(store, definition.name, life)
         self.session_id = existing or uuid4().hex
         self.loaded = existing is None  # a new conversation: nothing to read
-        # the session's row (and the caller's) is written while the caller's first turn is prepared
-        self._opening = self._spawn(store.open_session(
-            self.session_id, caller_id, definition.name, process_id, resumed=existing is not None,
-            identified=not one_turn,
-        ))  # fmt: skip
+        # the session's row (and the caller's) is written while the caller's first turn is prepared; a
+        # one-turn conversation is written whole when its turn ends
+        if not one_turn:
+            self._opening = self._spawn(store.open_session(
+                self.session_id, caller_id, definition.name, process_id, resumed=existing is not None,
+                identified=True,
+            ))  # fmt: skip
         return self.session_id
 
     async def _load(self) -> None:
@@ -312,20 +314,16 @@ class SessionActor(ActorBase):
         return True
 
     async def _turn_over(self) -> None:
-        """Hand the actor back first (the next caller may be waiting for it), then close the session's
-        row and report its metrics: those writes carry their own ids and need nothing of this actor."""
+        """Hand the actor back, with what its one turn cost, in one call (the conversation is already
+        stored whole, ended)."""
         session_id, process_id = self.session_id, self.process_id
         async with self.turn_lock:
             if session_id is None or session_id != self.session_id:
                 return
             delta, error = self._unreported, self._unreported_error
             self._reset()
-        await self.orchestrator.turn_over.remote(process_id, session_id)
-        store = await self.store()
-        await store.end_session(session_id, None)
-        if delta != MetricsDelta() or error is not None:
-            status = "failed" if error is not None else "completed"
-            await self.orchestrator.report.remote(process_id, delta, status=status, error=error)
+        status = "failed" if error is not None else "completed"
+        await self.orchestrator.turn_over.remote(process_id, session_id, delta, status, error)
 
     async def _settled(self) -> None:
         """The session's row is in the store (written behind a new conversation's first bind)."""
@@ -338,19 +336,32 @@ class SessionActor(ActorBase):
         added, self._input = self._input, ()
         if added and self.session_id is not None and self._turn_id is not None:
             await self._settled()
-            store = await self.store()
-            await store.append_messages(self.session_id, added, turn_id=self._turn_id)
+            await self._write(added, turn_id=self._turn_id)
+
+    async def _write(
+        self, messages: tuple[ChatMessage, ...], *, turn_id: str, interrupted: bool = False, reply_from: int = 0
+    ) -> None:
+        assert self.session_id is not None and self.persona is not None and self.caller_id is not None
+        store = await self.store()
+        if self.one_turn:  # the whole conversation, in the same one write
+            await store.keep_one_turn(
+                self.session_id, self.caller_id, self.persona.name, self.process_id or "", messages,
+                turn_id=turn_id, interrupted=interrupted, reply_from=reply_from,
+            )  # fmt: skip
+        else:
+            await store.append_messages(
+                self.session_id, messages, turn_id=turn_id, interrupted=interrupted, reply_from=reply_from
+            )
 
     async def _keep(self, result: TurnResult) -> None:
         assert self.session_id is not None and self.persona is not None
         allowance = self._allowance()
         added, self._input = self._input, ()
-        if added or result.new_messages:
+        if added or result.new_messages or self.one_turn:
             # the turn in one write: the caller's input and the reply
-            store = await self.store()
-            await store.append_messages(
-                self.session_id, added + result.new_messages, turn_id=result.turn_id,
-                interrupted=result.interrupted, reply_from=len(added),
+            await self._write(
+                added + result.new_messages, turn_id=result.turn_id, interrupted=result.interrupted,
+                reply_from=len(added),
             )  # fmt: skip
             if result.new_messages:
                 self.transcript.extend(result.new_messages)

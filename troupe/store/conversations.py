@@ -32,6 +32,7 @@ _CLAIM = (
     .returning(SessionRow.next_seq)
 )
 _INSERT = insert(MessageRow)
+_END = update(SessionRow).where(SessionRow.id == bindparam("sid")).values(status="ended", ended_at=bindparam("now"))
 # what a session binding a caller reads: their active conversation with the persona, and the persona's
 # memories of them
 _ACTIVE = (
@@ -79,6 +80,24 @@ def _open_session(
         conn.execute(
             _NEW_SESSION, {"id": session_id, "caller_id": caller_id, "persona": persona, "process_id": process_id}
         )
+
+
+def _one_turn(
+    conn: Connection,
+    session_id: str,
+    caller_id: str,
+    persona: str,
+    process_id: str,
+    messages: Sequence[ChatMessage],
+    turn_id: str,
+    interrupted: bool,
+    reply_from: int,
+) -> None:
+    """A conversation that was one turn long (a caller with no identity), whole: opened, kept, ended."""
+    conn.execute(_NEW_SESSION, {"id": session_id, "caller_id": caller_id, "persona": persona, "process_id": process_id})
+    if messages:
+        _append(conn, session_id, messages, turn_id, interrupted, reply_from)
+    conn.execute(_END, {"sid": session_id, "now": _now()})
 
 
 def _reading(engine: Engine, work: Any, *args: Any) -> Any:
@@ -294,6 +313,34 @@ class ConversationStore(StoreBase):
                     raise
                 await asyncio.sleep(0.05 * (attempt + 1))
         return -1
+
+    async def keep_one_turn(
+        self,
+        session_id: str,
+        caller_id: str,
+        persona: str,
+        process_id: str,
+        messages: Sequence[ChatMessage],
+        *,
+        turn_id: str,
+        interrupted: bool = False,
+        reply_from: int = 0,
+    ) -> None:
+        """A one-turn conversation in one write: its session (ended) and its messages."""
+        args = (session_id, caller_id, persona, process_id, tuple(messages), turn_id, interrupted, reply_from)
+        writer = self._sqlite_writer()
+        for attempt in range(20):
+            try:
+                if writer is not None:
+                    await asyncio.to_thread(_writing, writer, _one_turn, *args)
+                    return
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(_one_turn, *args)
+                    return
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
 
     async def keep_turn(
         self,
