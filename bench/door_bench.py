@@ -53,7 +53,7 @@ GOALS = {"uvicorn": (5.0, 30.0, 0.8), "serve": (10.0, 50.0, 0.8)}
 ONE_CALLER_MS, LITELLM_RATIO, CPU_MS, RSS_PCT = 3.0, 3.0, 6.0, 2.0
 PASS_LIMIT_S = 120  # a door that hangs or fails is reported, not waited for; half of it for the warm-up
 TROUPE_ROLES = ("troupe process", "door (Serve replica)", "session actors", "orchestrator", "other actors",
-                "ray system")  # fmt: skip
+                "idle workers", "ray system")  # fmt: skip
 
 Figures = dict[str, float]
 Passes = dict[str, Figures]  # "c=1", "c=16", and for troupe "c=16 anon"
@@ -206,7 +206,7 @@ def descendants(table: dict[int, Proc], root: int) -> dict[int, Proc]:
 def role(name: str, command: str) -> str:
     for key, label in (("ServeRepli", "door (Serve replica)"), ("troupe.cli", "troupe process"),
                        ("SessionAct", "session actors"), ("Orchestrat", "orchestrator"), ("DashboardA", "ray system"),
-                       ("RuntimeEnv", "ray system"), ("ray::", "other actors"),
+                       ("RuntimeEnv", "ray system"), ("ray::IDLE", "idle workers"), ("ray::", "other actors"),
                        ("fake_openai", "upstream"), ("door_bench", "client"), ("raylet", "ray system"),
                        ("gcs_server", "ray system"), ("/ray/", "ray system")):  # fmt: skip
         if key in name or key in command:
