@@ -188,6 +188,8 @@ def _log_to_files(log_dir: Path, verbose: bool) -> Path:
         console.setLevel(logging.WARNING)
         console.addFilter(lambda record: record.name.startswith("troupe"))
     root.addHandler(console)
+    if verbose:
+        logging.getLogger("httpx").setLevel(logging.INFO)  # a line per model call and outbound request
     return log_dir
 
 

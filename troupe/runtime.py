@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -21,12 +22,12 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from troupe.actors.agent import AgentLoop, budget_guard
 from troupe.actors.caller import is_anonymous
-from troupe.actors.messages import TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.actors.messages import TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
 from troupe.actors.persona_file import PersonaCatalog, load_personas
 from troupe.actors.prompt import transcript_window
-from troupe.actors.session import STALE, for_session
+from troupe.actors.session import STALE, for_session, new_input
 from troupe.actors.session_keeper import SessionLease
 from troupe.chat_model import ChatMessage, ToolCall, ToolSpec
 from troupe.config.settings import Settings
@@ -215,7 +216,9 @@ class RemoteTools:
 @dataclass
 class SessionCopy:
     """The door's copy of what a live session's turns are built from (see TurnPlan): its system
-    prompt and tools for one context, and its transcript at one version."""
+    prompt and tools for one context, its transcript at one version, and what its turns may spend.
+    While it is current, the door builds a caller's next turn itself and the turn costs one call to
+    the session actor (`finish`, which keeps it) instead of two."""
 
     process_id: str
     context: str = ""
@@ -223,35 +226,69 @@ class SessionCopy:
     tools: tuple[ToolSpec, ...] = ()
     transcript: list[ChatMessage] = field(default_factory=list)
     version: int | None = None
+    client_system: str | None = None  # the client's instructions the context was built with
+    plan: TurnPlan | None = None  # the last plan taken: the persona, model and limits of the next
+    pending: str | None = None  # the turn being built on this copy
+    acked_at: float = 0.0  # when the session last kept a turn of this copy
 
     def known(self, lease: SessionLease) -> tuple[str, int] | None:
         if lease.process_id != self.process_id or not self.context or self.version is None:
             return None
         return self.context, self.version
 
-    def take(self, plan: TurnPlan, keep: int) -> tuple[ChatMessage, ...]:
+    def build(self, request: TurnRequest, fresh_s: float) -> TurnPlan | None:
+        """The caller's next turn, built here; None when only the session can build it (the copy is not
+        current or not fresh, since an idle session may have been let go; the client's instructions
+        changed; the request is a retry or has no new input)."""
+        if self.version is None or not self.context or self.plan is None or self.pending is not None:
+            return None
+        if time.monotonic() - self.acked_at > fresh_s:
+            return None
+        added, client_system = new_input(request.messages)
+        if not added or client_system != self.client_system or (self.transcript and self.transcript[-1] == added[-1]):
+            return None
+        return self.plan.model_copy(
+            update={"turn_id": secrets.token_hex(8), "input": added, "version": self.version, "built": True}
+        )
+
+    def take(self, plan: TurnPlan, request: TurnRequest, keep: int) -> tuple[ChatMessage, ...]:
         """Bring the copy up to the plan; returns the transcript the turn is built on."""
         if plan.system is not None and plan.own_tools is not None:
             self.context, self.system, self.tools = plan.context, plan.system, plan.own_tools
+            self.client_system = new_input(request.messages)[1]
         if plan.window is not None:
             self.transcript = list(plan.window)
         else:
             self.transcript.extend(plan.input)
         del self.transcript[:-keep]
-        self.version = plan.version
+        if not plan.built:
+            self.version = plan.version
+            self.plan = plan.model_copy(update={"input": (), "system": None, "own_tools": None, "window": None})
+        self.pending = plan.turn_id
         return tuple(self.transcript)
 
-    def kept(self, plan: TurnPlan, new_messages: tuple[ChatMessage, ...]) -> None:
+    def kept(self, plan: TurnPlan, new_messages: tuple[ChatMessage, ...], ack: TurnAck | None) -> None:
         """The session kept the turn: its transcript moved on by the reply, as this copy does."""
-        if self.version == plan.version and new_messages:
+        if ack is None or self.pending != plan.turn_id or ack.version < 0 or ack.context != self.context:
+            self.version = None  # whatever the session holds now, this copy is not it
+        else:
             self.transcript.extend(new_messages)
-            self.version += 1
+            self.version = ack.version
+            self.acked_at = time.monotonic()
+            if self.plan is not None:
+                self.plan = self.plan.model_copy(update={"allowance": ack.allowance})
+        self.pending = None
+
+
+COPY_FRESH_S = 30.0  # how long after its last turn a door builds a caller's next turn from its copy
 
 
 class SessionClient:
     """Runs caller turns in the door. Holds session handles so only a caller's first turn visits the
-    orchestrator; each turn then costs two calls to the session actor: `prepare` before the model
-    speaks and `finish` once it has, and the reply streams from the model straight to the caller.
+    orchestrator. A turn is `prepare`d by the session actor (the door keeps a copy of what it sends,
+    see SessionCopy), the reply streams from the model straight to the caller, and `finish` hands the
+    turn back to be kept; while the door's copy is current it builds the next turn itself, so a steady
+    caller's turn costs one call to the session actor.
 
     Every turn is durable whatever dies: its outcome is built up as it streams, a cut-off reply is kept
     marked interrupted and paid for, and if the session actor died mid-turn the door keeps the turn
@@ -335,6 +372,11 @@ class SessionClient:
         """Open the turn on the caller's session. If that actor died (or was released and reused), the
         turn goes to the caller's current session actor instead: the transcript is in the store."""
         lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
+        # a copy is trusted only while its conversation is live: well within the time an idle session is
+        # kept, and short, since a conversation ended through another door replica leaves this one's copy
+        fresh_s = min(self.settings.session_idle_timeout_s / 2, COPY_FRESH_S)
+        if not one_turn and (built := self._copy(request, lease).build(request, fresh_s)) is not None:
+            return lease, built
         for attempt in range(3):
             if not one_turn:
                 request = request.model_copy(update={"known": self._copy(request, lease).known(lease)})
@@ -373,7 +415,7 @@ class SessionClient:
             yield plan
             return
         copy = SessionCopy(lease.process_id) if one_turn else self._copy(request, lease)
-        history = copy.take(plan, self.settings.history_turns * 4)
+        history = copy.take(plan, request, self.settings.history_turns * 4)
         loop = AgentLoop(
             speaker=plan.persona,
             model=self.models.for_persona(self.catalog.get(plan.persona)),
@@ -416,6 +458,10 @@ class SessionClient:
                 error_code=failure.code if failure else None,
                 error_text=failure.message if failure else None,
                 interrupted=last is None,
+                # a turn built here: the session learns of it now
+                session_id=plan.session_id if plan.built else "",
+                input=plan.input if plan.built else (),
+                base_version=plan.version if plan.built else None,
             )
             finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id, copy))
             self._finishing.add(finishing)
@@ -431,14 +477,18 @@ class SessionClient:
     ) -> None:
         """Hand the finished turn to its session; if that actor died mid-turn (or no longer holds the
         turn), keep the turn through the store: the reply the caller heard is in the transcript."""
+        died = False
         try:
-            kept = await asyncio.wait_for(lease.handle.finish.remote(result), self.settings.actor_call_timeout_s)
+            ack: TurnAck | None = await asyncio.wait_for(
+                lease.handle.finish.remote(result), self.settings.actor_call_timeout_s
+            )
+        except RayActorError:
+            ack, died = None, True
         except Exception:
-            kept = False
-        if kept:
-            copy.kept(plan, result.new_messages)
+            ack = None
+        copy.kept(plan, result.new_messages, ack)
+        if ack is not None:
             return
-        copy.version = None  # whatever the session holds now, this copy is not it
         try:
             store = await self.store()
             await store.keep_turn(
@@ -448,3 +498,14 @@ class SessionClient:
             self.orchestrator.report.remote(lease.process_id, result.delta)
         except Exception:
             log.warning("the turn %s could not be kept", plan.turn_id, exc_info=True)
+        if died:  # the caller's session gets its next actor now (a warm one binds in milliseconds)
+            healing = asyncio.ensure_future(self._replace(lease, caller_id, plan.persona))
+            self._finishing.add(healing)
+            healing.add_done_callback(self._finishing.discard)
+            await asyncio.wait({healing}, timeout=2.0)
+
+    async def _replace(self, lease: SessionLease, caller_id: str, persona: str) -> None:
+        try:
+            await self.lease(caller_id, persona, failed=lease)
+        except Exception:
+            log.info("the session of a turn whose actor died will be started on its next turn", exc_info=True)

@@ -153,6 +153,7 @@ class TurnPlan(_Frozen):
     system: str | None = None  # None: the door's, of `context`
     own_tools: tuple[ToolSpec, ...] | None = None  # None: the door's, of `context`
     window: tuple[ChatMessage, ...] | None = None  # None: the door's copy plus `input`
+    built: bool = False  # built by the door from its copy, not prepared: `version` is the copy's
     temperature: float | None = None
     max_iterations: int = 4
     allowance: Allowance
@@ -168,6 +169,19 @@ class TurnResult(_Frozen):
     error_code: str | None = None
     error_text: str | None = None
     interrupted: bool = False  # the reply was cut off (the caller hung up, the model failed, a timeout)
+    # a turn the door built from its copy of the session, without `prepare`: whose it is, its input, and
+    # the version of the transcript it was built on
+    session_id: str = ""
+    input: tuple[ChatMessage, ...] = ()
+    base_version: int | None = None
+
+
+class TurnAck(_Frozen):
+    """The session kept a turn; what the door's copy needs to build the next one without `prepare`."""
+
+    version: int
+    context: str
+    allowance: Allowance
 
 
 TurnEventKind = Literal["delta", "tool_calls", "done", "error"]

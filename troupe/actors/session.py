@@ -17,7 +17,7 @@ import ray
 
 from troupe.actors.agent import exceeded_scope
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import Allowance, MetricsDelta, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.actors.messages import Allowance, MetricsDelta, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.persona_file import PersonaCatalog, PersonaDef
 from troupe.actors.prompt import PromptContext, build_system_prompt, transcript_window
@@ -88,6 +88,7 @@ class SessionActor(ActorBase):
         self._input: tuple[ChatMessage, ...] = ()  # the open turn's input, written with its reply
         self._prompt: tuple[tuple[Any, ...], str, str] | None = None  # (what went in, the prompt, its context)
         self._contexts = 0
+        self._context_stale = False
         self._bind_nonce = secrets.token_hex(4)  # a context id is never reused by a later binding
         self.version = 0  # of the transcript: bumped whenever it changes, so a door knows its copy is current
         self._background: set[asyncio.Task[Any]] = set()
@@ -192,11 +193,12 @@ class SessionActor(ActorBase):
         returns it with the id of that context, by which a door keeps its copy."""
         assert self.persona is not None and self.caller_id is not None
         key = (self.memories, self.digest, client_system)
-        if self._prompt is None or self._prompt[0] != key:
+        if self._prompt is None or self._prompt[0] != key or self._context_stale:
             context = PromptContext(
                 caller_id=self.caller_id, memories=self.memories, life_digest=self.digest, client_system=client_system
             )
             self._contexts += 1
+            self._context_stale = False
             prompt = build_system_prompt(self.persona, context, self.catalog)[0]
             self._prompt = (key, prompt, f"{self._bind_nonce}:{self._contexts}")
         return self._prompt[1], self._prompt[2]
@@ -289,29 +291,65 @@ class SessionActor(ActorBase):
         self._turn_id = None
 
     async def run_tool(self, turn_id: str, call: ToolCall) -> str:
-        """Run one of the persona's own tools for the turn in flight (they need the store and the company)."""
-        if turn_id != self._turn_id or self.tools is None:
+        """Run one of the persona's own tools for the turn in flight (they need the store and the company);
+        a turn the door built itself is in flight when no prepared one is."""
+        prepared_elsewhere = self._turn_id is not None and turn_id != self._turn_id
+        if prepared_elsewhere or self.tools is None or turn_id in self.finished:
             return "Error: this turn has ended."
         return await self.tools.run(call)
 
-    async def finish(self, result: TurnResult) -> bool:
-        """Close a turn: keep its reply in the transcript and the store, count what it cost. Idempotent
-        by turn id: a retried finish is not kept twice. False: this actor does not hold that turn (it
-        was restarted or rebound); the door then keeps the turn through the store itself."""
+    async def finish(self, result: TurnResult) -> TurnAck | None:
+        """Close a turn: keep its input and reply in the transcript and the store, count what it cost.
+        Idempotent by turn id: a retried finish is not kept twice. None: this actor does not hold that
+        turn (it was restarted or rebound); the door then keeps the turn through the store itself.
+
+        A turn the door built from its copy of this session (`base_version` set) was never prepared: it
+        is kept if this actor still holds its session. Built on an older transcript (another door's turn
+        came in between), it is kept all the same, since the caller heard it, and the ack tells the door
+        its copy is behind."""
         if result.turn_id in self.finished:
-            return True
+            return self._ack()
+        if result.base_version is not None:
+            return await self._finish_built(result)
         if result.turn_id != self._turn_id:
-            return False
+            return None
         try:
             await self._settled()
             await self._keep(result)
             self.finished.append(result.turn_id)
         finally:
             self._close_turn()
+        ack = self._ack()
         if self.one_turn:
             # a caller with no identity: the conversation was this one turn; the actor goes back to the pool
             self._spawn(self._turn_over())
-        return True
+        return ack
+
+    async def _finish_built(self, result: TurnResult) -> TurnAck | None:
+        async with self.turn_lock:
+            await self._await_open_turn()
+            if self.one_turn or self.session_id is None or result.session_id != self.session_id:
+                return None
+            if not self.loaded:
+                await self._load()
+            behind = result.base_version != self.version
+            if result.input:
+                self.transcript.extend(result.input)
+                self.version += 1
+            self._input, self._turn_id = result.input, result.turn_id
+            try:
+                await self._settled()
+                await self._keep(result)
+                self.finished.append(result.turn_id)
+            finally:
+                self._turn_id = None
+            ack = self._ack()
+            return ack.model_copy(update={"version": -1}) if behind else ack
+
+    def _ack(self) -> TurnAck:
+        current = self._prompt is not None and not self._context_stale
+        context = self._prompt[2] if self._prompt is not None and current else ""
+        return TurnAck(version=self.version, context=context, allowance=self._allowance())
 
     async def _turn_over(self) -> None:
         """Hand the actor back, with what its one turn cost, in one call (the conversation is already
@@ -380,6 +418,7 @@ class SessionActor(ActorBase):
             await store.record_budget_event(scope, subject, limit, self.spent)
         self._report(result.delta, result.error_text)
         if any(call.name == "remember" for m in result.new_messages for call in m.tool_calls):
+            self._context_stale = True  # a door's copy of the prompt must not outlive these memories
             self._spawn(self._refresh_context())
 
     def _report(self, delta: MetricsDelta, error: str | None) -> None:

@@ -270,6 +270,7 @@ def transcript_text(data: Mapping[str, Any]) -> str:
 
 
 async def _remember(gateway: Any, persona: str, caller: str, transcript: str, conversation: str) -> None:
+    gateway.client.forget(caller, persona)  # the next conversation starts from the store, memories and all
     try:
         await gateway.orchestrator.remember_call.remote(persona, caller, transcript, SOURCE)
     except Exception:

@@ -14,6 +14,7 @@ before a reply starts), its timeouts, and status errors with the endpoint's own 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 from collections.abc import AsyncIterator
@@ -26,6 +27,11 @@ import orjson
 from troupe.chat_model import ModelChunk, ModelRequest, ToolCall, Usage, estimate_tokens
 from troupe.config.settings import Settings
 from troupe.errors import ModelUnavailable
+
+# httpx logs every request at INFO: a line per model call, in whichever process calls the model. Left
+# alone when something has set its level (an operator's logging config, `troupe serve --verbose`).
+if logging.getLogger("httpx").level == logging.NOTSET:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRIED_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})

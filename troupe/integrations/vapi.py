@@ -198,6 +198,7 @@ async def vapi_events(request: Request) -> Any:
         return {"results": await _run_tools(gateway, persona, caller or "vapi", message)}
     if kind in ("end-of-call-report", "call.ended"):
         if caller:
+            gateway.client.forget(caller, persona)  # the next call starts from the store, memories and all
             _later(_remember(gateway, persona, caller, call_id, _transcript(message)))
         return {"received": kind}
     if kind == "status-update" and message.get("status") == "ended" and caller:
