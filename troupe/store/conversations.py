@@ -153,18 +153,6 @@ def _append(
     return int(claimed) - 1
 
 
-def _append_in(
-    engine: Engine,
-    session_id: str,
-    messages: Sequence[ChatMessage],
-    turn_id: str | None,
-    interrupted: bool,
-    reply_from: int,
-) -> int:
-    with engine.begin() as conn:
-        return _append(conn, session_id, messages, turn_id, interrupted, reply_from)
-
-
 def _chat(row: MessageRow) -> ChatMessage:
     calls = tuple(ToolCall(**c) for c in json.loads(row.tool_calls)) if row.tool_calls else ()
     return ChatMessage(
@@ -177,6 +165,22 @@ def _chat(row: MessageRow) -> ChatMessage:
 
 
 class ConversationStore(StoreBase):
+    async def _write(self, work: Any, *args: Any) -> Any:
+        """`work(conn, *args)` in one transaction: on SQLite one trip to its writer thread, else through
+        the async engine; retried while the database is busy."""
+        writer = self._sqlite_writer()
+        for attempt in range(20):
+            try:
+                if writer is not None:
+                    return await asyncio.to_thread(_writing, writer, work, *args)
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(work, *args)
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     async def conversation(
         self, caller_id: str, persona: str, *, memories: int = 8
     ) -> tuple[str | None, list[str], str]:
@@ -197,20 +201,7 @@ class ConversationStore(StoreBase):
     ) -> None:
         """In one transaction: the caller is recorded (when `identified`), and the session is created
         under `session_id` or, `resumed`, handed to `process_id`."""
-        args = (session_id, caller_id, persona, process_id, resumed, identified)
-        writer = self._sqlite_writer()
-        for attempt in range(20):
-            try:
-                if writer is not None:
-                    await asyncio.to_thread(_writing, writer, _open_session, *args)
-                    return
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(_open_session, *args)
-                    return
-            except OperationalError:
-                if attempt == 19:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
+        await self._write(_open_session, session_id, caller_id, persona, process_id, resumed, identified)
 
     async def upsert_caller(self, caller_id: str, *, phone: str | None = None, name: str | None = None) -> CallerRecord:
         for _ in range(3):
@@ -299,20 +290,8 @@ class ConversationStore(StoreBase):
         bench/door_bench.py shows the CPU per stream)."""
         if not messages:
             return -1
-        writer = self._sqlite_writer()
-        for attempt in range(20):
-            try:
-                if writer is not None:
-                    return await asyncio.to_thread(
-                        _append_in, writer, session_id, messages, turn_id, interrupted, reply_from
-                    )
-                async with self.engine.begin() as conn:
-                    return await conn.run_sync(_append, session_id, messages, turn_id, interrupted, reply_from)
-            except OperationalError:
-                if attempt == 19:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        return -1
+        last: int = await self._write(_append, session_id, messages, turn_id, interrupted, reply_from)
+        return last
 
     async def keep_one_turn(
         self,
@@ -328,19 +307,7 @@ class ConversationStore(StoreBase):
     ) -> None:
         """A one-turn conversation in one write: its session (ended) and its messages."""
         args = (session_id, caller_id, persona, process_id, tuple(messages), turn_id, interrupted, reply_from)
-        writer = self._sqlite_writer()
-        for attempt in range(20):
-            try:
-                if writer is not None:
-                    await asyncio.to_thread(_writing, writer, _one_turn, *args)
-                    return
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(_one_turn, *args)
-                    return
-            except OperationalError:
-                if attempt == 19:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
+        await self._write(_one_turn, *args)
 
     async def keep_turn(
         self,
