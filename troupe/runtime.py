@@ -231,10 +231,8 @@ class SessionCopy:
     pending: str | None = None  # the turn being built on this copy
     acked_at: float = 0.0  # when the session last kept a turn of this copy
 
-    def known(self, lease: SessionLease) -> tuple[str, int] | None:
-        if lease.process_id != self.process_id or not self.context or self.version is None:
-            return None
-        return self.context, self.version
+    def known(self) -> tuple[str, int] | None:
+        return (self.context, self.version) if self.context and self.version is not None else None
 
     def build(self, request: TurnRequest, fresh_s: float) -> TurnPlan | None:
         """The caller's next turn, built here; None when only the session can build it (the copy is not
@@ -269,7 +267,7 @@ class SessionCopy:
 
     def kept(self, plan: TurnPlan, new_messages: tuple[ChatMessage, ...], ack: TurnAck | None) -> None:
         """The session kept the turn: its transcript moved on by the reply, as this copy does."""
-        if ack is None or self.pending != plan.turn_id or ack.version < 0 or ack.context != self.context:
+        if ack is None or self.pending != plan.turn_id or ack.behind or ack.context != self.context:
             self.version = None  # whatever the session holds now, this copy is not it
         else:
             self.transcript.extend(new_messages)
@@ -379,7 +377,7 @@ class SessionClient:
             return lease, built
         for attempt in range(3):
             if not one_turn:
-                request = request.model_copy(update={"known": self._copy(request, lease).known(lease)})
+                request = request.model_copy(update={"known": self._copy(request, lease).known()})
             try:
                 plan: TurnPlan | TurnEvent = await asyncio.wait_for(
                     lease.handle.prepare.remote(request), self.settings.actor_call_timeout_s

@@ -180,8 +180,9 @@ class TurnAck(_Frozen):
     """The session kept a turn; what the door's copy needs to build the next one without `prepare`."""
 
     version: int
-    context: str
+    context: str  # "" when the door's copy of the prompt is no longer the session's
     allowance: Allowance
+    behind: bool = False  # the turn was built on an older transcript than the session's
 
 
 TurnEventKind = Literal["delta", "tool_calls", "done", "error"]

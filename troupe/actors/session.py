@@ -238,10 +238,7 @@ class SessionActor(ActorBase):
                 )
             turn_id = secrets.token_hex(8)
             before = self.version
-            if added:
-                self.transcript.extend(added)
-                self.version += 1
-            self._input = added
+            self._take_input(added)
             system, context = self._system_prompt(client_system)
             tools = self._toolbox(store).specs()
             door_has_context = request.known is not None and request.known[0] == context
@@ -333,23 +330,26 @@ class SessionActor(ActorBase):
             if not self.loaded:
                 await self._load()
             behind = result.base_version != self.version
-            if result.input:
-                self.transcript.extend(result.input)
-                self.version += 1
-            self._input, self._turn_id = result.input, result.turn_id
+            self._take_input(result.input)
+            self._turn_id = result.turn_id
             try:
                 await self._settled()
                 await self._keep(result)
                 self.finished.append(result.turn_id)
             finally:
                 self._turn_id = None
-            ack = self._ack()
-            return ack.model_copy(update={"version": -1}) if behind else ack
+            return self._ack(behind=behind)
 
-    def _ack(self) -> TurnAck:
-        current = self._prompt is not None and not self._context_stale
-        context = self._prompt[2] if self._prompt is not None and current else ""
-        return TurnAck(version=self.version, context=context, allowance=self._allowance())
+    def _ack(self, *, behind: bool = False) -> TurnAck:
+        context = self._prompt[2] if self._prompt is not None and not self._context_stale else ""
+        return TurnAck(version=self.version, context=context, allowance=self._allowance(), behind=behind)
+
+    def _take_input(self, added: tuple[ChatMessage, ...]) -> None:
+        """The turn's input goes into the transcript now, and into the store with its reply."""
+        if added:
+            self.transcript.extend(added)
+            self.version += 1
+        self._input = added
 
     async def _turn_over(self) -> None:
         """Hand the actor back, with what its one turn cost, in one call (the conversation is already
