@@ -19,11 +19,11 @@ import psutil
 import ray
 
 from troupe.actors.agent import AgentLoop
-from troupe.actors.messages import TurnRequest
-from troupe.actors.persona_file import load_personas
-from troupe.chat_model import ChatMessage
+from troupe.clients.fake_model import ScriptedChatModel
 from troupe.config.settings import Settings
-from troupe.integrations.fake_model import ScriptedChatModel
+from troupe.core.chat import ChatMessage
+from troupe.core.messages import TurnRequest
+from troupe.core.persona_file import load_personas
 from troupe.runtime import Runtime, init_ray
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from troupe.actors.messages import TurnEvent
-from troupe.actors.persona_file import load_personas
 from troupe.app import Gateway, create_app
 from troupe.config.settings import Settings
+from troupe.core.messages import TurnEvent
+from troupe.core.persona_file import load_personas
 from troupe.integrations.slack import sign
 from troupe.testing.fake_slack import FakeSlackServer
 from troupe.testing.loopback import serving

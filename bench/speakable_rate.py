@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 
-from troupe.integrations.speakable import speakable
+from troupe.clients.speakable import speakable
 
 
 async def instant(parts: list[str]) -> AsyncIterator[str]:

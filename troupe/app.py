@@ -13,16 +13,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from troupe.actors.persona_file import PersonaCatalog
+from troupe.clients.openai_api import error_json
 from troupe.config.keys import Keyring
 from troupe.config.settings import Settings
 from troupe.control_panel import api
 from troupe.control_panel.access import Door
 from troupe.control_panel.limits import RateLimited, RateLimiter
-from troupe.errors import TroupeError
+from troupe.core.errors import TroupeError
+from troupe.core.persona_file import PersonaCatalog
 from troupe.integrations import completions, elevenlabs, slack, vapi
 from troupe.integrations.known_calls import KnownCalls
-from troupe.integrations.openai_api import error_json
 from troupe.integrations.tickets import TicketBook
 from troupe.runtime import SessionClient
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from troupe.actors.schedule import ACTIVITIES
 from troupe.config.keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 from troupe.config.settings import Settings, load_settings
-from troupe.errors import ConfigError, TroupeError
+from troupe.core.errors import ConfigError, TroupeError
+from troupe.core.schedule import ACTIVITIES
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -245,7 +245,7 @@ async def _await(ref: Any) -> Any:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     settings = _settings(args, session_pool_size=1, life_loops_enabled=False)
-    from troupe.actors.persona_file import load_personas
+    from troupe.core.persona_file import load_personas
 
     catalog = load_personas(settings.personas_dir)
     persona = catalog.get(args.persona)
@@ -261,8 +261,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 async def _chat_loop(runtime: Any, persona: str, caller: str) -> None:
-    from troupe.actors.messages import TurnRequest
-    from troupe.chat_model import ChatMessage
+    from troupe.core.chat import ChatMessage
+    from troupe.core.messages import TurnRequest
 
     client = runtime.client()
     print(f"You are talking with {persona}. Ctrl-D ends the conversation.", file=sys.stderr)
@@ -315,7 +315,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_personas(args: argparse.Namespace) -> int:
-    from troupe.actors.persona_file import PersonaCatalog, check_personas
+    from troupe.core.persona_file import PersonaCatalog, check_personas
 
     directory = Path(args.personas_dir) if args.personas_dir else _settings(args).personas_dir
     valid, problems = check_personas(directory)
@@ -332,7 +332,7 @@ def cmd_personas(args: argparse.Namespace) -> int:
 
 def cmd_say(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from troupe.actors.persona_file import load_personas
+    from troupe.core.persona_file import load_personas
     from troupe.integrations.elevenlabs import speak
 
     persona = load_personas(settings.personas_dir).get(args.persona)

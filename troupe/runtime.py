@@ -21,18 +21,18 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
 from troupe.actors.agent import AgentLoop, budget_guard
-from troupe.actors.caller import is_anonymous
-from troupe.actors.messages import TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
-from troupe.actors.persona_file import PersonaCatalog, load_personas
-from troupe.actors.prompt import transcript_window
 from troupe.actors.session import STALE, for_session, new_input
 from troupe.actors.session_keeper import SessionLease
-from troupe.chat_model import ChatMessage, ToolCall, ToolSpec
 from troupe.config.settings import Settings
 from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
-from troupe.errors import ConfigError, TroupeError, TroupeUnavailable
+from troupe.core.caller import is_anonymous
+from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
+from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
+from troupe.core.messages import TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.core.persona_file import PersonaCatalog, load_personas
+from troupe.core.prompt import transcript_window
 from troupe.store import Store
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from tests.integration.conftest import make_settings
 from troupe.actors.local_model import Engine, default_model_path
 from troupe.actors.models import LOCAL_MODEL_ACTOR
 from troupe.app import Gateway, create_app
-from troupe.chat_model import ChatMessage, ModelChunk, ModelRequest
+from troupe.core.chat import ChatMessage, ModelChunk, ModelRequest
 from troupe.testing.loopback import serving
 
 pytestmark = pytest.mark.local_model

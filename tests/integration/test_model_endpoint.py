@@ -12,9 +12,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
-from troupe.chat_model import ChatMessage, ModelRequest, ToolSpec, complete
-from troupe.errors import ModelUnavailable
-from troupe.integrations.model_endpoint import EndpointChatModel
+from troupe.clients.chat_model import complete
+from troupe.clients.model_endpoint import EndpointChatModel
+from troupe.core.chat import ChatMessage, ModelRequest, ToolSpec
+from troupe.core.errors import ModelUnavailable
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
 from troupe.testing.loopback import LoopbackServer
 

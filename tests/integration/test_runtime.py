@@ -14,9 +14,9 @@ import ray
 from ray.exceptions import RayActorError
 
 from tests.integration.conftest import make_settings, write_script
-from troupe.actors.messages import TurnEvent, TurnRequest
-from troupe.chat_model import ChatMessage
-from troupe.errors import PersonaNotFound, SessionLimit, StoreUnavailable
+from troupe.core.chat import ChatMessage
+from troupe.core.errors import PersonaNotFound, SessionLimit, StoreUnavailable
+from troupe.core.messages import TurnEvent, TurnRequest
 from troupe.runtime import Runtime
 from troupe.store import Store
 

@@ -17,10 +17,10 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from tests.integration.conftest import make_settings, write_script
 from tests.integration.test_runtime import processes, say, text_of, wait_for
-from troupe.actors.messages import TurnRequest
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME
 from troupe.app import Gateway, create_app
-from troupe.chat_model import ChatMessage
+from troupe.core.chat import ChatMessage
+from troupe.core.messages import TurnRequest
 from troupe.store import Store
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
 from troupe.testing.loopback import serving

@@ -14,9 +14,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from troupe.actors.messages import MetricsDelta, ProcessInfo, ProcessMetrics
-from troupe.chat_model import ChatMessage, ToolCall
-from troupe.errors import StoreUnavailable
+from troupe.core.chat import ChatMessage, ToolCall
+from troupe.core.errors import StoreUnavailable
+from troupe.core.messages import MetricsDelta, ProcessInfo, ProcessMetrics
 from troupe.store import Base, Store
 
 

@@ -10,8 +10,8 @@ import pytest
 from troupe.actors.agent import AgentLoop, answer_once
 from troupe.actors.session import new_input
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
-from troupe.errors import BudgetExceeded
+from troupe.core.chat import ChatMessage, ModelChunk, ModelRequest, ToolCall, ToolSpec, Usage
+from troupe.core.errors import BudgetExceeded
 
 
 class Replay:

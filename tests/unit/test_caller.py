@@ -1,4 +1,4 @@
-from troupe.actors.caller import is_anonymous, normalise_phone, resolve_caller_id
+from troupe.core.caller import is_anonymous, normalise_phone, resolve_caller_id
 
 
 def test_phone_wins_and_is_normalised():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from troupe.errors import ConfigError
+from troupe.core.errors import ConfigError
 from troupe.life.goals import (
     REVIEW_INSTRUCTION,
     Flag,

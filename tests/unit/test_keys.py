@@ -9,7 +9,7 @@ import pytest
 
 from troupe.config.keys import Keyring, ensure_admin_key, parse_keys
 from troupe.config.settings import Settings, is_secret
-from troupe.errors import ConfigError
+from troupe.core.errors import ConfigError
 
 
 def test_entries_name_a_role_and_a_bare_key_is_an_admin_key() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from troupe.actors.schedule import describe
+from troupe.core.schedule import describe
 from troupe.life import digest
 from troupe.life.posts import MAX_CHARS, shape, unsafe
 

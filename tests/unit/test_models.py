@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from troupe.actors.local_model import render_transcript
-from troupe.chat_model import ChatMessage, ModelRequest, complete
-from troupe.integrations.fake_model import ScriptedChatModel
+from troupe.clients.chat_model import complete
+from troupe.clients.fake_model import ScriptedChatModel
+from troupe.core.chat import ChatMessage, ModelRequest
 
 SYSTEM = ChatMessage(role="system", content="# Soul\nTony is the CTO.\n# Instructions\nBe brief.")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from troupe.actors.persona_file import PersonaFileError, check_personas, load_personas, parse_persona
-from troupe.errors import PersonaNotFound
+from troupe.core.errors import PersonaNotFound
+from troupe.core.persona_file import PersonaFileError, check_personas, load_personas, parse_persona
 
 GOOD = """---
 name: Zoe

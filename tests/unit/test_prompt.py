@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from troupe.actors.persona_file import load_personas
-from troupe.actors.prompt import PromptContext, build_system_prompt, transcript_window
-from troupe.chat_model import ChatMessage, ToolCall
+from troupe.core.chat import ChatMessage, ToolCall
+from troupe.core.persona_file import load_personas
+from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
 
 CATALOG = load_personas()
 TONY = CATALOG.get("Tony")

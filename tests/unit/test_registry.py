@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from troupe.actors import registry as registry_module
-from troupe.actors.messages import MetricsDelta, ProcessInfo, ProcessKind, new_process_id, utcnow
 from troupe.actors.registry import EVENT_LOG, FINISHED_KEPT, Registry, restarts_by_kind
+from troupe.core.messages import MetricsDelta, ProcessInfo, ProcessKind, new_process_id, utcnow
 from troupe.store import Store
 
 

@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from troupe.actors.schedule import default_schedule, due, latest_slot, next_slot, validate
+from troupe.core.schedule import default_schedule, due, latest_slot, next_slot, validate
 
 
 def test_validate_names_the_problem():

@@ -16,12 +16,12 @@ import pytest
 from ray.exceptions import RayActorError
 
 from troupe.actors import session_keeper as keeper_module
-from troupe.actors.persona_file import PersonaDef, load_personas
 from troupe.actors.registry import Registry
 from troupe.actors.session_keeper import SessionKeeper
 from troupe.actors.supervisor import Supervisor
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded, SessionLimit
+from troupe.core.errors import BudgetExceeded, SessionLimit
+from troupe.core.persona_file import PersonaDef, load_personas
 
 ids = itertools.count(1)
 

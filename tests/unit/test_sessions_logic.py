@@ -8,8 +8,8 @@ import asyncio
 from tests.unit.test_agent import Replay
 from troupe.actors.agent import AgentLoop
 from troupe.actors.session import for_session
-from troupe.actors.sessions import QUIET_S, SessionDirectory, SessionSlot
-from troupe.chat_model import ChatMessage
+from troupe.core.chat import ChatMessage
+from troupe.core.sessions import QUIET_S, SessionDirectory, SessionSlot
 
 
 class Clock:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from troupe.actors.persona_file import load_personas
-from troupe.chat_model import ModelRequest
-from troupe.integrations.fake_model import ScriptedChatModel
+from troupe.clients.fake_model import ScriptedChatModel
+from troupe.core.chat import ModelRequest
+from troupe.core.persona_file import load_personas
 from troupe.integrations.slack import (
     admin_word,
     choose_persona,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from troupe.integrations.speakable import MAX_CHARS, length_cut, sentence_cut, speakable, word_cut
+from troupe.clients.speakable import MAX_CHARS, length_cut, sentence_cut, speakable, word_cut
 
 
 async def deltas(*items: str | float) -> AsyncIterator[str]:

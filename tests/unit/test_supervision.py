@@ -1,4 +1,4 @@
-from troupe.actors.supervision import Policy, decide
+from troupe.core.supervision import Policy, decide
 
 
 def test_first_restart_is_immediate_then_backs_off():

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from ray.exceptions import RayActorError
 
-from troupe.actors.messages import ProcessInfo, ProcessKind, new_process_id
 from troupe.actors.registry import Registry
-from troupe.actors.supervision import Policy
 from troupe.actors.supervisor import Child, Supervisor
+from troupe.core.messages import ProcessInfo, ProcessKind, new_process_id
+from troupe.core.supervision import Policy
 
 
 class FakeActor:

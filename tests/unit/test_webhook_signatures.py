@@ -12,8 +12,8 @@ import pytest
 from slack_bolt.middleware.request_verification.async_request_verification import AsyncRequestVerification
 from slack_sdk.signature import Clock, SignatureVerifier
 
-from troupe.actors.persona_file import load_personas
 from troupe.config.settings import Settings
+from troupe.core.persona_file import load_personas
 from troupe.integrations.elevenlabs import BadSignature as ElevenLabsBadSignature
 from troupe.integrations.elevenlabs import origin_allowed, verified_event
 from troupe.integrations.slack import SlackDoor, sign, verified

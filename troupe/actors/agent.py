@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from troupe.actors.messages import Allowance, MetricsDelta, TurnEvent
-from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, ToolCall, ToolSpec, Usage, estimate_tokens
+from troupe.clients.chat_model import ChatModel
 from troupe.config.pricing import cost
-from troupe.errors import BudgetExceeded
+from troupe.core.chat import ChatMessage, ModelRequest, ToolCall, ToolSpec, Usage, estimate_tokens
+from troupe.core.errors import BudgetExceeded
+from troupe.core.messages import Allowance, MetricsDelta, TurnEvent
 
 
 class ToolBox(Protocol):

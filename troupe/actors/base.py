@@ -8,8 +8,8 @@ import os
 import resource
 from typing import Any
 
-from troupe.actors.persona_file import PersonaCatalog
 from troupe.config.settings import Settings
+from troupe.core.persona_file import PersonaCatalog
 from troupe.store import Store
 
 

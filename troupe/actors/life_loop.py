@@ -16,11 +16,11 @@ import httpx
 import ray
 
 from troupe.actors.base import ActorBase
-from troupe.actors.persona_file import PersonaCatalog
-from troupe.actors.schedule import ACTIVITIES, default_schedule, describe, due, next_slot, validate
+from troupe.clients.outbound import OutboundFailed
 from troupe.config.settings import Settings, split_list
-from troupe.errors import ConfigError
-from troupe.integrations.outbound import OutboundFailed
+from troupe.core.errors import ConfigError
+from troupe.core.persona_file import PersonaCatalog
+from troupe.core.schedule import ACTIVITIES, default_schedule, describe, due, next_slot, validate
 from troupe.life import goals as goals_file
 from troupe.life import news, posts
 from troupe.life.clock import Clock

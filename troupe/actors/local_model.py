@@ -21,9 +21,9 @@ from typing import Any
 import ray
 from pydantic import BaseModel
 
-from troupe.chat_model import ModelChunk, ModelRequest, Usage
 from troupe.config.settings import Settings
-from troupe.errors import ModelUnavailable
+from troupe.core.chat import ModelChunk, ModelRequest, Usage
+from troupe.core.errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from troupe.actors.persona_file import PersonaDef
-from troupe.chat_model import ChatModel, ModelChunk, ModelRequest
+from troupe.clients.chat_model import ChatModel
 from troupe.config.settings import Settings
-from troupe.errors import ModelUnavailable
+from troupe.core.chat import ModelChunk, ModelRequest
+from troupe.core.errors import ModelUnavailable
+from troupe.core.persona_file import PersonaDef
 
 LOCAL_MODEL_NAME = "gemma-3-270m"
 LOCAL_MODEL_ACTOR = "local-model"
@@ -42,14 +43,14 @@ class ModelFactory:
     def _build(self, persona: PersonaDef) -> ChatModel:
         backend = self.settings.effective_backend
         if backend == "fake":
-            from troupe.integrations.fake_model import ScriptedChatModel
+            from troupe.clients.fake_model import ScriptedChatModel
 
             if self.settings.fake_script:
                 return ScriptedChatModel.from_file(self.settings.fake_script)
             return ScriptedChatModel()
         if backend == "local":
             return LocalByName(self.settings.namespace)
-        from troupe.integrations.model_endpoint import chat_model_for
+        from troupe.clients.model_endpoint import chat_model_for
 
         return chat_model_for(self.settings, persona.model, persona.base_url, persona.api_key_env)
 

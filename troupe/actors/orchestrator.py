@@ -19,7 +19,17 @@ from ray.exceptions import RayActorError
 
 from troupe.actors.life_loop import LifeLoopActor
 from troupe.actors.local_model import LocalModel
-from troupe.actors.messages import (
+from troupe.actors.models import LOCAL_MODEL_ACTOR
+from troupe.actors.persona import PersonaActor
+from troupe.actors.registry import Registry, restarts_by_kind
+from troupe.actors.session import SessionActor
+from troupe.actors.session_keeper import SESSION_POLICY, SessionKeeper, SessionLease
+from troupe.actors.supervisor import Child, Supervisor, kill_actor
+from troupe.actors.task import TaskActor
+from troupe.config.settings import Settings
+from troupe.core.chat import ToolCall
+from troupe.core.errors import BudgetExceeded, PersonaNotFound
+from troupe.core.messages import (
     MetricsDelta,
     ProcessInfo,
     ProcessKind,
@@ -27,18 +37,8 @@ from troupe.actors.messages import (
     SessionInfo,
     new_process_id,
 )
-from troupe.actors.models import LOCAL_MODEL_ACTOR
-from troupe.actors.persona import PersonaActor
-from troupe.actors.persona_file import PersonaCatalog
-from troupe.actors.registry import Registry, restarts_by_kind
-from troupe.actors.session import SessionActor
-from troupe.actors.session_keeper import SESSION_POLICY, SessionKeeper, SessionLease
-from troupe.actors.supervision import Policy
-from troupe.actors.supervisor import Child, Supervisor, kill_actor
-from troupe.actors.task import TaskActor
-from troupe.chat_model import ToolCall
-from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded, PersonaNotFound
+from troupe.core.persona_file import PersonaCatalog
+from troupe.core.supervision import Policy
 from troupe.store import Store
 
 log = logging.getLogger(__name__)
@@ -434,7 +434,7 @@ class Orchestrator:
     async def schedule_callback(self, parent_id: str, persona: str, number: str, specialist: str, task: str) -> str:
         """Delegate `task` now and phone `number` back with the result when it is done (VAPI create-call).
         Answers at once: the caller need not hold the line."""
-        from troupe.actors.caller import normalise_phone
+        from troupe.core.caller import normalise_phone
 
         phone = normalise_phone(number)
         if phone is None:
@@ -445,7 +445,7 @@ class Orchestrator:
         return f"{specialist} is on it; {persona} will call {phone} back with the result."
 
     async def _callback(self, parent_id: str, persona: str, phone: str, specialist: str, task: str) -> None:
-        from troupe.integrations.outbound import OutboundFailed, vapi_create_call
+        from troupe.clients.outbound import OutboundFailed, vapi_create_call
 
         result = await self.spawn_task(parent_id, specialist, task)
         pid = self.registry.register(

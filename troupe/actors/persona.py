@@ -10,14 +10,14 @@ import ray
 
 from troupe.actors.agent import AgentLoop, answer_once, budget_guard
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import Allowance, MetricsDelta
 from troupe.actors.models import ModelFactory, model_name_for
-from troupe.actors.persona_file import PersonaCatalog
-from troupe.actors.prompt import PromptContext, build_system_prompt
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage, ToolCall
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded
+from troupe.core.chat import ChatMessage, ToolCall
+from troupe.core.errors import BudgetExceeded
+from troupe.core.messages import Allowance, MetricsDelta
+from troupe.core.persona_file import PersonaCatalog
+from troupe.core.prompt import PromptContext, build_system_prompt
 from troupe.life.digest import life_digest
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from troupe.actors.messages import MetricsDelta, ProcessInfo, ProcessStatus, utcnow
+from troupe.core.messages import MetricsDelta, ProcessInfo, ProcessStatus, utcnow
 from troupe.store import Store
 
 log = logging.getLogger(__name__)

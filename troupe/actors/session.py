@@ -17,14 +17,14 @@ import ray
 
 from troupe.actors.agent import exceeded_scope
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import Allowance, MetricsDelta, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.actors.models import ModelFactory, model_name_for
-from troupe.actors.persona_file import PersonaCatalog, PersonaDef
-from troupe.actors.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage, ToolCall
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded
+from troupe.core.chat import ChatMessage, ToolCall
+from troupe.core.errors import BudgetExceeded
+from troupe.core.messages import Allowance, MetricsDelta, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.core.persona_file import PersonaCatalog, PersonaDef
+from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.life.digest import DigestCache
 
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ class SessionActor(ActorBase):
             *(self._warm_digest(store, persona.name) for persona in self.catalog.executives()),
             return_exceptions=True,
         )
-        import troupe.integrations.fake_model
-        import troupe.integrations.model_endpoint  # noqa: F401
+        import troupe.clients.fake_model
+        import troupe.clients.model_endpoint  # noqa: F401
 
         return await self.ping()
 

@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from troupe.actors.messages import ProcessInfo, new_process_id
-from troupe.actors.persona_file import PersonaDef
 from troupe.actors.registry import Registry
-from troupe.actors.sessions import Key, SessionDirectory, SessionSlot
-from troupe.actors.supervision import Policy, decide
 from troupe.actors.supervisor import Child, Supervisor, kill_actor
 from troupe.config.settings import Settings
-from troupe.errors import BudgetExceeded, SessionLimit
+from troupe.core.errors import BudgetExceeded, SessionLimit
+from troupe.core.messages import ProcessInfo, new_process_id
+from troupe.core.persona_file import PersonaDef
+from troupe.core.sessions import Key, SessionDirectory, SessionSlot
+from troupe.core.supervision import Policy, decide
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from troupe.actors.messages import ProcessInfo
 from troupe.actors.registry import Registry
-from troupe.actors.supervision import Decision, Policy, decide
+from troupe.core.messages import ProcessInfo
+from troupe.core.supervision import Decision, Policy, decide
 
 log = logging.getLogger(__name__)
 

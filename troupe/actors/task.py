@@ -9,13 +9,13 @@ import ray
 
 from troupe.actors.agent import AgentLoop, answer_once, budget_guard
 from troupe.actors.base import ActorBase
-from troupe.actors.messages import Allowance, MetricsDelta
 from troupe.actors.models import ModelFactory, model_name_for
-from troupe.actors.persona_file import PersonaCatalog
-from troupe.actors.prompt import PromptContext, build_system_prompt
 from troupe.actors.tools import PersonaTools
-from troupe.chat_model import ChatMessage
 from troupe.config.settings import Settings
+from troupe.core.chat import ChatMessage
+from troupe.core.messages import Allowance, MetricsDelta
+from troupe.core.persona_file import PersonaCatalog
+from troupe.core.prompt import PromptContext, build_system_prompt
 
 
 @ray.remote(num_cpus=0, max_restarts=0)

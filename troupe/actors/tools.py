@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from troupe.chat_model import ToolCall, ToolSpec
+from troupe.core.chat import ToolCall, ToolSpec
 
 
 class MemoryStore(Protocol):

@@ -21,7 +21,7 @@ from typing import Literal, cast
 
 from pydantic import SecretStr
 
-from troupe.errors import ConfigError
+from troupe.core.errors import ConfigError
 
 Role = Literal["admin", "operator", "client", "platform"]
 ROLES: tuple[Role, ...] = ("admin", "operator", "client", "platform")

@@ -16,11 +16,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from troupe.actors.messages import ProcessInfo
-from troupe.actors.schedule import ACTIVITIES, validate
 from troupe.control_panel.access import COOKIE, COOKIE_LIFETIME_S, COOKIE_ROLES, cookie_for
 from troupe.control_panel.metrics import render
-from troupe.errors import InvalidRequest, TroupeError
+from troupe.core.errors import InvalidRequest, TroupeError
+from troupe.core.messages import ProcessInfo
+from troupe.core.schedule import ACTIVITIES, validate
 from troupe.integrations.tickets import TTL_S
 from troupe.life import goals as goals_file
 

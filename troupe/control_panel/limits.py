@@ -10,8 +10,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from troupe.actors.caller import is_anonymous
-from troupe.errors import TroupeError
+from troupe.core.caller import is_anonymous
+from troupe.core.errors import TroupeError
 
 REFILL_SECONDS = 60.0  # a bucket holds a minute's worth, so any bucket is full again after a minute idle
 SHARED = 10  # a key or an address serves many callers

@@ -12,14 +12,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
-from troupe.actors.caller import is_anonymous, normalise_phone, resolve_caller_id
-from troupe.actors.messages import TurnEvent, TurnRequest
-from troupe.chat_model import ToolCall, Usage
+from troupe.clients.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
 from troupe.config.keys import ApiKey
 from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
 from troupe.control_panel.request_ids import MARK
-from troupe.errors import InvalidRequest, PersonaNotFound, TroupeError
-from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
+from troupe.core.caller import is_anonymous, normalise_phone, resolve_caller_id
+from troupe.core.chat import ToolCall, Usage
+from troupe.core.errors import InvalidRequest, PersonaNotFound, TroupeError
+from troupe.core.messages import TurnEvent, TurnRequest
 from troupe.integrations.vapi import assistant_persona, call_identity
 
 router = APIRouter()

@@ -26,10 +26,12 @@ import httpx
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
-from troupe.actors.caller import normalise_phone, resolve_caller_id
-from troupe.actors.messages import TurnEvent
+from troupe.clients.openai_api import ChatCompletionRequest, ChunkWriter
+from troupe.clients.speakable import speakable
 from troupe.config.settings import Settings, platform_secret
-from troupe.errors import InvalidRequest, NotConfigured, PersonaNotFound, TroupeError
+from troupe.core.caller import normalise_phone, resolve_caller_id
+from troupe.core.errors import InvalidRequest, NotConfigured, PersonaNotFound, TroupeError
+from troupe.core.messages import TurnEvent
 from troupe.integrations.completions import (
     REQUEST_BODY,
     BodyTooLarge,
@@ -45,9 +47,7 @@ from troupe.integrations.completions import (
     trusts_identity,
     turn_of,
 )
-from troupe.integrations.openai_api import ChatCompletionRequest, ChunkWriter
 from troupe.integrations.replay import Replayed, replay_guard
-from troupe.integrations.speakable import speakable
 from troupe.integrations.tickets import TicketBook
 
 if TYPE_CHECKING:

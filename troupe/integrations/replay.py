@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from troupe.errors import TroupeError
+from troupe.core.errors import TroupeError
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,17 @@ from fastapi.responses import JSONResponse, Response
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
-from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from troupe.actors.models import ModelFactory, model_name_for
-from troupe.chat_model import ChatMessage, ChatModel, ModelRequest, complete
+from troupe.clients.chat_model import ChatModel, complete
+from troupe.clients.openai_api import error_json
+from troupe.clients.outbound import OutboundFailed
+from troupe.clients.slack_api import reason, send
 from troupe.config.settings import Settings, platform_secret
-from troupe.errors import TroupeError
-from troupe.integrations.openai_api import error_json
-from troupe.integrations.outbound import OutboundFailed
+from troupe.core.chat import ChatMessage, ModelRequest
+from troupe.core.errors import TroupeError
 from troupe.integrations.turns import addressed_persona, reply_text, user_turn
 from troupe.store import Store
 
@@ -44,7 +45,6 @@ ADMIN_WORDS = ("help", "agents", "sessions", "clear")
 CHANNEL_PREFIX = "troupe-"
 KEPT_SUBTYPES = (None, "file_share", "thread_broadcast")  # edits, joins, deletions are not someone talking
 MAX_POST_CHARS = 39_000  # Slack truncates a message's text at 40,000 characters
-BACKOFF_S = 0.5
 NAME_TTL_S = 300.0
 THREADS_KEPT = 5_000
 ROUTER_TIMEOUT_S = 20.0
@@ -179,29 +179,6 @@ async def choose_persona(model: ChatModel, model_name: str, catalog: Any, text: 
         log.warning("Slack router could not ask the model (%s); %s answers", type(exc).__name__, default)
         return default
     return parse_choice(catalog, result.content) or default
-
-
-def _slack_error(exc: SlackApiError) -> tuple[int, str | None]:
-    """The HTTP status and Slack's `error` of a failed call (a proxy's HTML page has no `error`)."""
-    data = getattr(exc.response, "data", None)
-    error = data.get("error") if isinstance(data, dict) else None
-    return int(getattr(exc.response, "status_code", 200) or 200), error
-
-
-def retryable(exc: Exception) -> bool:
-    """Slack down, rate limiting or the network: worth another try. A refusal (ok: false) is not."""
-    if isinstance(exc, SlackApiError):
-        status, error = _slack_error(exc)
-        return status >= 500 or status == 429 or error in ("ratelimited", "fatal_error", "internal_error")
-    return True
-
-
-def retry_after(exc: Exception, attempt: int) -> float:
-    if isinstance(exc, SlackApiError) and getattr(exc.response, "status_code", 0) == 429:
-        value = (exc.response.headers or {}).get("retry-after") or (exc.response.headers or {}).get("Retry-After")
-        if value and str(value).isdigit():
-            return min(float(value), 30.0)
-    return BACKOFF_S * 2**attempt
 
 
 # --- the door's state: one per app
@@ -397,7 +374,7 @@ class SlackDoor:
             name = (info.get("channel") or {}).get("name")
             expires = float("inf")  # a rename is rare; a restart picks it up
         except Exception as exc:
-            log.warning("Slack conversations.info for %s failed (%s)", channel, _reason(exc))
+            log.warning("Slack conversations.info for %s failed (%s)", channel, reason(exc))
             expires = time.monotonic() + NAME_TTL_S
         self._names[key] = (name, expires)
         return name
@@ -440,18 +417,6 @@ class SlackDoor:
 # session_idle_timeout_s with summarise=True. Only `clear` ends a thread's session early.
 
 
-async def send(client: AsyncWebClient, *, retries: int, **message: Any) -> None:
-    """chat.postMessage, retried with backoff while Slack is down; OutboundFailed says why it gave up."""
-    for attempt in range(retries + 1):
-        try:
-            await client.chat_postMessage(**message)
-            return
-        except Exception as exc:
-            if not retryable(exc) or attempt == retries:
-                raise OutboundFailed(f"failed after {attempt + 1} attempt(s): {_reason(exc)}") from None
-            await asyncio.sleep(retry_after(exc, attempt))
-
-
 async def post_reply(client: AsyncWebClient, channel: str, thread_ts: str, text: str, *, retries: int) -> bool:
     """chat.postMessage in the thread, retried with backoff while Slack is down; logged, never raised."""
     try:
@@ -460,13 +425,6 @@ async def post_reply(client: AsyncWebClient, channel: str, thread_ts: str, text:
         log.error("Slack reply to %s %s", channel, exc)
         return False
     return True
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, SlackApiError):
-        status, error = _slack_error(exc)
-        return f"HTTP {status} {error or ''}".strip()
-    return type(exc).__name__
 
 
 # --- the routes

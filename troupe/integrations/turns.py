@@ -7,9 +7,9 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from troupe.actors.messages import TurnEvent, TurnRequest
-from troupe.chat_model import ChatMessage
-from troupe.errors import TroupeError
+from troupe.core.chat import ChatMessage
+from troupe.core.errors import TroupeError
+from troupe.core.messages import TurnEvent, TurnRequest
 
 
 class TurnFailed(TroupeError):

@@ -21,10 +21,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from troupe.actors.caller import normalise_phone, resolve_caller_id
-from troupe.chat_model import ToolCall
 from troupe.config.settings import Settings
-from troupe.errors import InvalidRequest, NotConfigured, TroupeError
+from troupe.core.caller import normalise_phone, resolve_caller_id
+from troupe.core.chat import ToolCall
+from troupe.core.errors import InvalidRequest, NotConfigured, TroupeError
 from troupe.integrations.replay import Replayed, replay_guard
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from troupe.actors.persona_file import field_problems
-from troupe.errors import ConfigError
+from troupe.core.errors import ConfigError
+from troupe.core.persona_file import field_problems
 
 SHIPPED = Path(__file__).resolve().parent.parent / "goals"
 BEHIND = 0.5

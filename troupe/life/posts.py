@@ -9,8 +9,9 @@ from datetime import datetime
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from troupe.clients.outbound import OutboundFailed, post_json
+from troupe.clients.slack_api import send
 from troupe.config.settings import Settings, platform_secret, split_list
-from troupe.integrations.outbound import OutboundFailed, post_json
 
 MAX_CHARS = 280
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
@@ -60,8 +61,6 @@ async def deliver(settings: Settings, persona: str, text: str, target: str, crea
 
 
 async def _to_slack(settings: Settings, persona: str, text: str) -> None:
-    from troupe.integrations.slack import send
-
     assert settings.slack_bot_token is not None
     token = platform_secret("SLACK_BOT_TOKEN", persona) or settings.slack_bot_token.get_secret_value()
     client = AsyncWebClient(token=token, base_url=settings.slack_api_base_url, timeout=10, retry_handlers=[])

@@ -14,8 +14,8 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, sele
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from troupe.chat_model import ChatMessage, ToolCall
-from troupe.errors import StoreUnavailable
+from troupe.core.chat import ChatMessage, ToolCall
+from troupe.core.errors import StoreUnavailable
 from troupe.store.engine import StoreBase
 from troupe.store.records import CallerRecord, SessionRecord, _record
 from troupe.store.schema import CallerRow, CallIdRow, LifeRunRow, MemoryRow, MessageRow, SessionRow, _now, _utc

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from troupe.actors.messages import ProcessInfo, ProcessMetrics
+from troupe.core.messages import ProcessInfo, ProcessMetrics
 from troupe.store.engine import StoreBase
 from troupe.store.schema import ProcessRow, _now, _utc
 

@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from troupe.actors.schedule import ACTIVITIES, validate
-from troupe.chat_model import estimate_tokens
-from troupe.errors import ConfigError, PersonaNotFound
+from troupe.core.chat import estimate_tokens
+from troupe.core.errors import ConfigError, PersonaNotFound
+from troupe.core.schedule import ACTIVITIES, validate
 
 SHIPPED = Path(__file__).resolve().parent.parent / "personas"
 LAYER_NAMES = ("soul", "identity", "knowledge", "instructions")

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from troupe.chat_model import ChatMessage, ToolCall, ToolSpec, Usage
+from troupe.core.chat import ChatMessage, ToolCall, ToolSpec, Usage
 
 ProcessKind = Literal["orchestrator", "persona", "session", "life_loop", "task", "local_model"]
 ProcessStatus = Literal["pending", "running", "completed", "failed"]

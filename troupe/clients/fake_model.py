@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from troupe.chat_model import ModelChunk, ModelRequest, ToolCall, Usage, estimate_tokens
+from troupe.core.chat import ModelChunk, ModelRequest, ToolCall, Usage, estimate_tokens
 
 REQUESTS_KEPT = 200  # the newest requests, for tests to look at
 

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from troupe.chat_model import ModelChunk, ModelRequest, ToolCall, Usage, estimate_tokens
 from troupe.config.settings import Settings
-from troupe.errors import ModelUnavailable
+from troupe.core.chat import ModelChunk, ModelRequest, ToolCall, Usage, estimate_tokens
+from troupe.core.errors import ModelUnavailable
 
 # httpx logs every request at INFO: a line per model call, in whichever process calls the model. Left
 # alone when something has set its level (an operator's logging config, `troupe serve --verbose`).

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
 
-from troupe.actors.persona_file import PersonaCatalog, PersonaDef
-from troupe.chat_model import ChatMessage, estimate_tokens
+from troupe.core.chat import ChatMessage, estimate_tokens
+from troupe.core.persona_file import PersonaCatalog, PersonaDef
 
 
 class PromptContext(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from troupe.chat_model import ChatMessage, ToolCall, ToolSpec, Usage
+from troupe.core.chat import ChatMessage, ToolCall, ToolSpec, Usage
 
 
 class FunctionCall(BaseModel):
