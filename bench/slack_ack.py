@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from troupe.app import Gateway, create_app
 from troupe.config.settings import Settings
-from troupe.core.messages import TurnEvent
+from troupe.core.messages import Delta, TurnEvent
 from troupe.core.persona_file import load_personas
 from troupe.integrations.slack import sign
 from troupe.testing.fake_slack import FakeSlackServer
@@ -32,7 +32,7 @@ class InstantSessions:
     """Answers every turn at once, so the figure is the door's own acknowledgement time."""
 
     async def turn(self, request: Any) -> AsyncIterator[TurnEvent]:
-        yield TurnEvent(kind="delta", text="ok")
+        yield Delta(text="ok")
 
     def forget(self, caller_id: str, persona: str) -> None:
         pass

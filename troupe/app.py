@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,50 +13,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from troupe.clients.openai_api import error_json
-from troupe.config.keys import Keyring
 from troupe.config.settings import Settings
 from troupe.control_panel import api
 from troupe.control_panel.access import Door
-from troupe.control_panel.limits import RateLimited, RateLimiter
+from troupe.control_panel.limits import RateLimited
 from troupe.core.errors import TroupeError
 from troupe.core.persona_file import PersonaCatalog
 from troupe.integrations import completions, elevenlabs, slack, vapi
-from troupe.integrations.known_calls import KnownCalls
-from troupe.integrations.tickets import TicketBook
+from troupe.integrations.door import Gateway
 from troupe.runtime import SessionClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Gateway:
-    """What the routes share: settings, personas, the orchestrator and the session client."""
-
-    settings: Settings
-    catalog: PersonaCatalog
-    orchestrator: Any
-    client: SessionClient
-    known_calls: KnownCalls = field(init=False)
-    limiter: RateLimiter = field(init=False)
-    keyring: Keyring = field(init=False)
-    tickets: TicketBook = field(default_factory=TicketBook)  # the voice WebSocket's single-use tickets
-
-    _store: Any = None
-
-    def __post_init__(self) -> None:
-        # each replica counts its own share: N replicas together allow the configured rate
-        replicas = self.settings.door_replicas if self.settings.door == "serve" else 1
-        self.limiter = RateLimiter(-(-self.settings.rate_limit_per_minute // replicas))
-        self.known_calls = KnownCalls(self.store)
-        self.keyring = self.settings.keyring()  # read once: TROUPE_API_KEYS, the keys file, admin.key
-
-    async def store(self) -> Any:
-        """The door's own store handle (webhook de-duplication, reads), opened on first use."""
-        if self._store is None:
-            from troupe.store import Store
-
-            self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
-        return self._store
 
 
 def create_app(gateway: Gateway) -> Any:

@@ -262,7 +262,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 async def _chat_loop(runtime: Any, persona: str, caller: str) -> None:
     from troupe.core.chat import ChatMessage
-    from troupe.core.messages import TurnRequest
+    from troupe.core.messages import Delta, Failed, TurnRequest
 
     client = runtime.client()
     print(f"You are talking with {persona}. Ctrl-D ends the conversation.", file=sys.stderr)
@@ -278,10 +278,11 @@ async def _chat_loop(runtime: Any, persona: str, caller: str) -> None:
         print(f"{persona.lower()}> ", end="", flush=True)
         request = TurnRequest(caller_id=caller, persona=persona, messages=(ChatMessage(role="user", content=line),))
         async for event in client.turn(request):
-            if event.kind == "delta":
-                print(event.text, end="", flush=True)
-            elif event.kind == "error":
-                print(f"[error: {event.text}]", end="", flush=True)
+            match event:
+                case Delta(text=text):
+                    print(text, end="", flush=True)
+                case Failed(text=text):
+                    print(f"[error: {text}]", end="", flush=True)
         print(flush=True)
     summary = await runtime.orchestrator.end_session.remote(caller, persona)
     if summary:

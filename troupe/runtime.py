@@ -30,7 +30,7 @@ from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWAR
 from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
-from troupe.core.messages import TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.core.messages import Done, Failed, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, load_personas
 from troupe.core.prompt import transcript_window
 from troupe.store import Store
@@ -366,7 +366,7 @@ class SessionClient:
             copy = self.copies[key] = SessionCopy(lease.process_id)
         return copy
 
-    async def _prepare(self, request: TurnRequest, one_turn: bool) -> tuple[SessionLease, TurnPlan | TurnEvent]:
+    async def _prepare(self, request: TurnRequest, one_turn: bool) -> tuple[SessionLease, TurnPlan | Failed]:
         """Open the turn on the caller's session. If that actor died (or was released and reused), the
         turn goes to the caller's current session actor instead: the transcript is in the store."""
         lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
@@ -379,26 +379,24 @@ class SessionClient:
             if not one_turn:
                 request = request.model_copy(update={"known": self._copy(request, lease).known()})
             try:
-                plan: TurnPlan | TurnEvent = await asyncio.wait_for(
+                plan: TurnPlan | Failed = await asyncio.wait_for(
                     lease.handle.prepare.remote(request), self.settings.actor_call_timeout_s
                 )
             except RayActorError:
                 lease = await self.lease(request.caller_id, request.persona, failed=lease, one_turn=one_turn)
                 continue
             except TimeoutError:
-                busy = TurnEvent(
-                    kind="error", text="The session did not answer in time; please try again.",
-                    error_code="session_timeout", error_status=503,
+                busy = Failed(text="The session did not answer in time; please try again.",
+                    code="session_timeout", status=503,
                 )  # fmt: skip
                 return lease, busy
-            if isinstance(plan, TurnEvent) and plan.error_code == STALE and attempt < 2:
+            if isinstance(plan, Failed) and plan.code == STALE and attempt < 2:
                 self.forget(request.caller_id, request.persona)
                 lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
                 continue
             return lease, plan
-        unavailable = TurnEvent(
-            kind="error", text="The session is restarting; please try again.", error_code="session_restarted",
-            error_status=503,
+        unavailable = Failed(text="The session is restarting; please try again.", code="session_restarted",
+            status=503,
         )  # fmt: skip
         return lease, unavailable
 
@@ -409,7 +407,7 @@ class SessionClient:
         one_turn = is_anonymous(request.caller_id)
         request = request.model_copy(update={"messages": for_session(request.messages, one_turn=one_turn)})
         lease, plan = await self._prepare(request, one_turn)
-        if isinstance(plan, TurnEvent):
+        if isinstance(plan, Failed):
             yield plan
             return
         copy = SessionCopy(lease.process_id) if one_turn else self._copy(request, lease)
@@ -423,7 +421,7 @@ class SessionClient:
             temperature=plan.temperature,
             budget_guard=budget_guard(plan.allowance),
         )
-        last: TurnEvent | None = None
+        last: Done | None = None
         failure: TroupeError | None = None
         try:
             messages = (
@@ -437,7 +435,7 @@ class SessionClient:
                 max_tokens=request.max_tokens,
                 stop=request.stop,
             ):
-                if event.kind == "done":
+                if isinstance(event, Done):
                     last = event
                     break
                 yield event
@@ -466,7 +464,7 @@ class SessionClient:
             finishing.add_done_callback(self._finishing.discard)
         await finishing
         if failure is not None:
-            yield TurnEvent(kind="error", text=failure.message, error_code=failure.code, error_status=failure.status)
+            yield Failed(text=failure.message, code=failure.code, status=failure.status)
         elif last is not None:
             yield last
 

@@ -81,7 +81,7 @@ async def test_session_budget_blocks_the_next_model_call(start_runtime: Any, tmp
     assert first[-1].kind == "done"
     calls = len(upstream.requests)
     second = await say(runtime, "+14155550101", "hello again")
-    assert second[-1].kind == "error" and second[-1].error_code == "budget_exceeded"
+    assert second[-1].kind == "error" and second[-1].code == "budget_exceeded"
     assert len(upstream.requests) == calls  # no model call was made
     store = await Store.open(runtime.settings.resolved_database_url)
     try:
@@ -103,7 +103,7 @@ async def test_an_endpoint_that_is_down_fails_the_turn_cleanly(start_runtime: An
     )
     events = await say(runtime, "+14155550102", "hello?")
     assert events[-1].kind == "error"
-    assert events[-1].error_code == "model_unavailable" and events[-1].error_status == 503
+    assert events[-1].code == "model_unavailable" and events[-1].status == 503
     assert "sk-secret-value" not in events[-1].text
 
     async def failed() -> Any:
@@ -113,4 +113,4 @@ async def test_an_endpoint_that_is_down_fails_the_turn_cleanly(start_runtime: An
     assert (await wait_for(failed)).error
     # the actor is still alive and serves the next turn (which fails the same way, not with a crash)
     again = await say(runtime, "+14155550102", "still there?")
-    assert again[-1].error_code == "model_unavailable"
+    assert again[-1].code == "model_unavailable"

@@ -15,7 +15,7 @@ from troupe.clients.chat_model import ChatModel
 from troupe.config.pricing import cost
 from troupe.core.chat import ChatMessage, ModelRequest, ToolCall, ToolSpec, Usage, estimate_tokens
 from troupe.core.errors import BudgetExceeded
-from troupe.core.messages import Allowance, MetricsDelta, TurnEvent
+from troupe.core.messages import Allowance, Delta, Done, MetricsDelta, ToolCalls, TurnEvent
 
 
 class ToolBox(Protocol):
@@ -150,7 +150,7 @@ class AgentLoop:
             async for chunk in self.model.stream(request):
                 if chunk.content:
                     parts.append(chunk.content)
-                    yield TurnEvent(kind="delta", text=chunk.content)
+                    yield Delta(text=chunk.content)
                 calls.extend(chunk.tool_calls)
                 if chunk.usage:
                     usage = usage + chunk.usage
@@ -164,7 +164,7 @@ class AgentLoop:
             new.append(reply)
             if not calls:
                 self.outcome = Outcome(new, delta, "stop", "".join(texts))
-                yield TurnEvent(kind="done", finish_reason="stop", usage=turn_usage(delta), cost_usd=delta.cost_usd)
+                yield Done(finish_reason="stop", usage=turn_usage(delta), cost_usd=delta.cost_usd)
                 return
             client_calls = [c for c in calls if c.name not in own_names]
             for call in calls:
@@ -180,13 +180,11 @@ class AgentLoop:
                 delta = delta.plus(MetricsDelta(tool_calls=len(client_calls)))
                 # the caller's own tools: hand them back; its results arrive with the next request
                 self.outcome = Outcome(new, delta, "tool_calls", "".join(texts))
-                yield TurnEvent(kind="tool_calls", tool_calls=tuple(client_calls))
-                yield TurnEvent(
-                    kind="done", finish_reason="tool_calls", usage=turn_usage(delta), cost_usd=delta.cost_usd
-                )
+                yield ToolCalls(tool_calls=tuple(client_calls))
+                yield Done(finish_reason="tool_calls", usage=turn_usage(delta), cost_usd=delta.cost_usd)
                 return
         self.outcome = Outcome(new, delta, "length", "".join(texts))
-        yield TurnEvent(kind="done", finish_reason="length", usage=turn_usage(delta), cost_usd=delta.cost_usd)
+        yield Done(finish_reason="length", usage=turn_usage(delta), cost_usd=delta.cost_usd)
 
     def interrupted(self) -> Outcome:
         """The turn as far as it got when it was cut off (the caller hung up, the model failed, the turn

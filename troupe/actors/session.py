@@ -22,7 +22,7 @@ from troupe.actors.tools import PersonaTools
 from troupe.config.settings import Settings
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
-from troupe.core.messages import Allowance, MetricsDelta, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.core.messages import Allowance, Failed, MetricsDelta, TurnAck, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, PersonaDef
 from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.life.digest import DigestCache
@@ -203,7 +203,7 @@ class SessionActor(ActorBase):
             self._prompt = (key, prompt, f"{self._bind_nonce}:{self._contexts}")
         return self._prompt[1], self._prompt[2]
 
-    async def prepare(self, request: TurnRequest) -> TurnPlan | TurnEvent:
+    async def prepare(self, request: TurnRequest) -> TurnPlan | Failed:
         """Open a turn: take the caller's new input into the transcript and hand the door the assembled
         request in one reply. The door streams from the model itself and closes the turn with `finish`,
         which writes the input and the reply in one statement (if this actor dies first, the door writes
@@ -211,10 +211,10 @@ class SessionActor(ActorBase):
         async with self.turn_lock:
             if not self._serves(request):
                 # the door held a handle to an actor since released (and perhaps given to someone else)
-                return TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
+                return Failed(text="This session has ended.", code=STALE, status=503)
             await self._await_open_turn()
             if not self._serves(request):  # released while this turn waited for the one before
-                return TurnEvent(kind="error", text="This session has ended.", error_code=STALE, error_status=503)
+                return Failed(text="This session has ended.", code=STALE, status=503)
             persona, session_id = self.persona, self.session_id
             assert persona is not None and session_id is not None
             if not self.loaded:
@@ -230,11 +230,10 @@ class SessionActor(ActorBase):
             if added and self.transcript and self.transcript[-1] == added[-1]:
                 added = ()  # a retried request: its input is already in the transcript
             if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
-                return TurnEvent(
-                    kind="error",
+                return Failed(
                     text="No new user message in the request.",
-                    error_code="invalid_request",
-                    error_status=400,
+                    code="invalid_request",
+                    status=400,
                 )
             turn_id = secrets.token_hex(8)
             before = self.version

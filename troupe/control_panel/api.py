@@ -21,6 +21,7 @@ from troupe.control_panel.metrics import render
 from troupe.core.errors import InvalidRequest, TroupeError
 from troupe.core.messages import ProcessInfo
 from troupe.core.schedule import ACTIVITIES, validate
+from troupe.integrations.door import Gateway, GatewayDep
 from troupe.integrations.tickets import TTL_S
 from troupe.life import goals as goals_file
 
@@ -73,8 +74,7 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(request: Request) -> Any:
-    gateway = request.app.state.gateway
+async def ready(request: Request, gateway: GatewayDep) -> Any:
     checks: dict[str, str] = {}
     try:
         checks["ray"] = "ok"
@@ -87,14 +87,13 @@ async def ready(request: Request) -> Any:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
-    snapshot = await request.app.state.gateway.orchestrator.status.remote()
+async def metrics(request: Request, gateway: GatewayDep) -> Response:
+    snapshot = await gateway.orchestrator.status.remote()
     return Response(render(snapshot), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/personas")
-async def personas(request: Request) -> list[dict[str, Any]]:
-    gateway = request.app.state.gateway
+async def personas(request: Request, gateway: GatewayDep) -> list[dict[str, Any]]:
     status = await gateway.orchestrator.status.remote()
     spend = status["spend"]
     return [
@@ -119,9 +118,9 @@ async def personas(request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/api/events")
-async def events(request: Request, since: int = 0) -> StreamingResponse:
+async def events(request: Request, gateway: GatewayDep, since: int = 0) -> StreamingResponse:
     """Server-sent events: what happens in the company, live (process and session lifecycle, tools...)."""
-    orchestrator = request.app.state.gateway.orchestrator
+    orchestrator = gateway.orchestrator
     last = request.headers.get("last-event-id")
     cursor = int(last) if last and last.isdigit() else since
 
@@ -147,8 +146,8 @@ async def events(request: Request, since: int = 0) -> StreamingResponse:
 
 
 @router.get("/api/status")
-async def status(request: Request) -> dict[str, Any]:
-    raw = await request.app.state.gateway.orchestrator.status.remote()
+async def status(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    raw = await gateway.orchestrator.status.remote()
     return {
         "status": "ok",
         "uptime": uptime_text(raw["uptime_s"]),
@@ -161,15 +160,15 @@ async def status(request: Request) -> dict[str, Any]:
 
 @router.get("/api/processes")
 async def processes(
-    request: Request, status: str | None = None, agent: str | None = None, kind: str | None = None
+    request: Request, gateway: GatewayDep, status: str | None = None, agent: str | None = None, kind: str | None = None
 ) -> list[dict[str, Any]]:
-    found = await request.app.state.gateway.orchestrator.list_processes.remote(status=status, agent=agent, kind=kind)
+    found = await gateway.orchestrator.list_processes.remote(status=status, agent=agent, kind=kind)
     return [process_json(p) for p in found]
 
 
 @router.get("/api/processes/{process_id}")
-async def process(request: Request, process_id: str) -> dict[str, Any]:
-    found = await request.app.state.gateway.orchestrator.get_process.remote(process_id)
+async def process(request: Request, gateway: GatewayDep, process_id: str) -> dict[str, Any]:
+    found = await gateway.orchestrator.get_process.remote(process_id)
     if found is None:
         raise NotFound(f"No process {process_id!r}.", param="process_id")
     info, children = found
@@ -177,8 +176,8 @@ async def process(request: Request, process_id: str) -> dict[str, Any]:
 
 
 @router.get("/api/sessions")
-async def sessions(request: Request) -> list[dict[str, Any]]:
-    found = await request.app.state.gateway.orchestrator.list_sessions.remote()
+async def sessions(request: Request, gateway: GatewayDep) -> list[dict[str, Any]]:
+    found = await gateway.orchestrator.list_sessions.remote()
     return [
         {
             "caller_id": s.caller_id,
@@ -214,10 +213,9 @@ class Unauthorised(TroupeError):
 
 
 @router.post("/api/login", status_code=200)
-async def login(request: Request, body: Login) -> JSONResponse:
+async def login(request: Request, gateway: GatewayDep, body: Login) -> JSONResponse:
     """Sign the panel in with an admin or operator key: the answer sets an HttpOnly, SameSite=Strict
     session cookie (12 h), so the page never keeps the key itself."""
-    gateway = request.app.state.gateway
     key = gateway.keyring.find(body.key.get_secret_value().encode())
     if key is None or key.role not in COOKIE_ROLES:
         raise Unauthorised("That key cannot sign in to the control panel (it needs an admin or operator key).")
@@ -230,10 +228,9 @@ async def login(request: Request, body: Login) -> JSONResponse:
 
 
 @router.post("/api/ws-tickets", status_code=201)
-async def ws_ticket(request: Request) -> dict[str, Any]:
+async def ws_ticket(request: Request, gateway: GatewayDep) -> dict[str, Any]:
     """A single-use ticket for the voice WebSocket (`/ws/elevenlabs?ticket=`), valid 60 s: a browser
     cannot send a key on a WebSocket, and a key in its URL would stay in logs and history."""
-    gateway = request.app.state.gateway
     key = getattr(request.state, "principal", None)
     subject = key.name if key is not None else "insecure"
     return {"ticket": gateway.tickets.issue(subject), "expires_in": int(TTL_S)}
@@ -247,8 +244,7 @@ async def logout() -> JSONResponse:
 
 
 @router.post("/api/sessions/{caller_id}/end")
-async def end_session(request: Request, caller_id: str, persona: str) -> dict[str, Any]:
-    gateway = request.app.state.gateway
+async def end_session(request: Request, gateway: GatewayDep, caller_id: str, persona: str) -> dict[str, Any]:
     name = gateway.catalog.get(persona).name
     summary = await gateway.orchestrator.end_session.remote(caller_id, name)
     if summary is None:
@@ -259,8 +255,9 @@ async def end_session(request: Request, caller_id: str, persona: str) -> dict[st
 
 @router.get("/internal/life/trigger", operation_id="life_trigger_get")
 @router.post("/internal/life/trigger", operation_id="life_trigger_post")
-async def life_trigger(request: Request, activity: str | None = None, persona: str | None = None) -> Any:
-    gateway = request.app.state.gateway
+async def life_trigger(
+    request: Request, gateway: GatewayDep, activity: str | None = None, persona: str | None = None
+) -> Any:
     executives = [p.name for p in gateway.catalog.executives()]
     if not activity:
         return JSONResponse(
@@ -317,10 +314,9 @@ def _schedule_json(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _schedule_of(request: Request, schedule_id: str) -> tuple[str, str]:
+def _schedule_of(gateway: Gateway, schedule_id: str) -> tuple[str, str]:
     """'tony.news' -> ('Tony', 'news'), or 404 naming what is unknown."""
     key, _, activity = schedule_id.partition(".")
-    gateway = request.app.state.gateway
     executives = {p.key: p.name for p in gateway.catalog.executives()}
     if key not in executives or activity not in ACTIVITIES:
         raise NotFound(
@@ -330,17 +326,18 @@ def _schedule_of(request: Request, schedule_id: str) -> tuple[str, str]:
 
 
 @router.get("/api/schedules")
-async def schedules(request: Request, persona: str | None = None) -> dict[str, Any]:
-    gateway = request.app.state.gateway
+async def schedules(request: Request, gateway: GatewayDep, persona: str | None = None) -> dict[str, Any]:
     name = gateway.catalog.get(persona).name if persona else None
     found = await gateway.orchestrator.schedules.remote(name)
     return {"schedules": [_schedule_json(entry) for entry in found]}
 
 
 @router.get("/api/schedules/{schedule_id}/executions")
-async def schedule_executions(request: Request, schedule_id: str, limit: int = 50) -> dict[str, Any]:
-    persona, activity = _schedule_of(request, schedule_id)
-    store = await request.app.state.gateway.store()
+async def schedule_executions(
+    request: Request, gateway: GatewayDep, schedule_id: str, limit: int = 50
+) -> dict[str, Any]:
+    persona, activity = _schedule_of(gateway, schedule_id)
+    store = await gateway.store()
     runs = await store.life_runs(persona, activity, limit=max(1, min(limit, 500)))
     return {
         "schedule_id": schedule_id,
@@ -359,23 +356,24 @@ async def schedule_executions(request: Request, schedule_id: str, limit: int = 5
 
 
 @router.patch("/api/schedules/{schedule_id}")
-async def change_schedule(request: Request, schedule_id: str, change: ScheduleChange) -> dict[str, Any]:
-    persona, activity = _schedule_of(request, schedule_id)
+async def change_schedule(
+    request: Request, gateway: GatewayDep, schedule_id: str, change: ScheduleChange
+) -> dict[str, Any]:
+    persona, activity = _schedule_of(gateway, schedule_id)
     if change.cron_expression is None and change.is_paused is None:
         raise Unprocessable("Nothing to change: send cron_expression and/or is_paused.", param="body")
     if change.cron_expression is not None:
         problem = validate(" ".join(change.cron_expression.split()))
         if problem:
             raise Unprocessable(f"Invalid cron_expression: {problem}", param="cron_expression")
-    result = await request.app.state.gateway.orchestrator.update_schedule.remote(
+    result = await gateway.orchestrator.update_schedule.remote(
         persona, activity, change.cron_expression, change.is_paused
     )
     return _schedule_json(result)
 
 
 @router.get("/api/personas/{name}/journal")
-async def journal(request: Request, name: str, date: str | None = None) -> dict[str, Any]:
-    gateway = request.app.state.gateway
+async def journal(request: Request, gateway: GatewayDep, name: str, date: str | None = None) -> dict[str, Any]:
     persona = gateway.catalog.get(name)
     if date is None:
         date = dt.datetime.now(ZoneInfo(persona.timezone)).date().isoformat()
@@ -395,8 +393,7 @@ async def journal(request: Request, name: str, date: str | None = None) -> dict[
 
 
 @router.get("/api/personas/{name}/goals")
-async def goals(request: Request, name: str) -> dict[str, Any]:
-    gateway = request.app.state.gateway
+async def goals(request: Request, gateway: GatewayDep, name: str) -> dict[str, Any]:
     persona = gateway.catalog.get(name)
     path = goals_file.goals_path(gateway.settings.goals_dir, persona.key)
     if not path.exists():
@@ -410,8 +407,9 @@ async def goals(request: Request, name: str) -> dict[str, Any]:
 
 
 @router.get("/api/posts")
-async def posts(request: Request, persona: str | None = None, status: str | None = None, limit: int = 50) -> Any:
-    gateway = request.app.state.gateway
+async def posts(
+    request: Request, gateway: GatewayDep, persona: str | None = None, status: str | None = None, limit: int = 50
+) -> Any:
     name = gateway.catalog.get(persona).name if persona else None
     store = await gateway.store()
     found = await store.posts(name, status=status, limit=max(1, min(limit, 500)))

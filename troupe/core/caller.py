@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from typing import Protocol
 
 import phonenumbers
+
+
+class CallLookup(Protocol):
+    """What a call id maps to, when known (a dict, or the door's `KnownCalls`)."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __getitem__(self, key: str) -> str: ...
+
 
 ANONYMOUS = "anon-"
 _SAFE = re.compile(r"[^A-Za-z0-9_.:@+\-]")
@@ -64,7 +73,7 @@ def resolve_caller_id(
     call_id: str | None = None,
     request_id: str | None = None,
     user: str | None = None,
-    known_calls: Mapping[str, str] | None = None,
+    known_calls: CallLookup | None = None,
     region: str = "US",
 ) -> str:
     """The caller id for a request. Ids are stable: the same inputs always give the same caller; a

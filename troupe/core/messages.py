@@ -185,20 +185,40 @@ class TurnAck(_Frozen):
     behind: bool = False  # the turn was built on an older transcript than the session's
 
 
-TurnEventKind = Literal["delta", "tool_calls", "done", "error"]
+class Delta(_Frozen):
+    """Words of the reply, as the model streams them."""
+
+    kind: Literal["delta"] = "delta"
+    text: str
 
 
-class TurnEvent(_Frozen):
-    """What a session streams back for a turn: text deltas, then one `done` (or `error`)."""
+class ToolCalls(_Frozen):
+    """The caller's own tools, for it to run (their results come with its next request)."""
 
-    kind: TurnEventKind
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    finish_reason: str | None = None
-    usage: Usage | None = None
+    kind: Literal["tool_calls"] = "tool_calls"
+    tool_calls: tuple[ToolCall, ...]
+
+
+class Done(_Frozen):
+    """The turn's end: why it finished, and what it used and cost."""
+
+    kind: Literal["done"] = "done"
+    finish_reason: str = "stop"
+    usage: Usage = Usage()
     cost_usd: float = 0.0
-    error_code: str | None = None
-    error_status: int | None = None
+
+
+class Failed(_Frozen):
+    """The turn's end when it failed: what to tell the caller, with the error's code and HTTP status."""
+
+    kind: Literal["error"] = "error"
+    text: str
+    code: str = "internal_error"
+    status: int = 500
+
+
+# What a turn streams back: deltas (and the caller's tool calls), then one Done or Failed.
+TurnEvent = Delta | ToolCalls | Done | Failed
 
 
 class LifeRun(_Frozen):

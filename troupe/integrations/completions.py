@@ -3,23 +3,22 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, assert_never
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from troupe.clients.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
-from troupe.config.keys import ApiKey
 from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
 from troupe.control_panel.request_ids import MARK
-from troupe.core.caller import is_anonymous, normalise_phone, resolve_caller_id
+from troupe.core.caller import normalise_phone, resolve_caller_id
 from troupe.core.chat import ToolCall, Usage
-from troupe.core.errors import InvalidRequest, PersonaNotFound, TroupeError
-from troupe.core.messages import TurnEvent, TurnRequest
+from troupe.core.errors import InvalidRequest, PersonaNotFound
+from troupe.core.messages import Delta, Done, Failed, ToolCalls, TurnEvent, TurnRequest
+from troupe.integrations.door import Gateway, GatewayDep, check_rate, read_json, scoped, trusts_identity
 from troupe.integrations.vapi import assistant_persona, call_identity
 
 router = APIRouter()
@@ -31,7 +30,7 @@ GENERIC_MODELS = {"", "default", "troupe", "persona", "assistant", "custom-llm",
 GENERIC_PREFIXES = ("gpt-", "gpt4", "o1", "o3", "o4", "claude", "gemini", "llama", "mistral", "gemma", "chatgpt")
 
 
-def resolve_persona(gateway: Any, model: str) -> str:
+def resolve_persona(gateway: Gateway, model: str) -> str:
     name = model.strip()
     found = gateway.catalog.find(name)
     if found is not None:
@@ -40,22 +39,6 @@ def resolve_persona(gateway: Any, model: str) -> str:
     if lowered in GENERIC_MODELS or lowered.startswith(GENERIC_PREFIXES):
         return gateway.catalog.get(gateway.settings.default_persona).name
     raise PersonaNotFound(f"Unknown persona {model!r}. Known: {', '.join(gateway.catalog.names())}", param="model")
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    body = await request.body()
-    if len(body) > limit:
-        raise BodyTooLarge(f"Request body is {len(body)} bytes; the limit is {limit}.")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-
-
-class BodyTooLarge(TroupeError):
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
 
 
 def parse_request(body: Any) -> ChatCompletionRequest:
@@ -95,33 +78,6 @@ async def caller_of(request: Request, body: ChatCompletionRequest, known_calls: 
         region=region,
     )
     return scoped(request, caller)
-
-
-def principal(request: Request) -> ApiKey | None:
-    """The key the access layer let this request in with (None: a route it does not guard)."""
-    return getattr(request.state, "principal", None)
-
-
-def trusts_identity(request: Request) -> bool:
-    """The caller identity this request asserts is taken as given (a platform's or an admin's key)."""
-    key = principal(request)
-    return key is None or key.asserts_identity
-
-
-def scoped(request: Request, caller: str) -> str:
-    """The caller id as the request's key owns it: a client key's asserted caller is that key's own
-    (`key:<name>:<caller>`); a trusted key's, and an anonymous one, stay as they are."""
-    key = principal(request)
-    if key is None or key.asserts_identity or is_anonymous(caller):
-        return caller
-    return f"key:{key.name}:{caller}"
-
-
-def check_rate(request: Request, caller_id: str) -> None:
-    """Charge a turn to its key, its client address and its caller (429 when any of them is spent)."""
-    key = principal(request)
-    address = request.client.host if request.client else None
-    request.app.state.gateway.limiter.check(caller_id, key=key.name if key else None, address=address)
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -170,8 +126,7 @@ def turn_of(body: ChatCompletionRequest, caller_id: str, persona: str, max_chars
 
 @router.post("/chat/completions", openapi_extra=REQUEST_BODY)
 @router.post("/v1/chat/completions", openapi_extra=REQUEST_BODY)
-async def chat_completions(request: Request) -> Any:
-    gateway = request.app.state.gateway
+async def chat_completions(request: Request, gateway: GatewayDep) -> Any:
     body = parse_request(await read_json(request, gateway.settings.max_body_bytes))
     persona = resolve_persona(gateway, body.model)
     if not gateway.catalog.find(body.model.strip()):
@@ -182,46 +137,47 @@ async def chat_completions(request: Request) -> Any:
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
     began = time.perf_counter()
-    events = _observed(gateway.client.turn(turn), persona, began).__aiter__()
+    events = observed(gateway.client.turn(turn), persona, began).__aiter__()
     first = await anext(events)
-    if first.kind == "error":
-        return _error_response(first)
+    if isinstance(first, Failed):
+        return error_response(first)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(first, events, ChunkWriter(model_name), include_usage),
+            sse(first, events, ChunkWriter(model_name), include_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _collect(first, events, model_name)
+    return await collect(first, events, model_name)
 
 
-async def _observed(events: AsyncIterator[TurnEvent], persona: str, began: float) -> AsyncIterator[TurnEvent]:
+async def observed(events: AsyncIterator[TurnEvent], persona: str, began: float) -> AsyncIterator[TurnEvent]:
     """Records time to first token, tokens, cost and failures by persona as the events pass."""
     first = True
     async for event in events:
-        if first and event.kind in ("delta", "tool_calls", "done"):
+        if first and not isinstance(event, Failed):
             TTFT.labels(persona).observe(time.perf_counter() - began)
             first = False
-        if event.kind == "done" and event.usage:
-            TOKENS.labels(persona, "input").inc(event.usage.input_tokens)
-            TOKENS.labels(persona, "output").inc(event.usage.output_tokens)
-            COST.labels(persona).inc(event.cost_usd)
-        elif event.kind == "error":
-            MODEL_ERRORS.labels(persona, event.error_code or "internal_error").inc()
+        match event:
+            case Done(usage=usage, cost_usd=cost):
+                TOKENS.labels(persona, "input").inc(usage.input_tokens)
+                TOKENS.labels(persona, "output").inc(usage.output_tokens)
+                COST.labels(persona).inc(cost)
+            case Failed(code=code):
+                MODEL_ERRORS.labels(persona, code).inc()
         yield event
 
 
-def _error_response(event: TurnEvent) -> JSONResponse:
-    status = event.error_status or 500
+def error_response(failed: Failed) -> JSONResponse:
+    status = failed.status
     kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
-    if event.error_code == "budget_exceeded":
+    if failed.code == "budget_exceeded":
         kind = "insufficient_quota"
     headers = {"Retry-After": "60" if status == 429 else "5"} if status in (429, 503) else None
-    return JSONResponse(error_json(event.text, kind, event.error_code), status_code=status, headers=headers)
+    return JSONResponse(error_json(failed.text, kind, failed.code), status_code=status, headers=headers)
 
 
-async def _sse(
+async def sse(
     first: TurnEvent, events: AsyncIterator[TurnEvent], writer: ChunkWriter, include_usage: bool
 ) -> AsyncIterator[bytes]:
     """The reply as SSE. What is ready together goes in one write: the role with the first words, and
@@ -229,46 +185,54 @@ async def _sse(
     out = writer.role()
     event: TurnEvent | None = first
     while event is not None:
-        if event.kind == "delta" and event.text:
-            out += writer.content(event.text)
-        elif event.kind == "tool_calls":
-            out += writer.tool_calls(event.tool_calls)
-        elif event.kind == "done":
-            out += writer.finish(event.finish_reason or "stop")
-            if include_usage:
-                out += writer.usage(event.usage or Usage())
-        elif event.kind == "error":
-            # headers are sent: report the error in-band and end the stream cleanly
-            out += writer.error(event.text, "server_error", event.error_code or "internal_error")
-        if out and event.kind not in ("done", "error"):  # after those, the stream only ends
+        match event:
+            case Delta(text=text):
+                if text:
+                    out += writer.content(text)
+            case ToolCalls(tool_calls=calls):
+                out += writer.tool_calls(calls)
+            case Done(finish_reason=finish, usage=usage):
+                out += writer.finish(finish)
+                if include_usage:
+                    out += writer.usage(usage)
+                break  # after the finish, the stream only ends
+            case Failed(text=text, code=code):
+                # headers are sent: report the error in-band and end the stream cleanly
+                out += writer.error(text, "server_error", code)
+                break
+            case _:
+                assert_never(event)
+        if out:
             yield out
             out = b""
         event = await anext(events, None)
     yield out + writer.done()
 
 
-async def _collect(first: TurnEvent, events: AsyncIterator[TurnEvent], model_name: str) -> Any:
+async def collect(first: TurnEvent, events: AsyncIterator[TurnEvent], model_name: str) -> Any:
     parts: list[str] = []
     calls: tuple[ToolCall, ...] = ()
     finish, usage = "stop", Usage()
     event: TurnEvent | None = first
     while event is not None:
-        if event.kind == "delta":
-            parts.append(event.text)
-        elif event.kind == "tool_calls":
-            calls = calls + event.tool_calls
-        elif event.kind == "done":
-            finish, usage = event.finish_reason or "stop", event.usage or Usage()
-        elif event.kind == "error":
-            return _error_response(event)
+        match event:
+            case Delta(text=text):
+                parts.append(text)
+            case ToolCalls(tool_calls=more):
+                calls = calls + more
+            case Done(finish_reason=finish, usage=usage):
+                pass
+            case Failed():
+                return error_response(event)
+            case _:
+                assert_never(event)
         event = await anext(events, None)
     return completion_json(model_name, "".join(parts), finish, usage, calls)
 
 
 @router.get("/v1/models")
 @router.get("/models")
-async def list_models(request: Request) -> dict[str, Any]:
-    gateway = request.app.state.gateway
+async def list_models(request: Request, gateway: GatewayDep) -> dict[str, Any]:
     return {
         "object": "list",
         "data": [

@@ -29,24 +29,20 @@ from fastapi.responses import StreamingResponse
 from troupe.clients.openai_api import ChatCompletionRequest, ChunkWriter
 from troupe.clients.speakable import speakable
 from troupe.config.settings import Settings, platform_secret
-from troupe.core.caller import normalise_phone, resolve_caller_id
+from troupe.core.caller import CallLookup, normalise_phone, resolve_caller_id
 from troupe.core.errors import InvalidRequest, NotConfigured, PersonaNotFound, TroupeError
-from troupe.core.messages import TurnEvent
+from troupe.core.messages import Delta, Failed, TurnEvent
 from troupe.integrations.completions import (
     REQUEST_BODY,
-    BodyTooLarge,
-    _collect,
-    _error_response,
-    _observed,
-    _sse,
-    check_rate,
+    collect,
+    error_response,
+    observed,
     parse_request,
-    read_json,
     resolve_persona,
-    scoped,
-    trusts_identity,
+    sse,
     turn_of,
 )
+from troupe.integrations.door import BodyTooLarge, Gateway, GatewayDep, check_rate, read_json, scoped, trusts_identity
 from troupe.integrations.replay import Replayed, replay_guard
 from troupe.integrations.tickets import TicketBook
 
@@ -95,7 +91,7 @@ def caller_from(
     sources: Iterable[Mapping[str, Any]],
     *,
     conversation_id: str | None = None,
-    known_calls: Mapping[str, str] | None,
+    known_calls: CallLookup | None,
     region: str = "US",
 ) -> str:
     """The caller in ElevenLabs' fields: a phone number first, then a user id, then the conversation."""
@@ -120,7 +116,7 @@ def _extra_body(body: ChatCompletionRequest) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
-def _llm_persona(gateway: Any, body: ChatCompletionRequest, extra: Mapping[str, Any]) -> str:
+def _llm_persona(gateway: Gateway, body: ChatCompletionRequest, extra: Mapping[str, Any]) -> str:
     named = _text(extra.get("persona"))
     if named is None:
         return resolve_persona(gateway, body.model)
@@ -141,23 +137,22 @@ async def _speakable_events(first: TurnEvent, events: AsyncIterator[TurnEvent]) 
     async def texts() -> AsyncIterator[str]:
         event: TurnEvent | None = first
         while event is not None:
-            if event.kind == "delta":
+            if isinstance(event, Delta):
                 yield event.text
             else:
                 closing.append(event)
             event = await anext(events, None)
 
     async for piece in speakable(texts()):
-        yield TurnEvent(kind="delta", text=piece)
+        yield Delta(text=piece)
     for event in closing:
         yield event
 
 
 @router.post("/v1/elevenlabs-llm", openapi_extra=REQUEST_BODY)
 @router.post("/v1/elevenlabs-llm/chat/completions", openapi_extra=REQUEST_BODY)
-async def elevenlabs_llm(request: Request) -> Any:
+async def elevenlabs_llm(request: Request, gateway: GatewayDep) -> Any:
     """ElevenLabs' custom LLM: OpenAI chat completions plus `user_id` and `elevenlabs_extra_body`."""
-    gateway = request.app.state.gateway
     settings: Settings = gateway.settings
     body = parse_request(await read_json(request, settings.max_body_bytes))
     extra = _extra_body(body)
@@ -168,16 +163,16 @@ async def elevenlabs_llm(request: Request) -> Any:
     turn = turn_of(body, caller_id, persona, settings.max_message_chars)
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
-    events = _observed(gateway.client.turn(turn), persona, time.perf_counter()).__aiter__()
+    events = observed(gateway.client.turn(turn), persona, time.perf_counter()).__aiter__()
     first = await anext(events)
-    if first.kind == "error":
-        return _error_response(first)
+    if isinstance(first, Failed):
+        return error_response(first)
     if not body.stream:
-        return await _collect(first, events, model_name)
+        return await collect(first, events, model_name)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     # an empty first delta: the role chunk goes out at once, before the first piece is ready
     return StreamingResponse(
-        _sse(TurnEvent(kind="delta"), _speakable_events(first, events), ChunkWriter(model_name), include_usage),
+        sse(Delta(text=""), _speakable_events(first, events), ChunkWriter(model_name), include_usage),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -229,7 +224,7 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def webhook_persona(gateway: Any, data: Mapping[str, Any]) -> str:
+def webhook_persona(gateway: Gateway, data: Mapping[str, Any]) -> str:
     """The persona a conversation was with: named in its variables or extra body, or the persona whose
     ELEVENLABS_AGENT_ID_<PERSONA> is the agent, else the default persona."""
     client_data = _dict(data.get("conversation_initiation_client_data"))
@@ -244,7 +239,7 @@ def webhook_persona(gateway: Any, data: Mapping[str, Any]) -> str:
     return str(gateway.catalog.get(gateway.settings.default_persona).name)
 
 
-def webhook_caller(gateway: Any, data: Mapping[str, Any]) -> str:
+def webhook_caller(gateway: Gateway, data: Mapping[str, Any]) -> str:
     client_data = _dict(data.get("conversation_initiation_client_data"))
     phone_call = _dict(_dict(data.get("metadata")).get("phone_call"))
     sources = (
@@ -269,7 +264,7 @@ def transcript_text(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _remember(gateway: Any, persona: str, caller: str, transcript: str, conversation: str) -> None:
+async def _remember(gateway: Gateway, persona: str, caller: str, transcript: str, conversation: str) -> None:
     gateway.client.forget(caller, persona)  # the next conversation starts from the store, memories and all
     try:
         await gateway.orchestrator.remember_call.remote(persona, caller, transcript, SOURCE)
@@ -299,10 +294,9 @@ WEBHOOK_BODY = {
 
 
 @router.post("/elevenlabs/webhook", openapi_extra=WEBHOOK_BODY)
-async def elevenlabs_webhook(request: Request) -> Any:
+async def elevenlabs_webhook(request: Request, gateway: GatewayDep) -> Any:
     """ElevenLabs' post-call webhook. A transcription goes into the persona's memory of the caller, once
     per conversation however often it is delivered; other event types are acknowledged and ignored."""
-    gateway = request.app.state.gateway
     settings: Settings = gateway.settings
     if settings.elevenlabs_webhook_secret is None:
         raise NotConfigured(
@@ -398,10 +392,9 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 @router.websocket("/ws/elevenlabs")
-async def voice_bridge(websocket: WebSocket) -> None:
+async def voice_bridge(websocket: WebSocket, gateway: GatewayDep) -> None:
     """A client talks to a persona by voice: troupe opens the persona's ElevenLabs agent conversation
     and relays it both ways (the client sends `user_audio_chunk` messages or raw audio frames)."""
-    gateway = websocket.app.state.gateway
     settings: Settings = gateway.settings
     # both refusals come before accepting: the handshake is refused (403)
     if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), settings.cors_origins):

@@ -34,6 +34,7 @@ from troupe.clients.slack_api import reason, send
 from troupe.config.settings import Settings, platform_secret
 from troupe.core.chat import ChatMessage, ModelRequest
 from troupe.core.errors import TroupeError
+from troupe.integrations.door import Gateway
 from troupe.integrations.turns import addressed_persona, reply_text, user_turn
 from troupe.store import Store
 
@@ -206,7 +207,7 @@ class SlackDoor:
     """What the Slack routes keep between requests: the apps, the store (for event ids), channel
     names, each channel's queue, and the persona each thread is talking to."""
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.settings: Settings = gateway.settings
         self.catalog = gateway.catalog

@@ -9,7 +9,8 @@ from typing import Any
 
 from troupe.core.chat import ChatMessage
 from troupe.core.errors import TroupeError
-from troupe.core.messages import TurnEvent, TurnRequest
+from troupe.core.messages import Delta, Failed, TurnEvent, TurnRequest
+from troupe.integrations.door import Gateway
 
 
 class TurnFailed(TroupeError):
@@ -23,29 +24,32 @@ def user_turn(caller_id: str, persona: str, text: str) -> TurnRequest:
     return TurnRequest(caller_id=caller_id, persona=persona, messages=(ChatMessage(role="user", content=text),))
 
 
-async def reply_text(gateway: Any, request: TurnRequest) -> str:
+async def reply_text(gateway: Gateway, request: TurnRequest) -> str:
     """The whole reply of one turn as text. Raises TurnFailed with the session's message on error."""
     parts: list[str] = []
     async for event in gateway.client.turn(request):
-        if event.kind == "delta":
-            parts.append(event.text)
-        elif event.kind == "error":
-            failure = TurnFailed(event.text or "The persona could not answer.")
-            failure.status = event.error_status or 503
-            failure.code = event.error_code or "turn_failed"
-            raise failure
+        match event:
+            case Delta(text=text):
+                parts.append(text)
+            case Failed():
+                raise _failure(event)
     return "".join(parts).strip()
 
 
 async def text_deltas(events: AsyncIterator[TurnEvent]) -> AsyncIterator[str]:
     """Only the text of a turn's events (errors raise TurnFailed)."""
     async for event in events:
-        if event.kind == "delta" and event.text:
-            yield event.text
-        elif event.kind == "error":
-            failure = TurnFailed(event.text or "The persona could not answer.")
-            failure.status = event.error_status or 503
-            raise failure
+        match event:
+            case Delta(text=text) if text:
+                yield text
+            case Failed():
+                raise _failure(event)
+
+
+def _failure(failed: Failed) -> TurnFailed:
+    failure = TurnFailed(failed.text or "The persona could not answer.")
+    failure.status, failure.code = failed.status, failed.code
+    return failure
 
 
 _PREFIX = re.compile(r"^\s*@?([A-Za-z][\w.-]{0,40})\s*[:,]\s*(.*)$", re.S)

@@ -25,6 +25,7 @@ from troupe.config.settings import Settings
 from troupe.core.caller import normalise_phone, resolve_caller_id
 from troupe.core.chat import ToolCall
 from troupe.core.errors import InvalidRequest, NotConfigured, TroupeError
+from troupe.integrations.door import Gateway, GatewayDep, read_json
 from troupe.integrations.replay import Replayed, replay_guard
 
 log = logging.getLogger(__name__)
@@ -164,12 +165,9 @@ def _later(coro: Any) -> None:
 
 
 @router.post("/vapi/events")
-async def vapi_events(request: Request) -> Any:
-    gateway = request.app.state.gateway
+async def vapi_events(request: Request, gateway: GatewayDep) -> Any:
     settings: Settings = gateway.settings
     await _authenticate(request, settings, await request.body())
-    from troupe.integrations.completions import read_json
-
     body = await read_json(request, settings.max_body_bytes)  # parsed only once it is authenticated
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object with a `message`.")
@@ -226,7 +224,7 @@ def _assistant(request: Request, settings: Settings, persona: Any) -> dict[str, 
     return assistant
 
 
-async def _run_tools(gateway: Any, persona: str, caller: str, message: dict[str, Any]) -> list[dict[str, Any]]:
+async def _run_tools(gateway: Gateway, persona: str, caller: str, message: dict[str, Any]) -> list[dict[str, Any]]:
     calls = message.get("toolCallList")
     if not isinstance(calls, list):
         calls = [item.get("toolCall") for item in message.get("toolWithToolCallList") or [] if isinstance(item, dict)]
@@ -254,7 +252,7 @@ async def _run_tools(gateway: Any, persona: str, caller: str, message: dict[str,
     return results
 
 
-async def _remember(gateway: Any, persona: str, caller: str, call_id: str | None, transcript: str) -> None:
+async def _remember(gateway: Gateway, persona: str, caller: str, call_id: str | None, transcript: str) -> None:
     """Once per call (VAPI may send the report twice), even across restarts."""
     try:
         if call_id:
@@ -266,5 +264,5 @@ async def _remember(gateway: Any, persona: str, caller: str, call_id: str | None
         log.warning("the end-of-call report of %s could not be kept", call_id, exc_info=True)
 
 
-async def _store(gateway: Any) -> Any:
+async def _store(gateway: Gateway) -> Any:
     return await gateway.store()
