@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs troupe with its test tools into .venv, starts a throwaway PostgreSQL, then runs ruff and pytest.
+# Installs troupe with its test tools into .venv, starts a throwaway PostgreSQL, then runs ruff, mypy, the layers contract (lint-imports) and pytest.
 # The README's test command and CI both run exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +21,5 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy troupe
+.venv/bin/lint-imports
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
