@@ -56,7 +56,7 @@ class Gateway:
         if self._store is None:
             from troupe.store import Store
 
-            self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
+            self._store = await Store.open_for(self.settings, "door")
         return self._store
 
 

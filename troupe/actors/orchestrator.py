@@ -115,7 +115,7 @@ class Orchestrator:
     async def _start(self, defer_rest: bool) -> dict[str, Any]:
         began = time.perf_counter()
         self.me = ray.get_runtime_context().current_actor
-        self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
+        self.store = await Store.open_for(self.settings, "orchestrator", migrate=True)
         self.registry.store = self.store
         await self.registry.rebuild()
         self.timings["store"] = time.perf_counter() - began
