@@ -80,6 +80,22 @@ async def test_a_store_out_of_connections_says_the_database_is_busy(url: str) ->
         await store.close()
 
 
+@postgres
+async def test_a_server_with_no_connection_to_spare_says_the_database_is_busy(url: str) -> None:
+    store = await Store.open(url, options=StoreOptions(pool_size=1, max_overflow=1))
+    try:
+        database = url.rsplit("/", 1)[1]
+        async with store.engine.connect() as held:
+            await held.execute(text(f'ALTER DATABASE "{database}" CONNECTION LIMIT 1'))
+            await held.commit()
+            # this process's second connection is one more than the server allows: refused, and said so
+            with pytest.raises(StoreUnavailable) as caught:
+                await store.create_session("c", "Tony", "p1")
+            assert "busy" in caught.value.message
+    finally:
+        await store.close()
+
+
 async def _age(store: Store, source: str, event_id: str, by: timedelta) -> None:
     async with store.engine.begin() as conn:
         await conn.execute(

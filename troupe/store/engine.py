@@ -36,7 +36,7 @@ class StoreOptions:
     processes x (pool_size + max_overflow) connections from troupe; keep that under max_connections."""
 
     pool_size: int = 1
-    max_overflow: int = 2
+    max_overflow: int = 0
     pool_timeout_s: float = 10.0
     pool_recycle_s: float = 1800.0
     application_name: str = "troupe"  # what pg_stat_activity shows for this process's connections
@@ -67,6 +67,8 @@ class _Pool(AsyncAdaptedQueuePool):
                 f"The database is busy: no connection came free within {self._timeout:.0f} s "
                 f"(this process may hold {self.size()} + {self._max_overflow}; see TROUPE_DB_POOL_SIZE)"
             ) from None
+        except (TimeoutError, OSError) as exc:  # a new connection the server did not take in time, or refused
+            raise StoreUnavailable(f"The database is not answering: {type(exc).__name__}") from None
 
 
 def _refused_for_load(context: ExceptionContext) -> BaseException | None:
