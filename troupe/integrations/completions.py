@@ -182,7 +182,7 @@ async def chat_completions(request: Request) -> Any:
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
     began = time.perf_counter()
-    events = _observed(gateway.client.turn(turn), persona, began).__aiter__()
+    events = _observed(gateway.client.turn(turn), persona, began, "completions").__aiter__()
     first = await anext(events)
     if first.kind == "error":
         return _error_response(first)
@@ -196,12 +196,15 @@ async def chat_completions(request: Request) -> Any:
     return await _collect(first, events, model_name)
 
 
-async def _observed(events: AsyncIterator[TurnEvent], persona: str, began: float) -> AsyncIterator[TurnEvent]:
-    """Records time to first token, tokens, cost and failures by persona as the events pass."""
+async def _observed(
+    events: AsyncIterator[TurnEvent], persona: str, began: float, door: str
+) -> AsyncIterator[TurnEvent]:
+    """Records time to first token (by persona and door), tokens, cost and failures by persona as the
+    events pass."""
     first = True
     async for event in events:
         if first and event.kind in ("delta", "tool_calls", "done"):
-            TTFT.labels(persona).observe(time.perf_counter() - began)
+            TTFT.labels(persona, door).observe(time.perf_counter() - began)
             first = False
         if event.kind == "done" and event.usage:
             TOKENS.labels(persona, "input").inc(event.usage.input_tokens)

@@ -168,7 +168,7 @@ async def elevenlabs_llm(request: Request) -> Any:
     turn = turn_of(body, caller_id, persona, settings.max_message_chars)
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
-    events = _observed(gateway.client.turn(turn), persona, time.perf_counter()).__aiter__()
+    events = _observed(gateway.client.turn(turn), persona, time.perf_counter(), "elevenlabs").__aiter__()
     first = await anext(events)
     if first.kind == "error":
         return _error_response(first)
