@@ -143,3 +143,28 @@ def _build_serve_door() -> Any:
 
 
 TroupeDoor = _build_serve_door()
+
+
+def serve_app(args: dict[str, str]) -> Any:
+    """Serve's application builder, for a cluster that deploys the door from a Serve config (KubeRay's
+    RayService: `import_path: troupe.app:serve_app`). Settings come from the node's environment; the
+    orchestrator is started (detached) unless one is running, so a redeploy keeps it and its sessions."""
+    import ray
+
+    from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
+    from troupe.config.settings import load_settings
+    from troupe.core.persona_file import load_personas
+
+    settings = load_settings(door="serve")
+    catalog = load_personas(settings.personas_dir)
+    orchestrator = Orchestrator.options(  # type: ignore[attr-defined]
+        name=ORCHESTRATOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True
+    ).remote(settings, catalog)
+    # a bad database URL or model fails the deployment here, where the RayService's status shows it
+    ray.get(orchestrator.start.remote())
+    return TroupeDoor.options(  # type: ignore[attr-defined]
+        name="troupe-door",
+        num_replicas=settings.door_replicas,
+        max_ongoing_requests=settings.serve_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    ).bind(settings, catalog)

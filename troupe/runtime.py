@@ -306,7 +306,7 @@ class SessionClient:
 
     async def store(self) -> Store:
         if self._store is None:
-            self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
+            self._store = await Store.open_for(self.settings, "door-turns")
         return self._store
 
     async def lease(

@@ -150,7 +150,7 @@ def test_metrics_count_requests_and_tokens(door: str) -> None:
     client.chat.completions.create(model="jordan", messages=[{"role": "user", "content": "How is cash?"}])
     text = httpx.get(f"{door}/metrics").text
     assert 'troupe_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
-    assert 'troupe_time_to_first_token_seconds_count{persona="Jordan"}' in text
+    assert 'troupe_time_to_first_token_seconds_count{door="completions",persona="Jordan"}' in text
     assert 'troupe_tokens_total{direction="output",persona="Jordan"}' in text
     assert "troupe_session_pool_size" in text and "troupe_active_sessions" in text
 

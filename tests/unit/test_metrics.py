@@ -8,7 +8,7 @@ from troupe.control_panel import metrics
 def test_metric_names_and_labels_are_pinned():
     metrics.REQUESTS.labels("/v1/chat/completions", "POST", "200").inc()
     metrics.LATENCY.labels("/v1/chat/completions", "POST").observe(0.1)
-    metrics.TTFT.labels("Tony").observe(0.2)
+    metrics.TTFT.labels("Tony", "completions").observe(0.2)
     metrics.TOKENS.labels("Tony", "input").inc(10)
     metrics.COST.labels("Tony").inc(0.01)
     metrics.MODEL_ERRORS.labels("Tony", "model_unavailable").inc()
@@ -20,6 +20,10 @@ def test_metric_names_and_labels_are_pinned():
             "restarts": {"persona": 1},
             "life_runs": {("Tony", "news", "completed"): 2},
             "life_seconds": {("Tony", "news"): 1.5},
+            "budgets": {"Tony": 5.0},
+            "spend": {"Tony": 1.25},
+            "restarted": {"persona": 2},
+            "store_writes": {"le": (0.01, 0.1), "counts": [3, 1, 1], "sum": 2.5},
         }
     ).decode()
     seen: dict[str, set[str]] = {}
@@ -34,3 +38,8 @@ def test_metric_names_and_labels_are_pinned():
         assert seen.get(sample, seen.get(name)) == set(labels), name
     assert "troupe_active_sessions 3.0" in text
     assert 'troupe_life_activity_runs{activity="news",persona="Tony",status="completed"} 2.0' in text
+    assert 'troupe_life_activity_runs{activity="news",persona="Tony",status="failed"} 0.0' in text
+    assert 'troupe_persona_spent_usd{persona="Tony"} 1.25' in text
+    assert 'troupe_actor_restarts_total{kind="persona"} 2.0' in text
+    assert 'troupe_actor_restarts_total{kind="session"} 0.0' in text  # a kind alive that never restarted
+    assert 'troupe_store_write_seconds_bucket{le="0.1"} 4.0' in text and "troupe_store_write_seconds_count 5.0" in text

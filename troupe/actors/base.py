@@ -26,7 +26,7 @@ class ActorBase:
             async with self._store_lock:
                 if self._store is None:
                     # migrations are the orchestrator's job; other actors only connect
-                    self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
+                    self._store = await Store.open_for(self.settings, type(self).__name__.removesuffix("Actor").lower())
         return self._store
 
     async def watch(self) -> None:

@@ -115,7 +115,7 @@ class Orchestrator:
     async def _start(self, defer_rest: bool) -> dict[str, Any]:
         began = time.perf_counter()
         self.me = ray.get_runtime_context().current_actor
-        self.store = await Store.open(self.settings.resolved_database_url, migrate=True)
+        self.store = await Store.open_for(self.settings, "orchestrator", migrate=True)
         self.registry.store = self.store
         await self.registry.rebuild()
         self.timings["store"] = time.perf_counter() - began
@@ -574,6 +574,9 @@ class Orchestrator:
             "spend": dict(self.registry.spend),
             "processes": dict(Counter((p.kind, p.status) for p in self.registry.processes.values())),
             "restarts": restarts_by_kind(self.registry.processes.values()),
+            "restarted": dict(self.registry.restarted),
+            "store_writes": self.registry.writes.snapshot(),
+            "budgets": {p.name: p.budget_usd for p in self.catalog},
             "life_runs": dict(self.life_counts),
             "life_seconds": dict(self.life_seconds),
             "startup_s": dict(self.timings),

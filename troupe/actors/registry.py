@@ -4,7 +4,9 @@ agent, written to the store in batches (no Ray here: the orchestrator actor wrap
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -17,6 +19,24 @@ log = logging.getLogger(__name__)
 EVENT_LOG = 2000
 FINISHED_KEPT = 500
 FLUSH_DELAY_S = 0.5
+WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Timings:
+    """Durations tallied into histogram buckets (the last one past every bound), as plain data for the
+    orchestrator's status: the door exports it as a Prometheus histogram."""
+
+    def __init__(self, bounds: tuple[float, ...] = WRITE_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total_s = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.total_s += seconds
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"le": self.bounds, "counts": list(self.counts), "sum": self.total_s}
 
 
 class Registry:
@@ -31,6 +51,8 @@ class Registry:
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG)
         self.event_seq = 0
         self.spend: dict[str, float] = {}
+        self.restarted: Counter[str] = Counter()  # restarts by process kind since this registry began
+        self.writes = Timings()  # how long its writes to the store take
         self._flush_due = False
         self.lost: list[ProcessInfo] = []  # what was alive when the previous orchestrator went away
 
@@ -87,6 +109,8 @@ class Registry:
     def emit(self, event_type: str, **data: Any) -> None:
         self.event_seq += 1
         self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
+        if event_type == "process.restarted" and (info := self.processes.get(data.get("process", ""))):
+            self.restarted[info.kind] += 1
 
     def flush_soon(self) -> None:
         """A process finished: write the registry within FLUSH_DELAY_S, in one transaction with whatever
@@ -107,11 +131,14 @@ class Registry:
         infos = [self.processes[pid] for pid in pending if pid in self.processes]
         if not infos:
             return
+        began = time.perf_counter()
         try:
             await self.store.save_processes(infos)
         except Exception:
             self.dirty |= {info.id for info in infos}
             log.warning("could not save %d processes", len(infos), exc_info=True)
+        finally:
+            self.writes.add(time.perf_counter() - began)
 
     def report(
         self, process_id: str, delta: MetricsDelta, status: ProcessStatus | None = None, error: str | None = None

@@ -54,6 +54,28 @@ class Settings(BaseSettings):
     # --- state
     data_dir: Path = Field(default=Path("~/.troupe"), description="Where the SQLite store and journals live.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite in data_dir.")
+    # every actor process has its own pool: PostgreSQL sees at most processes x (pool + overflow) connections
+    # (bench/pg_connections.py: 80 processes at 1+0 stay at 80 connections; at 1+2 they fill a stock server's 100)
+    db_pool_size: int = Field(
+        default=1, ge=1, le=100, description="PostgreSQL connections each process keeps open (TROUPE_DB_POOL_SIZE)."
+    )
+    db_max_overflow: int = Field(
+        default=0, ge=0, le=100, description="Extra connections a busy process may open for a moment, then closes."
+    )
+    db_pool_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long a write waits for a free connection before 'database busy'."
+    )
+    db_pool_recycle_s: float = Field(
+        default=1800.0, gt=0, description="A pooled connection older than this is replaced (proxies drop old ones)."
+    )
+    seen_events_ttl_s: float = Field(
+        default=86_400.0,
+        ge=60,
+        description="How long a webhook's event id is remembered as seen (platform retries come within hours).",
+    )
+    seen_events_max_rows: int = Field(
+        default=500_000, ge=1000, description="Most seen event ids kept; past it the oldest are forgotten early."
+    )
 
     # --- personas
     personas_dir: Path | None = Field(default=None, description="Persona files; default: the shipped ones.")

@@ -5,9 +5,11 @@ Dashboards depend on these names; tests/unit/test_metrics.py pins them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -26,8 +28,8 @@ LATENCY = Histogram(
 )
 TTFT = Histogram(
     "troupe_time_to_first_token_seconds",
-    "Time from a completion request to its first content, by persona",
-    ["persona"],
+    "Time from a completion request to its first content, by persona and door (completions, elevenlabs)",
+    ["persona", "door"],
     buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
     registry=REGISTRY,
 )
@@ -54,11 +56,53 @@ LIFE_SECONDS = Gauge(
     ["persona", "activity"],
     registry=REGISTRY,
 )
+BUDGET = Gauge("troupe_persona_budget_usd", "Each persona's budget in USD", ["persona"], registry=REGISTRY)
+SPENT = Gauge(
+    "troupe_persona_spent_usd",
+    "What each persona has spent in USD, as its budget is checked (kept in the store across restarts)",
+    ["persona"],
+    registry=REGISTRY,
+)
+
+
+class _OrchestratorTotals:
+    """Counters and a histogram the orchestrator keeps (its own since it started), exported as their
+    own types from its snapshot of the scrape's moment: restarts by kind, and its store writes' timings."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "troupe_actor_restarts", "Actors restarted by their supervisor since the orchestrator started, by kind",
+            labels=["kind"],
+        )  # fmt: skip
+        # every kind alive is exported, at 0 until one restarts, so a rate sees the first restart
+        kinds = {kind for kind, _ in self.snapshot.get("processes", {})} | set(self.snapshot.get("restarted", {}))
+        for kind in sorted(kinds):
+            restarts.add_metric([kind], self.snapshot.get("restarted", {}).get(kind, 0))
+        yield restarts
+        writes = HistogramMetricFamily(
+            "troupe_store_write_seconds",
+            "Time the orchestrator's writes to the store take (its batched process rows), failed ones too",
+        )
+        timings = self.snapshot.get("store_writes")
+        if timings:
+            cumulative, buckets = 0, []
+            for bound, count in zip((*timings["le"], float("inf")), timings["counts"], strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            writes.add_metric([], buckets, timings["sum"])
+        yield writes
+
+
+TOTALS = _OrchestratorTotals()
+REGISTRY.register(TOTALS)
 
 NAMES = {
     "troupe_http_requests_total": ("route", "method", "status"),
     "troupe_http_request_duration_seconds": ("route", "method"),
-    "troupe_time_to_first_token_seconds": ("persona",),
+    "troupe_time_to_first_token_seconds": ("persona", "door"),
     "troupe_tokens_total": ("persona", "direction"),
     "troupe_cost_usd_total": ("persona",),
     "troupe_model_errors_total": ("persona", "code"),
@@ -68,6 +112,10 @@ NAMES = {
     "troupe_process_restarts": ("kind",),
     "troupe_life_activity_runs": ("persona", "activity", "status"),
     "troupe_life_activity_seconds": ("persona", "activity"),
+    "troupe_persona_budget_usd": ("persona",),
+    "troupe_persona_spent_usd": ("persona",),
+    "troupe_actor_restarts_total": ("kind",),
+    "troupe_store_write_seconds": (),
 }
 
 
@@ -82,9 +130,18 @@ def render(snapshot: dict[str, Any]) -> bytes:
     for kind, count in snapshot.get("restarts", {}).items():
         RESTARTS.labels(kind).set(count)
     LIFE_RUNS.clear()
-    for (persona, activity, status), count in snapshot.get("life_runs", {}).items():
-        LIFE_RUNS.labels(persona, activity, status).set(count)
+    runs = snapshot.get("life_runs", {})
+    for persona, activity, _ in runs:
+        for status in ("completed", "failed"):  # a failure is a 0 until there is one, so it can be graphed
+            LIFE_RUNS.labels(persona, activity, status).set(runs.get((persona, activity, status), 0))
     LIFE_SECONDS.clear()
     for (persona, activity), seconds in snapshot.get("life_seconds", {}).items():
         LIFE_SECONDS.labels(persona, activity).set(round(seconds, 3))
+    budgets, spend = snapshot.get("budgets", {}), snapshot.get("spend", {})
+    BUDGET.clear()
+    SPENT.clear()
+    for persona, budget in budgets.items():
+        BUDGET.labels(persona).set(budget)
+        SPENT.labels(persona).set(round(spend.get(persona, 0.0), 6))
+    TOTALS.snapshot = snapshot
     return generate_latest(REGISTRY)

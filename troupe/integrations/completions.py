@@ -137,7 +137,7 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Any:
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
     began = time.perf_counter()
-    events = observed(gateway.client.turn(turn), persona, began).__aiter__()
+    events = observed(gateway.client.turn(turn), persona, began, "completions").__aiter__()
     first = await anext(events)
     if isinstance(first, Failed):
         return error_response(first)
@@ -151,12 +151,13 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Any:
     return await collect(first, events, model_name)
 
 
-async def observed(events: AsyncIterator[TurnEvent], persona: str, began: float) -> AsyncIterator[TurnEvent]:
-    """Records time to first token, tokens, cost and failures by persona as the events pass."""
+async def observed(events: AsyncIterator[TurnEvent], persona: str, began: float, door: str) -> AsyncIterator[TurnEvent]:
+    """Records time to first token (by persona and door), tokens, cost and failures by persona as the
+    events pass."""
     first = True
     async for event in events:
         if first and not isinstance(event, Failed):
-            TTFT.labels(persona).observe(time.perf_counter() - began)
+            TTFT.labels(persona, door).observe(time.perf_counter() - began)
             first = False
         match event:
             case Done(usage=usage, cost_usd=cost):

@@ -57,7 +57,7 @@ class Gateway:
     async def store(self) -> Store:
         """The door's own store handle (webhook de-duplication, reads), opened on first use."""
         if self._store is None:
-            self._store = await Store.open(self.settings.resolved_database_url, migrate=False)
+            self._store = await Store.open_for(self.settings, "door")
         return self._store
 
 

@@ -163,7 +163,7 @@ async def elevenlabs_llm(request: Request, gateway: GatewayDep) -> Any:
     turn = turn_of(body, caller_id, persona, settings.max_message_chars)
     check_rate(request, turn.caller_id)
     model_name = body.model or persona.lower()
-    events = observed(gateway.client.turn(turn), persona, time.perf_counter()).__aiter__()
+    events = observed(gateway.client.turn(turn), persona, time.perf_counter(), "elevenlabs").__aiter__()
     first = await anext(events)
     if isinstance(first, Failed):
         return error_response(first)

@@ -265,7 +265,7 @@ class SlackDoor:
         if self._store is None:
             async with self._store_lock:
                 if self._store is None:
-                    self._store = await Store.open(self.settings.resolved_database_url)
+                    self._store = await Store.open_for(self.settings, "door-slack")
         return self._store
 
     # --- one event, after the acknowledgement

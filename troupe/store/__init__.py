@@ -4,7 +4,7 @@ Store joins one mixin per table group, and everything here survives an actor's d
 from __future__ import annotations
 
 from troupe.store.conversations import ConversationStore
-from troupe.store.engine import MIGRATIONS, StoreBase, run_migrations
+from troupe.store.engine import MIGRATIONS, StoreBase, StoreOptions, run_migrations
 from troupe.store.events import EventStore
 from troupe.store.life import LifeStore
 from troupe.store.memory import MemoryStore
@@ -75,5 +75,6 @@ __all__ = [
     "Stamp",
     "Store",
     "StoreBase",
+    "StoreOptions",
     "run_migrations",
 ]

@@ -203,3 +203,4 @@ class SeenEventRow(Base):
     source: Mapped[str] = mapped_column(String(32), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (Index("ix_seen_events_seen_at", "seen_at"),)  # the sweep deletes by age
