@@ -21,7 +21,7 @@ from troupe.core.errors import TroupeError
 from troupe.core.persona_file import PersonaCatalog
 from troupe.integrations import completions, elevenlabs, slack, vapi
 from troupe.integrations.door import Gateway
-from troupe.runtime import SessionClient
+from troupe.runtime import SessionClient, on_this_node
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,11 @@ def serve_app(args: dict[str, str]) -> Any:
     settings = load_settings(door="serve")
     catalog = load_personas(settings.personas_dir)
     orchestrator = Orchestrator.options(  # type: ignore[attr-defined]
-        name=ORCHESTRATOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True
+        name=ORCHESTRATOR_NAME,
+        namespace=settings.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=on_this_node(),
     ).remote(settings, catalog)
     # a bad database URL or model fails the deployment here, where the RayService's status shows it
     ray.get(orchestrator.start.remote())

@@ -68,6 +68,14 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
     return time.perf_counter() - began
 
 
+def on_this_node() -> Any:
+    """A placement on the node this process runs on (soft: after that node is gone, any other will do).
+    The orchestrator goes there, so a cluster's worker nodes can come and go under it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+
+
 def ray_logs_dir() -> str | None:
     """Where this Ray node writes its processes' logs (workers, raylet, Serve), when it is local."""
     node = getattr(ray._private.worker, "_global_node", None)
@@ -133,7 +141,11 @@ class Runtime:
                 f"troupe is already running in Ray namespace {settings.namespace!r}; "
                 "stop it first or use another TROUPE_NAMESPACE"
             )
-        options: dict[str, Any] = {"name": ORCHESTRATOR_NAME, "namespace": settings.namespace}
+        options: dict[str, Any] = {
+            "name": ORCHESTRATOR_NAME,
+            "namespace": settings.namespace,
+            "scheduling_strategy": on_this_node(),
+        }
         if detached:
             options["lifetime"] = "detached"
         orchestrator = Orchestrator.options(**options).remote(settings, catalog)  # type: ignore[attr-defined]
@@ -303,6 +315,11 @@ class SessionClient:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._finishing: set[asyncio.Task[Any]] = set()
         self._store: Store | None = None
+        # Building a turn from this door's copy is right only when no other door can have moved the
+        # session on since: with several door replicas, a caller's turns land on any of them, and a
+        # copy has no way to know it is behind before its turn goes to the model. Then every turn is
+        # prepared by the session, which holds the transcript.
+        self.builds_turns = settings.door == "uvicorn" or settings.door_replicas == 1
 
     async def store(self) -> Store:
         if self._store is None:
@@ -373,7 +390,7 @@ class SessionClient:
         # a copy is trusted only while its conversation is live: well within the time an idle session is
         # kept, and short, since a conversation ended through another door replica leaves this one's copy
         fresh_s = min(self.settings.session_idle_timeout_s / 2, COPY_FRESH_S)
-        if not one_turn and (built := self._copy(request, lease).build(request, fresh_s)) is not None:
+        if self.builds_turns and not one_turn and (built := self._copy(request, lease).build(request, fresh_s)):
             return lease, built
         for attempt in range(3):
             if not one_turn:

@@ -61,6 +61,8 @@ class Orchestrator:
         self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
         self.timings: dict[str, float] = {}  # start-up phases, seconds (troupe serve --verbose prints them)
+        # the actors it makes: spread over a cluster's nodes, or where Ray's default puts them
+        self.placed: dict[str, Any] = {"scheduling_strategy": "SPREAD"} if settings.placement == "spread" else {}
         self.supervisor = Supervisor(  # the supervised children, watched and restarted
             self.registry,
             spawn_slots=int(ray.available_resources().get("CPU", 2)),
@@ -247,7 +249,7 @@ class Orchestrator:
         """Create a named actor. Right after a kill, Ray may still hold the name for a moment."""
         for _ in range(100):
             try:
-                return cls.options(name=name, namespace=self.settings.namespace).remote(*args)
+                return cls.options(name=name, namespace=self.settings.namespace, **self.placed).remote(*args)
             except ValueError:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"actor name {name!r} stayed taken")
@@ -281,7 +283,7 @@ class Orchestrator:
         return handle
 
     async def _make_session(self) -> Any:
-        handle = SessionActor.remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
+        handle = SessionActor.options(**self.placed).remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
         await handle.warm.remote()
         return handle
 
@@ -415,7 +417,7 @@ class Orchestrator:
         try:
             if self.registry.spend.get(definition.name, 0.0) >= definition.budget_usd:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
-            handle = TaskActor.remote(  # type: ignore[attr-defined]
+            handle = TaskActor.options(**self.placed).remote(  # type: ignore[attr-defined]
                 self.settings, self.catalog, definition.name, self.registry.spend.get(definition.name, 0.0)
             )
             self.registry.set_status(pid, "running")

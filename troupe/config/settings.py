@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     door_replicas: int = Field(
         default=1, ge=1, le=64, description="Serve replicas of the door; past one, Serve's proxy serves --port."
     )
+    placement: Literal["spread", "pack"] = Field(
+        default="spread",
+        description="Where persona, session, life-loop and task actors go on a cluster: spread over the nodes "
+        "(Ray's SPREAD), or Ray's default, which fills one node first. The orchestrator stays on the node "
+        "that starts it.",
+    )
     serve_direct_ingress: bool = Field(
         default=True,
         description="Serve's throughput-optimized mode: the replica itself listens on --port (direct ingress) "
