@@ -54,7 +54,8 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
         if settings.ray_address:
             kwargs["address"] = settings.ray_address
         else:
-            kwargs.update(include_dashboard=False, num_cpus=os.cpu_count() or 2)
+            # a Ray of its own, even when another cluster runs on this machine (Ray would join that one)
+            kwargs.update(address="local", include_dashboard=False, num_cpus=os.cpu_count() or 2)
             # Ray runs workers at nice 15, below anything else on the machine: for troupe its actors and
             # its Serve replica are the service, and a busy machine would starve them of the CPU first
             os.environ.setdefault("RAY_worker_niceness", "0")

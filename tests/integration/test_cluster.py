@@ -163,16 +163,15 @@ def test_actors_spread_over_both_nodes(troupe: str, cluster: tuple[Any, Any, str
     made, worker, dashboard = cluster
     head_id, worker_id = made.head_node.node_id, worker.node_id
 
-    def spread() -> dict[str, Counter[str]] | None:
+    def started() -> dict[str, Counter[str]] | None:
+        """The actors once all are up: every persona and life loop, and a full warm pool of sessions."""
         nodes = troupe_actors(dashboard)
-        complete = (
-            sum(nodes.get("PersonaActor", Counter()).values()) == PERSONAS
-            and sum(nodes.get("LifeLoopActor", Counter()).values()) == LIFE_LOOPS
-        )
-        return nodes if complete else None
+        count = {kind: sum(nodes.get(kind, Counter()).values()) for kind in ("PersonaActor", "LifeLoopActor")}
+        sessions = sum(nodes.get("SessionActor", Counter()).values())
+        return nodes if count == {"PersonaActor": PERSONAS, "LifeLoopActor": LIFE_LOOPS} and sessions >= 4 else None
 
-    nodes = wait_for(spread, within=120)
-    assert nodes, f"not every persona and life loop came up: {troupe_actors(dashboard)}"
+    nodes = wait_for(started, within=120)
+    assert nodes, f"not every actor came up: {troupe_actors(dashboard)}"
     for kind in ("PersonaActor", "SessionActor", "LifeLoopActor"):
         assert nodes[kind][head_id] >= 1 and nodes[kind][worker_id] >= 1, (kind, dict(nodes[kind]))
     assert set(nodes["Orchestrator"]) == {head_id}  # on the node that started it

@@ -240,21 +240,32 @@ async def test_a_child_that_fails_to_start_is_marked_failed(registry: Registry, 
     assert info.status == "failed" and info.error == "failed to start: no room"
 
 
-async def test_a_failed_restart_leaves_it_failed(registry: Registry, killed: list[Any]) -> None:
+async def test_a_restart_that_fails_is_tried_again_within_the_policy(registry: Registry, killed: list[Any]) -> None:
+    """A replacement that cannot start (its node died too, say) counts as one more death: the next try
+    follows the policy, and a child that never comes back ends failed at the policy's limit."""
     supervisor = make(registry, killed)
     calls = 0
 
-    async def once() -> FakeActor:
+    async def flaky() -> FakeActor:
         nonlocal calls
         calls += 1
-        if calls > 1:
+        if calls in (2, 3):
             raise RuntimeError("gone")
-        return FakeActor("once")
+        return FakeActor("flaky")
 
-    child = await supervisor.supervise(process("x"), "personas", Policy(), once)
+    policy = Policy(max_restarts=5, backoff_s=0)
+    child = await supervisor.supervise(process("x"), "personas", policy, flaky)
     child.handle.die()
-    await until(lambda: registry.processes[child.process_id].status == "failed")
-    assert registry.processes[child.process_id].error == "restart failed: gone"
+    await until(lambda: registry.processes[child.process_id].status == "running" and calls == 4)
+
+    async def never() -> FakeActor:
+        raise RuntimeError("gone")
+
+    doomed = await supervisor.supervise(process("y"), "personas", Policy(max_restarts=2, backoff_s=0), flaky)
+    supervisor.restart_factory = lambda child, info: never
+    doomed.handle.die()
+    await until(lambda: registry.processes[doomed.process_id].status == "failed")
+    assert "reached the limit of 2" in (registry.processes[doomed.process_id].error or "")
 
 
 async def test_at_most_n_actors_start_at_once(registry: Registry, killed: list[Any]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from troupe.actors.life_loop import LifeLoopActor
 from troupe.actors.local_model import LocalModel
@@ -46,6 +47,28 @@ log = logging.getLogger(__name__)
 ORCHESTRATOR_NAME = "orchestrator"
 
 
+class NodeRing:
+    """The cluster's live nodes, taken in turn: each new actor goes on the next one, so a cluster's
+    actors are spread evenly (Ray's own SPREAD is best effort, and left 4 of 4 sessions on one of two
+    nodes). The list is read from Ray at most every few seconds; on one node it says nothing."""
+
+    REFRESH_S = 5.0
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.read_at = float("-inf")
+        self.turn = 0
+
+    def next(self) -> str | None:
+        if time.monotonic() - self.read_at > self.REFRESH_S:
+            self.ids = sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
+            self.read_at = time.monotonic()
+        if len(self.ids) < 2:
+            return None
+        self.turn += 1
+        return self.ids[self.turn % len(self.ids)]
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class Orchestrator:
     def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
@@ -61,8 +84,8 @@ class Orchestrator:
         self.life_seconds: dict[tuple[str, str], float] = {}
         self.ready = False
         self.timings: dict[str, float] = {}  # start-up phases, seconds (troupe serve --verbose prints them)
-        # the actors it makes: spread over a cluster's nodes, or where Ray's default puts them
-        self.placed: dict[str, Any] = {"scheduling_strategy": "SPREAD"} if settings.placement == "spread" else {}
+        self.nodes = NodeRing() if settings.placement == "spread" else None  # where its actors go
+        self.made: set[str] = set()  # the named actors made so far (a second one is a restart)
         self.supervisor = Supervisor(  # the supervised children, watched and restarted
             self.registry,
             spawn_slots=int(ray.available_resources().get("CPU", 2)),
@@ -245,11 +268,20 @@ class Orchestrator:
         self.model_failure = state.reason if state.status == "failed" else None
         return handle
 
+    def placed(self) -> dict[str, Any]:
+        """Options that put the next actor on the next node in turn (spread), or Ray's default (pack)."""
+        node = self.nodes.next() if self.nodes is not None else None
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)} if node else {}
+
     async def _named(self, cls: Any, name: str, *args: Any) -> Any:
         """Create a named actor. Right after a kill, Ray may still hold the name for a moment."""
         for _ in range(100):
             try:
-                return cls.options(name=name, namespace=self.settings.namespace, **self.placed).remote(*args)
+                # a restart goes where Ray's default puts it, this node's: the node its last one was
+                # on may be the one that died, and Ray may take a while yet to know that
+                placement = self.placed() if name not in self.made else {}
+                self.made.add(name)
+                return cls.options(name=name, namespace=self.settings.namespace, **placement).remote(*args)
             except ValueError:
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"actor name {name!r} stayed taken")
@@ -283,7 +315,7 @@ class Orchestrator:
         return handle
 
     async def _make_session(self) -> Any:
-        handle = SessionActor.options(**self.placed).remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
+        handle = SessionActor.options(**self.placed()).remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
         await handle.warm.remote()
         return handle
 
@@ -417,7 +449,7 @@ class Orchestrator:
         try:
             if self.registry.spend.get(definition.name, 0.0) >= definition.budget_usd:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
-            handle = TaskActor.options(**self.placed).remote(  # type: ignore[attr-defined]
+            handle = TaskActor.options(**self.placed()).remote(  # type: ignore[attr-defined]
                 self.settings, self.catalog, definition.name, self.registry.spend.get(definition.name, 0.0)
             )
             self.registry.set_status(pid, "running")

@@ -164,7 +164,11 @@ class Supervisor:
         try:
             child.handle = await self.spawn(factory)
         except Exception as exc:
-            self.registry.set_status(child.process_id, "failed", f"restart failed: {exc}")
+            # a replacement that cannot start (its node gone too, say) is one more death: the policy
+            # decides whether to try again, and its restart limit ends the tries
+            log.warning("restarting %s failed: %s", info.name, exc)
+            self.registry.emit("process.restart_failed", process=child.process_id, agent=info.agent, reason=str(exc))
+            await self._on_death(child)
             return
         failure = self.failure_of(info)
         if failure:

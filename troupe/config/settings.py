@@ -188,9 +188,9 @@ class Settings(BaseSettings):
     )
     placement: Literal["spread", "pack"] = Field(
         default="spread",
-        description="Where persona, session, life-loop and task actors go on a cluster: spread over the nodes "
-        "(Ray's SPREAD), or Ray's default, which fills one node first. The orchestrator stays on the node "
-        "that starts it.",
+        description="Where persona, session, life-loop and task actors go on a cluster: spread over the live "
+        "nodes in turn, or Ray's default (pack), which fills one node first. The orchestrator stays on the "
+        "node that starts it, and restarted actors go there too.",
     )
     serve_direct_ingress: bool = Field(
         default=True,
