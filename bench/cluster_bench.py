@@ -114,7 +114,7 @@ def busiest(f: door_bench.Figures) -> str:
 def print_row(nodes: int, replicas: int, streams: int, f: door_bench.Figures, base: door_bench.Figures | None) -> None:
     ratio = f"{f['rate'] / base['rate']:.2f}x" if base else "-"
     print(
-        f"{nodes} node(s), {replicas} replica(s), c={streams:<3} {f['rate']:6.1f} turns/s ({ratio:>5} of 1 node 1 replica)"
+        f"{nodes} node(s), {replicas} replica(s), c={streams:<3} {f['rate']:6.1f} turns/s ({ratio:>5} of 1x1)"
         f"  TTFT p50 {f['ttft_p50']:7.1f} ms  p99 {f['ttft_p99']:7.1f} ms  machine CPU {f['machine_cpu']:3.0f}%"
         f"  ms/turn by role: {busiest(f)}",
         flush=True,

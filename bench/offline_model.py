@@ -71,7 +71,7 @@ def engine_rates(runs: int) -> None:
 
 def through_troupe(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-offline")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-offline")
         settings = Settings(
             data_dir=Path(tmp), model_backend="local", life_loops_enabled=False, namespace="bench", insecure=True
         )  # a loopback door with no key, as `troupe serve --insecure`

@@ -52,7 +52,7 @@ def serve(upstream: str, port: int, defaults: bool) -> None:
     import ray
     from ray import serve as ray_serve
 
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count() or 2)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count() or 2)
     ray_serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
 
     def builder() -> FastAPI:  # built on the replica: an HTTP client does not pickle

@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20)
     n = parser.parse_args().requests
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     with FakeSlackServer() as slack, tempfile.TemporaryDirectory() as data:
         settings = Settings(
             data_dir=Path(data), model_backend="fake", session_pool_size=1, life_loops_enabled=False,

@@ -338,7 +338,7 @@ async def soak(client: openai.AsyncOpenAI, minutes: float) -> None:
 async def main_async(which: list[str], soak_minutes: float, pool: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", IMPORT_PATH)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-sessions")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="bench-sessions")
         settings = Settings(
             data_dir=Path(tmp), model_backend="fake", life_loops_enabled=False, namespace="bench-sessions",
             rate_limit_per_minute=0, max_sessions=32, session_pool_size=pool, insecure=True,

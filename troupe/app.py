@@ -21,7 +21,7 @@ from troupe.core.errors import TroupeError
 from troupe.core.persona_file import PersonaCatalog
 from troupe.integrations import completions, elevenlabs, slack, vapi
 from troupe.integrations.door import Gateway
-from troupe.runtime import SessionClient, on_this_node
+from troupe.runtime import SessionClient, on_the_head
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def serve_app(args: dict[str, str]) -> Any:
         namespace=settings.namespace,
         lifetime="detached",
         get_if_exists=True,
-        scheduling_strategy=on_this_node(),
+        scheduling_strategy=on_the_head(),
     ).remote(settings, catalog)
     # a bad database URL or model fails the deployment here, where the RayService's status shows it
     ray.get(orchestrator.start.remote())

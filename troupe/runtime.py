@@ -69,12 +69,17 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
     return time.perf_counter() - began
 
 
-def on_this_node() -> Any:
-    """A placement on the node this process runs on (soft: after that node is gone, any other will do).
-    The orchestrator goes there, so a cluster's worker nodes can come and go under it."""
+def on_the_head() -> Any:
+    """A placement on the cluster's head node (soft: after it is gone, any other will do), else on this
+    process's node. The orchestrator goes there, so worker nodes can come and go under it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})]
+    node = heads[0] if heads else ray.get_runtime_context().get_node_id()
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+
+
+HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives its head node
 
 
 def ray_logs_dir() -> str | None:
@@ -145,7 +150,7 @@ class Runtime:
         options: dict[str, Any] = {
             "name": ORCHESTRATOR_NAME,
             "namespace": settings.namespace,
-            "scheduling_strategy": on_this_node(),
+            "scheduling_strategy": on_the_head(),
         }
         if detached:
             options["lifetime"] = "detached"

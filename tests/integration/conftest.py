@@ -26,7 +26,8 @@ def ray_session() -> Iterator[None]:
     if not ray.is_initialized():
         # as troupe does when it starts Ray: Serve's made-up request ids are marked as not a caller's
         os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", REQUEST_ID_MIDDLEWARE)
-        ray.init(num_cpus=2, include_dashboard=False, namespace="troupe-tests", log_to_driver=False)
+        # a Ray of its own, even if another cluster runs on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="troupe-tests", log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -6,6 +6,7 @@ between personas."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -274,8 +275,10 @@ class Orchestrator:
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)} if node else {}
 
     async def _named(self, cls: Any, name: str, *args: Any) -> Any:
-        """Create a named actor. Right after a kill, Ray may still hold the name for a moment."""
-        for _ in range(100):
+        """Create a named actor. Right after a kill, Ray may still hold the name for a moment; an actor
+        whose node died holds it until Ray has noticed the node is gone (tens of seconds), so after a
+        moment the holder is told to go."""
+        for attempt in range(100):
             try:
                 # a restart goes where Ray's default puts it, this node's: the node its last one was
                 # on may be the one that died, and Ray may take a while yet to know that
@@ -283,6 +286,9 @@ class Orchestrator:
                 self.made.add(name)
                 return cls.options(name=name, namespace=self.settings.namespace, **placement).remote(*args)
             except ValueError:
+                if attempt == 10:
+                    with contextlib.suppress(Exception):
+                        ray.kill(ray.get_actor(name, namespace=self.settings.namespace), no_restart=True)
                 await asyncio.sleep(0.1)
         raise RuntimeError(f"actor name {name!r} stayed taken")
 

@@ -190,7 +190,7 @@ class Settings(BaseSettings):
         default="spread",
         description="Where persona, session, life-loop and task actors go on a cluster: spread over the live "
         "nodes in turn, or Ray's default (pack), which fills one node first. The orchestrator stays on the "
-        "node that starts it, and restarted actors go there too.",
+        "head node, and restarted actors go to its node.",
     )
     serve_direct_ingress: bool = Field(
         default=True,
