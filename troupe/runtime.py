@@ -25,8 +25,10 @@ from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
 from troupe.actors.session import STALE, for_session, new_input
 from troupe.actors.session_keeper import SessionLease
+from troupe.clients import tracing as exporting
 from troupe.config.settings import Settings
 from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
+from troupe.core import tracing
 from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
@@ -200,16 +202,19 @@ class RemoteTools:
     """The persona's own tools for one turn, run by its session actor (they need the store and the
     company); the door runs the rest of the turn itself."""
 
-    def __init__(self, session: Any, turn_id: str, specs: tuple[ToolSpec, ...]) -> None:
+    def __init__(
+        self, session: Any, turn_id: str, specs: tuple[ToolSpec, ...], trace: tracing.Carrier | None = None
+    ) -> None:
         self.session = session
         self.turn_id = turn_id
         self._specs = specs
+        self.trace = trace  # the turn's span, which the tools' spans in the session are children of
 
     def specs(self) -> tuple[ToolSpec, ...]:
         return self._specs
 
     async def run(self, call: ToolCall) -> str:
-        result: str = await self.session.run_tool.remote(self.turn_id, call)
+        result: str = await self.session.run_tool.remote(self.turn_id, call, self.trace)
         return result
 
 
@@ -404,10 +409,18 @@ class SessionClient:
         """Stream a turn: the session assembles it, the model's reply streams from here, and the
         finished turn is in the store before the stream's last event (the `done` or `error`). A caller
         who goes away mid-reply still has the reply so far kept (marked interrupted) and paid for."""
+        exporting.setup(self.settings, "door")  # once per process, when an endpoint is configured
         one_turn = is_anonymous(request.caller_id)
-        request = request.model_copy(update={"messages": for_session(request.messages, one_turn=one_turn)})
+        # the turn's span is never made current here: this generator yields to whoever streams it
+        span = tracing.start("turn", parent=request.trace)
+        trace = tracing.carrier(span)
+        request = request.model_copy(
+            update={"messages": for_session(request.messages, one_turn=one_turn), "trace": trace}
+        )
         lease, plan = await self._prepare(request, one_turn)
         if isinstance(plan, Failed):
+            tracing.failed(span, plan.code)
+            span.end()
             yield plan
             return
         copy = SessionCopy(lease.process_id) if one_turn else self._copy(request, lease)
@@ -416,10 +429,11 @@ class SessionClient:
             speaker=plan.persona,
             model=self.models.for_persona(self.catalog.get(plan.persona)),
             model_name=plan.model_name,
-            toolbox=RemoteTools(lease.handle, plan.turn_id, copy.tools),
+            toolbox=RemoteTools(lease.handle, plan.turn_id, copy.tools, trace),
             max_iterations=plan.max_iterations,
             temperature=plan.temperature,
             budget_guard=budget_guard(plan.allowance),
+            trace=span,
         )
         last: Done | None = None
         failure: TroupeError | None = None
@@ -458,10 +472,18 @@ class SessionClient:
                 session_id=plan.session_id if plan.built else "",
                 input=plan.input if plan.built else (),
                 base_version=plan.version if plan.built else None,
+                trace=trace,
             )
             finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id, copy))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
+            if span.is_recording():
+                span.set_attributes({"troupe.persona": plan.persona, "troupe.built": plan.built,
+                    "troupe.interrupted": result.interrupted, "troupe.finish_reason": outcome.finish_reason,
+                })  # fmt: skip
+                if failure is not None:
+                    tracing.failed(span, failure.code)
+                finishing.add_done_callback(lambda _: span.end())  # the turn's span ends once it is kept
         await finishing
         if failure is not None:
             yield Failed(text=failure.message, code=failure.code, status=failure.status)
@@ -487,10 +509,11 @@ class SessionClient:
             return
         try:
             store = await self.store()
-            await store.keep_turn(
-                plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted,
-                caller_id=caller_id, persona=plan.persona, process_id=lease.process_id,
-            )  # fmt: skip
+            with tracing.within(result.trace):
+                await store.keep_turn(
+                    plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted,
+                    caller_id=caller_id, persona=plan.persona, process_id=lease.process_id,
+                )  # fmt: skip
             self.orchestrator.report.remote(lease.process_id, result.delta)
         except Exception:
             log.warning("the turn %s could not be kept", plan.turn_id, exc_info=True)

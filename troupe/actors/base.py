@@ -8,6 +8,7 @@ import os
 import resource
 from typing import Any
 
+from troupe.clients import tracing
 from troupe.config.settings import Settings
 from troupe.core.persona_file import PersonaCatalog
 from troupe.store import Store
@@ -17,6 +18,7 @@ class ActorBase:
     def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
         self.settings = settings
         self.catalog = catalog
+        tracing.setup(settings, type(self).__name__.removesuffix("Actor").lower())  # once per process
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
         self._forever = asyncio.Event()
