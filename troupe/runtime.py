@@ -32,6 +32,7 @@ from troupe.core import tracing
 from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
+from troupe.core.logs import bind_context
 from troupe.core.messages import Done, Failed, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, load_personas
 from troupe.core.prompt import transcript_window
@@ -65,7 +66,10 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
             if settings.door == "serve" and settings.serve_direct_ingress and settings.door_replicas == 1:
                 os.environ.update(serve_direct_ingress_env(settings))
         # actors on other nodes rebuild the same settings from these variables
-        kwargs["runtime_env"] = {"env_vars": settings.env_for_workers()}
+        kwargs["runtime_env"] = {
+            "env_vars": settings.env_for_workers(),
+            "worker_process_setup_hook": "troupe.core.logs.setup_worker",  # troupe's log lines in every worker
+        }
         ray.init(**kwargs)
     return time.perf_counter() - began
 
@@ -423,6 +427,7 @@ class SessionClient:
             span.end()
             yield plan
             return
+        bind_context(persona=plan.persona, caller=request.caller_id, turn_id=plan.turn_id)  # this turn's lines
         copy = SessionCopy(lease.process_id) if one_turn else self._copy(request, lease)
         history = copy.take(plan, request, self.settings.history_turns * 4)
         loop = AgentLoop(
@@ -505,6 +510,9 @@ class SessionClient:
         except Exception:
             ack = None
         copy.kept(plan, result.new_messages, ack)
+        kept_by = "door" if ack is None else "session"
+        outcome = {"event": "turn.finished", "interrupted": result.interrupted, "error": result.error_code}
+        log.info("turn finished", extra={**outcome, "kept_by": kept_by})
         if ack is not None:
             return
         try:

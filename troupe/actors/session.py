@@ -24,6 +24,7 @@ from troupe.config.settings import Settings
 from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
+from troupe.core.logs import bind_context
 from troupe.core.messages import Allowance, Failed, MetricsDelta, TurnAck, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, PersonaDef
 from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
@@ -246,6 +247,7 @@ class SessionActor(ActorBase):
                     status=400,
                 )
             turn_id = secrets.token_hex(8)
+            bind_context(persona=persona.name, caller=self.caller_id, turn_id=turn_id)  # this call's log lines
             before = self.version
             self._take_input(added)
             system, context = self._system_prompt(client_system)
@@ -318,6 +320,7 @@ class SessionActor(ActorBase):
             return await self._finish(result)
 
     async def _finish(self, result: TurnResult) -> TurnAck | None:
+        bind_context(persona=getattr(self.persona, "name", None), caller=self.caller_id, turn_id=result.turn_id)
         if result.turn_id in self.finished:
             return self._ack()
         if result.base_version is not None:
@@ -331,6 +334,7 @@ class SessionActor(ActorBase):
         finally:
             self._close_turn()
         ack = self._ack()
+        log.info("turn kept", extra={"event": "turn.kept"})
         if self.one_turn:
             # a caller with no identity: the conversation was this one turn; the actor goes back to the pool
             self._spawn(self._turn_over())

@@ -228,6 +228,14 @@ class Settings(BaseSettings):
     )
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
 
+    # --- logs
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="json, text, or auto: text on a terminal, JSON lines anywhere else."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level of troupe's lines in the log file and Ray workers' logs."
+    )
+
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
     ray_address: str | None = Field(default=None, validation_alias="RAY_ADDRESS")
@@ -237,6 +245,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:
