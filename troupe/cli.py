@@ -193,7 +193,8 @@ def _log_to_files(settings: Settings, verbose: bool) -> Path:
     )
     if not verbose:
         console.setLevel(logging.WARNING)
-        console.addFilter(lambda record: record.name.startswith("troupe"))
+        # troupe's own warnings, and uvicorn's (a port already in use, say)
+        console.addFilter(lambda record: record.name.startswith(("troupe", "uvicorn.error")))
     to_file = logging.FileHandler(log_dir / "troupe.log")
     logging.getLogger().addHandler(logs.troupe_handler(to_file, "text" if settings.log_format == "text" else "json"))
     if verbose:

@@ -136,6 +136,8 @@ _NAMED_SECRET = re.compile(
     r"|passwd|token)([\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic)\s)(?!\*\*\*)[^\s\"',;&)}\]]+"
 )
 _KEY_LIKE = re.compile(r"\b(sk-|xox[abposr]-|xapp-|tr_)[A-Za-z0-9_\-]{8,}")
+# one cheap look for anything the patterns above could match: most lines have none and skip them
+_MAYBE = re.compile(r"(?i)\d{3}|://|bearer|basic|authorization|key|token|secret|passw|sk-|xox|xapp-|tr_|tel-")
 
 
 def mask_phone(text: str) -> str:
@@ -178,6 +180,8 @@ class Masker:
             return text
         if self._exact is not None:
             text = self._exact.sub(MASKED, text)
+        if not _MAYBE.search(text):
+            return text
         text = _URL_PASSWORD.sub(rf"\1{MASKED}@", text)
         text = _BEARER.sub(rf"\1 {MASKED}", text)
         text = _NAMED_SECRET.sub(rf"\1\2{MASKED}", text)
@@ -218,6 +222,7 @@ class MaskFilter(logging.Filter):
             record.exc_text = MASK(record.exc_text)
         if record.stack_info:
             record.stack_info = MASK(record.stack_info)
+        record._troupe_masked = True  # the formatters need not mask it again
         return True
 
 
@@ -268,7 +273,7 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
         "turn_id": own("turn_id"),
         "trace_id": given.get("trace_id") or trace_id(),
         "event": given.get("event") or record.name,
-        "message": MASK(message),
+        "message": message if given.get("_troupe_masked") else MASK(message),
     }
     for key, value in given.items():
         if key not in _STANDARD and key not in _OWN and not key.startswith("_"):
@@ -280,7 +285,7 @@ def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> 
     text = record.exc_text or (formatter.formatException(record.exc_info) if record.exc_info else None)
     if record.stack_info:
         text = f"{text}\n{record.stack_info}" if text else record.stack_info
-    return MASK(text) if text else None
+    return MASK(text) if text and not getattr(record, "_troupe_masked", False) else text
 
 
 class JsonFormatter(logging.Formatter):
