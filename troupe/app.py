@@ -84,8 +84,9 @@ def serve_uvicorn(runtime: Any, on_ready: Callable[[], None] | None = None) -> N
 
     gateway = Gateway(runtime.settings, runtime.catalog, runtime.orchestrator, runtime.client())
     config = uvicorn.Config(
-        create_app(gateway), host=runtime.settings.host, port=runtime.settings.port, log_level="warning"
-    )
+        create_app(gateway), host=runtime.settings.host, port=runtime.settings.port, log_level="warning",
+        log_config=None,  # uvicorn's lines go through troupe's handlers (its log file, masked, one schema)
+    )  # fmt: skip
     Server(config).run()
 
 

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from troupe.config.keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 from troupe.config.settings import Settings, load_settings
+from troupe.core import logs
 from troupe.core.errors import ConfigError, TroupeError
 from troupe.core.schedule import ACTIVITIES
 
@@ -34,7 +35,13 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         "door": getattr(args, "door", None),
         **extra,
     }
-    return load_settings(**overrides)
+    settings = load_settings(**overrides)
+    verbose = getattr(args, "verbose", False)
+    logs.configure(
+        kind="cli", level="debug" if verbose else "warning", fmt=settings.log_format,
+        secrets=logs.secret_values(settings), prefix="troupe: ",
+    )  # fmt: skip
+    return settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -64,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"troupe: {exc.message}", file=sys.stderr)
         return 2
     verbose = bool(args.verbose)
-    log_dir = _log_to_files(settings.data_dir / "logs", verbose)
+    log_dir = _log_to_files(settings, verbose)
     from troupe.app import serve_uvicorn, serve_with_ray
     from troupe.runtime import Runtime, ray_logs_dir
 
@@ -171,23 +178,25 @@ def notable(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _log_to_files(log_dir: Path, verbose: bool) -> Path:
-    """troupe's and Ray's driver logs go to <data dir>/logs/troupe.log; the console shows troupe's own
-    warnings (everything with --verbose)."""
+def _log_to_files(settings: Settings, verbose: bool) -> Path:
+    """troupe's and Ray's driver logs go to <data dir>/logs/troupe.log, as JSON lines (TROUPE_LOG_FORMAT=text:
+    text); the console shows troupe's own warnings (everything with --verbose), as text on a terminal.
+    With the uvicorn door this process is the door; with Serve's, the door is a replica (its own lines)."""
+    log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    to_file = logging.FileHandler(log_dir / "troupe.log")
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(to_file)
-    console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("troupe: %(levelname)s %(name)s: %(message)s"))
+    console = logs.configure(
+        kind="door" if settings.door == "uvicorn" else "cli",
+        level="debug" if verbose else settings.log_level,
+        fmt=settings.log_format,
+        secrets=logs.secret_values(settings),
+        prefix="troupe: ",
+    )
     if not verbose:
         console.setLevel(logging.WARNING)
-        console.addFilter(lambda record: record.name.startswith("troupe"))
-    root.addHandler(console)
+        # troupe's own warnings, and uvicorn's (a port already in use, say)
+        console.addFilter(lambda record: record.name.startswith(("troupe", "uvicorn.error")))
+    to_file = logging.FileHandler(log_dir / "troupe.log")
+    logging.getLogger().addHandler(logs.troupe_handler(to_file, "text" if settings.log_format == "text" else "json"))
     if verbose:
         logging.getLogger("httpx").setLevel(logging.INFO)  # a line per model call and outbound request
     return log_dir
@@ -438,10 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # until a command reads its settings (and with them TROUPE_LOG_FORMAT and the secrets to mask)
+    logs.configure(kind="cli", level="debug" if args.verbose else "warning", prefix="troupe: ")
     try:
         return int(args.func(args) or 0)
     except TroupeError as exc:

@@ -25,11 +25,14 @@ from troupe.actors.models import ModelFactory
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME, Orchestrator
 from troupe.actors.session import STALE, for_session, new_input
 from troupe.actors.session_keeper import SessionLease
+from troupe.clients import tracing as exporting
 from troupe.config.settings import Settings
 from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
+from troupe.core import tracing
 from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
+from troupe.core.logs import bind_context
 from troupe.core.messages import Done, Failed, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, load_personas
 from troupe.core.prompt import transcript_window
@@ -64,7 +67,10 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
             if settings.door == "serve" and settings.serve_direct_ingress and settings.door_replicas == 1:
                 os.environ.update(serve_direct_ingress_env(settings))
         # actors on other nodes rebuild the same settings from these variables
-        kwargs["runtime_env"] = {"env_vars": settings.env_for_workers()}
+        kwargs["runtime_env"] = {
+            "env_vars": settings.env_for_workers(),
+            "worker_process_setup_hook": "troupe.core.logs.setup_worker",  # troupe's log lines in every worker
+        }
         ray.init(**kwargs)
     return time.perf_counter() - began
 
@@ -218,16 +224,19 @@ class RemoteTools:
     """The persona's own tools for one turn, run by its session actor (they need the store and the
     company); the door runs the rest of the turn itself."""
 
-    def __init__(self, session: Any, turn_id: str, specs: tuple[ToolSpec, ...]) -> None:
+    def __init__(
+        self, session: Any, turn_id: str, specs: tuple[ToolSpec, ...], trace: tracing.Carrier | None = None
+    ) -> None:
         self.session = session
         self.turn_id = turn_id
         self._specs = specs
+        self.trace = trace  # the turn's span, which the tools' spans in the session are children of
 
     def specs(self) -> tuple[ToolSpec, ...]:
         return self._specs
 
     async def run(self, call: ToolCall) -> str:
-        result: str = await self.session.run_tool.remote(self.turn_id, call)
+        result: str = await self.session.run_tool.remote(self.turn_id, call, self.trace)
         return result
 
 
@@ -427,22 +436,32 @@ class SessionClient:
         """Stream a turn: the session assembles it, the model's reply streams from here, and the
         finished turn is in the store before the stream's last event (the `done` or `error`). A caller
         who goes away mid-reply still has the reply so far kept (marked interrupted) and paid for."""
+        exporting.setup(self.settings, "door")  # once per process, when an endpoint is configured
         one_turn = is_anonymous(request.caller_id)
-        request = request.model_copy(update={"messages": for_session(request.messages, one_turn=one_turn)})
+        # the turn's span is never made current here: this generator yields to whoever streams it
+        span = tracing.start("turn", parent=request.trace)
+        trace = tracing.carrier(span)
+        request = request.model_copy(
+            update={"messages": for_session(request.messages, one_turn=one_turn), "trace": trace}
+        )
         lease, plan = await self._prepare(request, one_turn)
         if isinstance(plan, Failed):
+            tracing.failed(span, plan.code)
+            span.end()
             yield plan
             return
+        bind_context(persona=plan.persona, caller=request.caller_id, turn_id=plan.turn_id)  # this turn's lines
         copy = SessionCopy(lease.process_id) if one_turn else self._copy(request, lease)
         history = copy.take(plan, request, self.settings.history_turns * 4)
         loop = AgentLoop(
             speaker=plan.persona,
             model=self.models.for_persona(self.catalog.get(plan.persona)),
             model_name=plan.model_name,
-            toolbox=RemoteTools(lease.handle, plan.turn_id, copy.tools),
+            toolbox=RemoteTools(lease.handle, plan.turn_id, copy.tools, trace),
             max_iterations=plan.max_iterations,
             temperature=plan.temperature,
             budget_guard=budget_guard(plan.allowance),
+            trace=span,
         )
         last: Done | None = None
         failure: TroupeError | None = None
@@ -481,10 +500,18 @@ class SessionClient:
                 session_id=plan.session_id if plan.built else "",
                 input=plan.input if plan.built else (),
                 base_version=plan.version if plan.built else None,
+                trace=trace,
             )
             finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id, copy))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
+            if span.is_recording():
+                span.set_attributes({"troupe.persona": plan.persona, "troupe.built": plan.built,
+                    "troupe.interrupted": result.interrupted, "troupe.finish_reason": outcome.finish_reason,
+                })  # fmt: skip
+                if failure is not None:
+                    tracing.failed(span, failure.code)
+                finishing.add_done_callback(lambda _: span.end())  # the turn's span ends once it is kept
         await finishing
         if failure is not None:
             yield Failed(text=failure.message, code=failure.code, status=failure.status)
@@ -506,14 +533,18 @@ class SessionClient:
         except Exception:
             ack = None
         copy.kept(plan, result.new_messages, ack)
+        kept_by = "door" if ack is None else "session"
+        outcome = {"event": "turn.finished", "interrupted": result.interrupted, "error": result.error_code}
+        log.info("turn finished", extra={**outcome, "kept_by": kept_by})
         if ack is not None:
             return
         try:
             store = await self.store()
-            await store.keep_turn(
-                plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted,
-                caller_id=caller_id, persona=plan.persona, process_id=lease.process_id,
-            )  # fmt: skip
+            with tracing.within(result.trace):
+                await store.keep_turn(
+                    plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted,
+                    caller_id=caller_id, persona=plan.persona, process_id=lease.process_id,
+                )  # fmt: skip
             self.orchestrator.report.remote(lease.process_id, result.delta)
         except Exception:
             log.warning("the turn %s could not be kept", plan.turn_id, exc_info=True)

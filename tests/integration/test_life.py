@@ -171,7 +171,7 @@ async def test_a_day_of_life_on_a_driven_clock(start_runtime: Any, tmp_path: Pat
             schedules = (await http.get(f"{url}/api/schedules", params={"persona": "tony"})).json()["schedules"]
             news = next(s for s in schedules if s["activity"] == "news")
             assert news["id"] == "tony.news" and news["cron_expression"] == "0 6,12,18 * * *"
-            assert news["cron_human"] == "At 06:00, 12:00 and 18:00 every day (America/Los_Angeles)"
+            assert news["cron_human"] == "At 06:00, 12:00 and 18:00 (America/Los_Angeles)"
             assert news["last_triggered_at"].startswith("2026-11-26T02:") and news["is_paused"] is False
             assert {s["persona"] for s in (await http.get(f"{url}/api/schedules")).json()["schedules"]} == {
                 p.name for p in runtime.catalog.executives()

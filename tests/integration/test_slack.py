@@ -340,8 +340,8 @@ def test_unconfigured_slack_is_503(runtime: Any) -> None:
         assert answer.status_code == 503 and "SLACK_BOT_TOKEN" in answer.json()["error"]["message"]
 
 
-def test_slack_down_is_retried(door: str, slack: FakeSlackServer) -> None:
-    slack.fake.fail_next_posts(2, status=500)
+def test_slack_rate_limiting_is_waited_out(door: str, slack: FakeSlackServer) -> None:
+    slack.fake.fail_next_posts(2, status=429)  # with Retry-After: 1; a 5xx is not resent (tests/unit)
     body = mention("are you there?")
     assert post(door, body).status_code == 200
     assert reply_to(slack, body).text == "*Tony:* Tony here. You said: are you there?"

@@ -35,10 +35,10 @@ def test_blocked_words_match_whole_words_in_any_case() -> None:
 
 
 def test_cron_in_words() -> None:
-    assert describe("0 6,12,18 * * *", "UTC") == "At 06:00, 12:00 and 18:00 every day (UTC)"
-    assert describe("30 9 * * 1,5", "Europe/Paris") == "At 09:30 on Monday and Friday (Europe/Paris)"
-    assert describe("0 9 1 * *", "UTC") == "At 09:00 on day 1 of the month (UTC)"
-    assert describe("*/15 * * * *", "UTC") == "Cron '*/15 * * * *' (UTC)"
+    assert describe("0 6,12,18 * * *", "UTC") == "At 06:00, 12:00 and 18:00 (UTC)"
+    assert describe("30 9 * * 1,5", "Europe/Paris") == "At 09:30, only on Monday and Friday (Europe/Paris)"
+    assert describe("0 9 1 * *", "UTC") == "At 09:00, on day 1 of the month (UTC)"
+    assert describe("*/15 * * * *", "UTC") == "Every 15 minutes (UTC)"
 
 
 async def test_the_digest_is_read_once_per_life_version_of_its_persona(monkeypatch: pytest.MonkeyPatch) -> None:

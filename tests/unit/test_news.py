@@ -226,3 +226,136 @@ def test_without_focus_areas_pick_keeps_the_newest() -> None:
     undated = NewsItem("u" * 16, "Undated", "https://example.com/undated", "", SOURCE, None)
     chosen = pick([old, undated, new, mid, new], focus_areas=[], blocked_topics=["mid"], already_read=(), limit=4)
     assert [(i.title, relevance) for i, relevance in chosen] == [("New", 0.0), ("Old", 0.0), ("Undated", 0.0)]
+
+
+# --- what feedparser reads that the hand-written parser did not, and what defusedxml still refuses
+
+
+def test_rss_090_and_091_feeds_are_read() -> None:
+    rss090 = b"""<?xml version="1.0"?>
+    <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://my.netscape.com/rdf/simple/0.9/">
+      <channel><title>Mozilla Dot Org</title><link>http://www.mozilla.org</link><description>x</description></channel>
+      <item><title>New Status Updates</title><link>http://www.mozilla.org/status/</link></item>
+    </rdf:RDF>"""
+    (old,) = parse_feed(rss090, SOURCE)
+    assert (old.title, old.url) == ("New Status Updates", "http://www.mozilla.org/status/")
+    rss091 = b"""<?xml version="1.0"?><!-- a Userland 0.91 feed --><rss version="0.91"><channel><title>Old</title>
+      <link>https://old.example/</link><language>en</language>
+      <item><title>Ninety-one</title><link>https://old.example/91</link><description>An old one.</description></item>
+    </channel></rss>"""
+    (ninety_one,) = parse_feed(rss091, SOURCE)
+    assert (ninety_one.title, ninety_one.summary) == ("Ninety-one", "An old one.")
+
+
+def test_rss_10_takes_content_encoded_and_dublin_core_dates() -> None:
+    body = b"""<?xml version="1.0"?>
+    <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/"
+             xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:content="http://purl.org/rss/1.0/modules/content/">
+      <channel rdf:about="http://x.example/"><title>One</title><link>http://x.example/</link><description>d</description>
+      </channel>
+      <item rdf:about="http://x.example/a"><title>RSS one</title><link>http://x.example/a</link>
+        <dc:date>2025-03-02T14:30:00+01:00</dc:date>
+        <content:encoded><![CDATA[<p>Hi <b>there</b>.</p>]]></content:encoded></item>
+    </rdf:RDF>"""
+    (entry,) = parse_feed(body, SOURCE)
+    assert entry.summary == "Hi there."
+    assert entry.published == datetime(2025, 3, 2, 13, 30, tzinfo=UTC)
+
+
+def test_atom_03_is_read_and_its_relative_links_resolved() -> None:
+    body = b"""<?xml version="1.0"?><feed version="0.3" xmlns="http://purl.org/atom/ns#"><title>Old atom</title>
+      <entry><title>Atom 0.3 entry</title><link rel="alternate" type="text/html" href="/posts/1"/>
+        <issued>2025-03-02T14:30:00+01:00</issued><modified>2025-03-02T14:30:00+01:00</modified>
+        <summary>zero three</summary></entry></feed>"""
+    (entry,) = parse_feed(body, SOURCE)
+    assert entry.url == "https://feeds.example/posts/1" and entry.summary == "zero three"
+    assert entry.published == datetime(2025, 3, 2, 13, 30, tzinfo=UTC)
+
+
+def test_a_feed_level_xml_base_resolves_relative_links() -> None:
+    body = b"""<feed xmlns="http://www.w3.org/2005/Atom" xml:base="https://base.example/blog/"><title>t</title>
+      <entry><title>Relative</title><link href="posts/2"/><id>urn:x:2</id><updated>2025-03-02T14:30:00Z</updated>
+      </entry></feed>"""
+    (entry,) = parse_feed(body, SOURCE)
+    assert entry.url == "https://base.example/blog/posts/2"  # not against the feed's own URL
+
+
+def test_cdata_and_html_entities_in_titles_are_plain_text() -> None:
+    body = b"""<rss version="2.0"><channel>
+      <item><title><![CDATA[Rock &amp; Roll <b>live</b>]]></title><link>https://x.example/2</link></item>
+      <item><title>Tom &amp; Jerry &#8211; &#x201C;classic&#x201D;</title><link>https://x.example/3</link></item>
+    </channel></rss>"""
+    cdata, escaped = parse_feed(body, SOURCE)
+    assert cdata.title == "Rock & Roll live"
+    assert escaped.title == "Tom & Jerry – “classic”"
+
+
+def test_dates_in_odd_formats() -> None:
+    stamps = [
+        "Sun, 02 Mar 2025 14:30:00 +01:00",  # RFC 822 with an ISO-style offset (read as UTC by email.utils)
+        "2025-03-02T13:30:00+00:00Z",  # an offset and a Z
+        "2025-03-02 14:30:00 +0100",
+        "Sun, 2 Mar 2025 08:30 EST",
+        "Sunday, 02 March 2025 13:30:00 +0000",
+    ]
+    items = "".join(f"<item><title>{n}</title><link>https://d.example/{n}</link><pubDate>{stamp}</pubDate></item>"
+                    for n, stamp in enumerate(stamps))  # fmt: skip
+    parsed = parse_feed(f'<rss version="2.0"><channel>{items}</channel></rss>'.encode(), SOURCE)
+    assert [i.published for i in parsed] == [datetime(2025, 3, 2, 13, 30, tzinfo=UTC)] * len(stamps)
+
+
+def test_a_feed_with_html_entities_xml_does_not_define_is_still_read() -> None:
+    body = b"""<rss version="2.0"><channel><item><title>Caf&eacute; &amp; bar&nbsp;news</title>
+      <link>https://x.example/1</link><description>Tom &amp; Jerry&hellip;</description></item></channel></rss>"""
+    (entry,) = parse_feed(body, SOURCE)  # not well-formed XML (bozo), yet readable
+    assert entry.title == "Café & bar news" and entry.summary == "Tom & Jerry…"
+    assert entry.url == "https://x.example/1"
+
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY lol "lol">
+<!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+<!ENTITY lol4 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+<!ENTITY lol5 "&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;&lol4;">
+<!ENTITY lol6 "&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;&lol5;">
+<!ENTITY lol7 "&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;&lol6;">
+<!ENTITY lol8 "&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;&lol7;">
+<!ENTITY lol9 "&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;&lol8;">]>
+<rss version="2.0"><channel><item><title>&lol9;</title><link>https://x.example/</link></item></channel></rss>"""
+XXE = b"""<?xml version="1.0"?>
+<!DOCTYPE rss [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<rss version="2.0"><channel><item><title>&xxe;</title><link>https://x.example/</link></item></channel></rss>"""
+EXTERNAL_DTD = b"""<?xml version="1.0"?><!DOCTYPE rss SYSTEM "http://127.0.0.1:9/evil.dtd">
+<rss version="2.0"><channel><item><title>&evil;</title><link>https://x.example/</link></item></channel></rss>"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        BILLION_LAUGHS,
+        BILLION_LAUGHS.replace(b"\n", b""),  # the DOCTYPE on the XML declaration's line, which feedparser keeps
+        XXE,
+        EXTERNAL_DTD,
+        BILLION_LAUGHS.decode()
+        .replace('<?xml version="1.0"?>', '<?xml version="1.0" encoding="UTF-16"?>')
+        .encode("utf-16"),
+        b'<?xml version="1.0"?><!DOCTYPE rss><rss version="2.0"><channel/></rss>',  # even an empty DTD
+    ],
+    ids=["billion-laughs", "one-line", "xxe", "external-dtd", "utf-16", "empty-dtd"],
+)
+def test_entity_expansion_and_external_entities_are_refused_before_feedparser(body: bytes) -> None:
+    with pytest.raises(FeedError, match="DTD or entity declarations is refused"):
+        parse_feed(body, SOURCE, "application/rss+xml")
+
+
+def test_a_feed_that_is_not_well_formed_beyond_entities_is_refused() -> None:
+    with pytest.raises(FeedError, match="mismatched tag"):
+        parse_feed(b"<rss><channel><item><title>Caf&eacute;</title><link>https://x.example/</channel></rss>", SOURCE)
+
+
+def test_a_utf16_feed_is_read() -> None:
+    body = '<?xml version="1.0" encoding="UTF-16"?><rss version="2.0"><channel><item><title>Grüße</title>'
+    body += "<link>https://x.example/gr</link></item></channel></rss>"
+    (entry,) = parse_feed(body.encode("utf-16"), SOURCE)
+    assert entry.title == "Grüße"

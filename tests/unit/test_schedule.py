@@ -1,6 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
-from troupe.core.schedule import default_schedule, due, latest_slot, next_slot, validate
+from troupe.core.schedule import default_schedule, describe, due, latest_slot, next_slot, validate
 
 
 def test_validate_names_the_problem():
@@ -42,3 +42,20 @@ def test_default_posts_are_staggered():
     posts = {default_schedule(i)["post"] for i in range(5)}
     assert len(posts) == 5
     assert all(validate(default_schedule(i)["post"]) is None for i in range(5))
+
+
+def test_schedules_in_words_cover_ranges_steps_and_named_days():
+    working_hours = "Every 15 minutes, between 09:00 and 17:59, Monday through Friday (UTC)"
+    assert describe("*/15 9-17 * * 1-5", "UTC") == working_hours
+    assert describe("0 22 * * 1-5", "UTC") == "At 22:00, Monday through Friday (UTC)"
+    assert describe("5 4 * * sun", "Asia/Tokyo") == "At 04:05, only on Sunday (Asia/Tokyo)"
+    assert describe("0 9 * * 7", "UTC") == describe("0 9 * * 0", "UTC") == "At 09:00, only on Sunday (UTC)"
+    assert describe("0 0 1 1 *", "UTC") == "At 00:00, on day 1 of the month, only in January (UTC)"
+    assert describe("0 8 * * MON#1", "UTC") == "At 08:00, on the first Monday of the month (UTC)"
+    assert describe(default_schedule(0)["post"], "UTC") == "At 11:00 and 16:00 (UTC)"
+
+
+def test_a_schedule_without_a_reading_is_shown_as_written():
+    assert describe("61 9 * * *", "UTC") == "Cron '61 9 * * *' (UTC)"  # not 'At 09:61'
+    assert describe("0 9 * *", "UTC") == "Cron '0 9 * *' (UTC)"
+    assert describe("@once 2026-12-01T09:00", "Europe/Paris") == "Once, at 2026-12-01T09:00 (Europe/Paris)"

@@ -1,10 +1,11 @@
 """Slack's plain logic: which events are someone talking, mentions, thread identity, admin words, the
-model router's prompt and answer, and replies retried while Slack is down (its signatures are checked in
-tests/unit/test_webhook_signatures.py)."""
+model router's prompt and answer, and replies resent only when Slack did not post them (its signatures are
+checked in tests/unit/test_webhook_signatures.py)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from troupe.integrations.slack import (
     thread_caller_id,
 )
 from troupe.testing.fake_slack import FakeSlackServer
+from troupe.testing.loopback import free_port
 
 
 @pytest.fixture(scope="module")
@@ -142,20 +144,39 @@ def slack() -> Iterator[FakeSlackServer]:
         yield server
 
 
-async def test_a_reply_is_retried_while_slack_is_down(slack: FakeSlackServer) -> None:
+async def test_a_reply_is_resent_while_slack_cannot_be_reached() -> None:
+    """No connection, so nothing was posted: worth another try, and the message goes out once."""
+    late = FakeSlackServer(free_port())
+    opener = threading.Timer(0.8, late.__enter__)
+    opener.start()
+    try:
+        client = AsyncWebClient(token="xoxb-test", base_url=late.base_url, retry_handlers=[])
+        assert await post_reply(client, "C1", "1.2", "hello", retries=6)
+        assert late.fake.method_calls("chat.postMessage") == 1
+        posted = late.fake.posted[-1]
+        assert (posted.token, posted.channel, posted.thread_ts, posted.text) == ("xoxb-test", "C1", "1.2", "hello")
+    finally:
+        opener.join()
+        late.__exit__(None, None, None)
+
+
+async def test_a_reply_slack_may_have_posted_is_not_sent_twice(
+    slack: FakeSlackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """chat.postMessage takes no idempotency key, and a 5xx can follow a post that went out."""
     client = AsyncWebClient(token="xoxb-test", base_url=slack.base_url, retry_handlers=[])
     slack.fake.fail_next_posts(2, status=503)
-    assert await post_reply(client, "C1", "1.2", "hello", retries=3)
-    assert slack.fake.method_calls("chat.postMessage") == 3
-    posted = slack.fake.posted[-1]
-    assert (posted.token, posted.channel, posted.thread_ts, posted.text) == ("xoxb-test", "C1", "1.2", "hello")
+    with caplog.at_level(logging.ERROR, logger="troupe.integrations.slack"):
+        assert not await post_reply(client, "C1", "1.2", "hello", retries=3)
+    assert slack.fake.method_calls("chat.postMessage") == 1
+    assert "failed after 1 attempt(s): HTTP 503 fatal_error" in caplog.text
 
 
 async def test_a_reply_slack_never_takes_is_logged_not_raised(
     slack: FakeSlackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = AsyncWebClient(token="xoxb-test", base_url=slack.base_url, retry_handlers=[])
-    slack.fake.fail_next_posts(5, status=500)
+    slack.fake.fail_next_posts(5, status=429)
     with caplog.at_level(logging.ERROR, logger="troupe.integrations.slack"):
         assert not await post_reply(client, "C1", "1.2", "hello", retries=1)
     assert slack.fake.method_calls("chat.postMessage") == 2

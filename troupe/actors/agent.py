@@ -6,16 +6,21 @@ and leaves the new transcript messages and the metrics it spent in `outcome` whe
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry.trace import SpanKind
+
 from troupe.clients.chat_model import ChatModel
 from troupe.config.pricing import cost
+from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ModelRequest, ToolCall, ToolSpec, Usage, estimate_tokens
 from troupe.core.errors import BudgetExceeded
 from troupe.core.messages import Allowance, Delta, Done, MetricsDelta, ToolCalls, TurnEvent
+from troupe.core.tracing import Parent
 
 
 class ToolBox(Protocol):
@@ -96,8 +101,10 @@ class AgentLoop:
         max_iterations: int = 4,
         temperature: float | None = None,
         budget_guard: BudgetGuard | None = None,
+        trace: Parent = None,
     ) -> None:
         self.speaker = speaker
+        self.trace = trace  # the parent of its model calls' spans (None: the current span)
         self.model = model
         self.model_name = model_name
         self.toolbox = toolbox or NoTools()
@@ -147,14 +154,30 @@ class AgentLoop:
             calls: list[ToolCall] = []
             usage = Usage()
             self._parts, self._calls, self._request, self._usage = parts, calls, request, usage
-            async for chunk in self.model.stream(request):
-                if chunk.content:
-                    parts.append(chunk.content)
-                    yield Delta(text=chunk.content)
-                calls.extend(chunk.tool_calls)
-                if chunk.usage:
-                    usage = usage + chunk.usage
-                    self._usage = usage
+            # not made current: this generator yields, and a current span would leak to its consumer
+            span = tracing.start("model.stream", parent=self.trace, kind=SpanKind.CLIENT)
+            if span.is_recording():
+                span.set_attributes(self._span_of())
+            error: BaseException | None = None
+            try:
+                async for chunk in self.model.stream(request):
+                    if chunk.content:
+                        parts.append(chunk.content)
+                        yield Delta(text=chunk.content)
+                    calls.extend(chunk.tool_calls)
+                    if chunk.usage:
+                        usage = usage + chunk.usage
+                        self._usage = usage
+            except (GeneratorExit, asyncio.CancelledError):
+                span.set_attribute("troupe.interrupted", True)  # the caller went away: not a failure
+                raise
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if span.is_recording():
+                    span.set_attributes(_usage_of(usage, calls))
+                tracing.end(span, error)
             delta = delta.plus(usage_delta(self.model_name, usage))
             self._delta, self._request = delta, None
             text = "".join(parts)
@@ -186,6 +209,13 @@ class AgentLoop:
         self.outcome = Outcome(new, delta, "length", "".join(texts))
         yield Done(finish_reason="length", usage=turn_usage(delta), cost_usd=delta.cost_usd)
 
+    def _span_of(self) -> dict[str, str]:
+        return {
+            "troupe.persona": self.speaker,
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": self.model_name,
+        }
+
     def interrupted(self) -> Outcome:
         """The turn as far as it got when it was cut off (the caller hung up, the model failed, the turn
         timed out): the messages so far, the reply so far as the caller heard it, and what was spent.
@@ -213,6 +243,15 @@ class AgentLoop:
             return await self.toolbox.run(call)
         except Exception as exc:  # a failing tool is reported to the model, never kills the turn
             return f"Error running {call.name}: {exc}"
+
+
+def _usage_of(usage: Usage, calls: list[ToolCall]) -> dict[str, int]:
+    """A model call's span attributes once it ended: what it used, never what was said."""
+    return {
+        "gen_ai.usage.input_tokens": usage.input_tokens,
+        "gen_ai.usage.output_tokens": usage.output_tokens,
+        "troupe.tool_calls": len(calls),
+    }
 
 
 async def answer_once(loop: AgentLoop, messages: Sequence[ChatMessage]) -> Outcome:

@@ -434,8 +434,9 @@ class Orchestrator:
         self.registry.emit("tool.ask_persona", process=parent_id, agent=asker, target=persona)
         return await handle.ask.remote(question, asker)
 
-    async def spawn_task(self, parent_id: str, specialist: str, task: str) -> str:
-        """Delegate `task` to a specialist: a child Task process that lives until it answers."""
+    async def spawn_task(self, parent_id: str, specialist: str, task: str, trace: dict[str, str] | None = None) -> str:
+        """Delegate `task` to a specialist: a child Task process that lives until it answers. `trace`: the
+        W3C trace context of the tool call that asked, handed on to the task."""
         definition = self.catalog.find(specialist)
         if definition is None:
             return f"There is no specialist called {specialist!r}."
@@ -459,7 +460,7 @@ class Orchestrator:
                 self.settings, self.catalog, definition.name, self.registry.spend.get(definition.name, 0.0)
             )
             self.registry.set_status(pid, "running")
-            result, delta = await handle.run.remote(task, requested_by)
+            result, delta = await handle.run.remote(task, requested_by, trace)
             await self.report(pid, delta)
             self.registry.set_status(pid, "completed")
             return result or f"{definition.name} finished without a written result."

@@ -13,6 +13,7 @@ from troupe.actors.base import ActorBase
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.tools import PersonaTools
 from troupe.config.settings import Settings
+from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
 from troupe.core.messages import Allowance, MetricsDelta
@@ -91,7 +92,7 @@ class PersonaActor(ActorBase):
             log.warning("metrics report failed", exc_info=True)
 
     async def _delegate(self, specialist: str, task: str) -> str:
-        return await self.orchestrator.spawn_task.remote(self.process_id, specialist, task)
+        return await self.orchestrator.spawn_task.remote(self.process_id, specialist, task, trace=tracing.carrier())
 
     async def ask(self, question: str, asker: str) -> str:
         """Another persona consults this one."""

@@ -14,14 +14,17 @@ from typing import Any
 from uuid import uuid4
 
 import ray
+from opentelemetry.trace import SpanKind
 
 from troupe.actors.agent import exceeded_scope
 from troupe.actors.base import ActorBase
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.tools import PersonaTools
 from troupe.config.settings import Settings
+from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
+from troupe.core.logs import bind_context
 from troupe.core.messages import Allowance, Failed, MetricsDelta, TurnAck, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, PersonaDef
 from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
@@ -208,6 +211,14 @@ class SessionActor(ActorBase):
         request in one reply. The door streams from the model itself and closes the turn with `finish`,
         which writes the input and the reply in one statement (if this actor dies first, the door writes
         both). Turns of one caller run one at a time."""
+        attributes = {"troupe.persona": request.persona}
+        with tracing.span("session.prepare", parent=request.trace, kind=SpanKind.SERVER, attributes=attributes) as span:
+            plan = await self._prepare(request)
+            if isinstance(plan, Failed):
+                tracing.failed(span, plan.code)
+            return plan
+
+    async def _prepare(self, request: TurnRequest) -> TurnPlan | Failed:
         async with self.turn_lock:
             if not self._serves(request):
                 # the door held a handle to an actor since released (and perhaps given to someone else)
@@ -236,6 +247,7 @@ class SessionActor(ActorBase):
                     status=400,
                 )
             turn_id = secrets.token_hex(8)
+            bind_context(persona=persona.name, caller=self.caller_id, turn_id=turn_id)  # this call's log lines
             before = self.version
             self._take_input(added)
             system, context = self._system_prompt(client_system)
@@ -286,13 +298,14 @@ class SessionActor(ActorBase):
         self._open = None
         self._turn_id = None
 
-    async def run_tool(self, turn_id: str, call: ToolCall) -> str:
+    async def run_tool(self, turn_id: str, call: ToolCall, trace: tracing.Carrier | None = None) -> str:
         """Run one of the persona's own tools for the turn in flight (they need the store and the company);
-        a turn the door built itself is in flight when no prepared one is."""
+        a turn the door built itself is in flight when no prepared one is. `trace`: the door's turn."""
         prepared_elsewhere = self._turn_id is not None and turn_id != self._turn_id
         if prepared_elsewhere or self.tools is None or turn_id in self.finished:
             return "Error: this turn has ended."
-        return await self.tools.run(call)
+        with tracing.within(trace):
+            return await self.tools.run(call)
 
     async def finish(self, result: TurnResult) -> TurnAck | None:
         """Close a turn: keep its input and reply in the transcript and the store, count what it cost.
@@ -303,6 +316,11 @@ class SessionActor(ActorBase):
         is kept if this actor still holds its session. Built on an older transcript (another door's turn
         came in between), it is kept all the same, since the caller heard it, and the ack tells the door
         its copy is behind."""
+        with tracing.span("session.finish", parent=result.trace, kind=SpanKind.SERVER):
+            return await self._finish(result)
+
+    async def _finish(self, result: TurnResult) -> TurnAck | None:
+        bind_context(persona=getattr(self.persona, "name", None), caller=self.caller_id, turn_id=result.turn_id)
         if result.turn_id in self.finished:
             return self._ack()
         if result.base_version is not None:
@@ -316,6 +334,7 @@ class SessionActor(ActorBase):
         finally:
             self._close_turn()
         ack = self._ack()
+        log.info("turn kept", extra={"event": "turn.kept"})
         if self.one_turn:
             # a caller with no identity: the conversation was this one turn; the actor goes back to the pool
             self._spawn(self._turn_over())
@@ -458,7 +477,7 @@ class SessionActor(ActorBase):
         return task
 
     async def _delegate(self, specialist: str, task: str) -> str:
-        return await self.orchestrator.spawn_task.remote(self.process_id, specialist, task)
+        return await self.orchestrator.spawn_task.remote(self.process_id, specialist, task, trace=tracing.carrier())
 
     async def _consult(self, persona: str, question: str) -> str:
         assert self.persona is not None

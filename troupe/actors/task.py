@@ -6,12 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 import ray
+from opentelemetry.trace import SpanKind
 
 from troupe.actors.agent import AgentLoop, answer_once, budget_guard
 from troupe.actors.base import ActorBase
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.tools import PersonaTools
+from troupe.clients import tracing as exporting
 from troupe.config.settings import Settings
+from troupe.core import tracing
 from troupe.core.chat import ChatMessage
 from troupe.core.messages import Allowance, MetricsDelta
 from troupe.core.persona_file import PersonaCatalog
@@ -25,7 +28,16 @@ class TaskActor(ActorBase):
         self.persona = catalog.get(specialist)
         self.spent = spent
 
-    async def run(self, task: str, requested_by: str) -> tuple[str, MetricsDelta]:
+    async def run(self, task: str, requested_by: str, trace: tracing.Carrier | None = None) -> tuple[str, MetricsDelta]:
+        """Do the task; `trace` is the W3C trace context of the tool call that delegated it."""
+        attributes = {"troupe.persona": self.persona.name, "troupe.requested_by": requested_by}
+        try:
+            with tracing.span("task.run", parent=trace, kind=SpanKind.SERVER, attributes=attributes):
+                return await self._run(task, requested_by)
+        finally:
+            await exporting.flush()  # the orchestrator kills this process as soon as it answers
+
+    async def _run(self, task: str, requested_by: str) -> tuple[str, MetricsDelta]:
         store = await self.store()
         memories = await store.recall(self.persona.name, query=task, limit=5)
         system, _ = build_system_prompt(

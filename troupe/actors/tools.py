@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from troupe.core import tracing
 from troupe.core.chat import ToolCall, ToolSpec
 
 
@@ -134,6 +135,12 @@ class PersonaTools:
         return specs
 
     async def run(self, call: ToolCall) -> str:
+        # its arguments stay out of the span: they may hold a phone number or what the caller said
+        attributes = {"gen_ai.tool.name": call.name, "troupe.persona": self.persona}
+        with tracing.span(f"tool.{call.name}", attributes=attributes):
+            return await self._run(call)
+
+    async def _run(self, call: ToolCall) -> str:
         args = json.loads(call.arguments or "{}")
         if not isinstance(args, dict):
             return "Error: arguments must be a JSON object."

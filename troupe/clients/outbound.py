@@ -1,21 +1,84 @@
-"""Calls out to the platforms (VAPI's create-call API, Slack, social webhooks): retried with backoff
-when the platform is down, then reported as failed. Never on a caller's hot path."""
+"""Calls out to the platforms (VAPI's create-call API, Slack, social webhooks): retried by tenacity with
+jittered backoff (or as long as a 429/503's Retry-After asks), then reported as failed. Never on a caller's
+hot path. A request is resent only when resending cannot do the thing twice: see `may_resend`."""
 
 from __future__ import annotations
 
-import asyncio
+import email.utils
 import logging
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity.wait import wait_base
 
 from troupe.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
+RETRY_AFTER_MAX_S = 30.0  # a longer Retry-After is waited this long, then the next try says what it says
+
 
 class OutboundFailed(Exception):
     """The platform did not take the request after every retry. The message names no secret."""
+
+
+class PlatformStatus(Exception):
+    """A platform answered a request with a status that is not success."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.status = response.status_code
+        self.retry_after_s = retry_after_s(response.headers.get("retry-after"))
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Retry-After in seconds, from either of its forms (delay-seconds or an HTTP date); None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class wait_retry_after(wait_base):  # lower-case, as tenacity's own waits are
+    """Wait as long as the failure's Retry-After asks (capped), else as `fallback` says."""
+
+    def __init__(self, hint: Callable[[BaseException], float | None], fallback: wait_base) -> None:
+        self.hint = hint
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        failure = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = self.hint(failure) if failure is not None else None
+        return min(asked, RETRY_AFTER_MAX_S) if asked is not None else self.fallback(retry_state)
+
+
+def _asked_wait(exc: BaseException) -> float | None:
+    if isinstance(exc, PlatformStatus) and exc.status in (429, 503):
+        return exc.retry_after_s
+    return None
+
+
+def never_sent(exc: BaseException) -> bool:
+    """The request provably never reached the platform: no connection was made (or none was free)."""
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def may_resend(exc: BaseException) -> bool:
+    """For a request the platform can take twice without harm (a webhook post with its idempotency key):
+    the network failed, the platform rate limited, or it was down (5xx). A 4xx is a refusal: final."""
+    if isinstance(exc, PlatformStatus):
+        return exc.status == 429 or exc.status >= 500
+    return isinstance(exc, httpx.TransportError)
 
 
 async def post_json(
@@ -26,28 +89,44 @@ async def post_json(
     retries: int = 3,
     backoff_s: float = 0.5,
     timeout_s: float = 10.0,
+    resend: Callable[[BaseException], bool] = may_resend,
+    idempotency_key: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, Any]:
-    """POST with retries on connection errors, 429 and 5xx (exponential backoff); 4xx fails at once."""
-    last = ""
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
-        for attempt in range(retries + 1):
-            try:
-                response = await client.post(url, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__} reaching {httpx.URL(url).host}"
-            else:
-                if response.status_code < 300:
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        data = {}
-                    return data if isinstance(data, dict) else {"data": data}
-                last = f"HTTP {response.status_code} from {httpx.URL(url).host}"
-                if response.status_code < 500 and response.status_code != 429:
-                    break
-            if attempt < retries:
-                await asyncio.sleep(backoff_s * 2**attempt)
-    raise OutboundFailed(last)
+    """POST JSON; up to `retries` more tries while `resend` says the failure is worth one, each after a
+    jittered exponential backoff (or the Retry-After asked). Every try carries the same Idempotency-Key
+    header (`idempotency_key`, else a fresh UUID), so a receiver that honours it acts once. Returns the JSON
+    answer; raises OutboundFailed."""
+    host = httpx.URL(url).host
+    sent = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()), **(headers or {})}
+    backoff = wait_exponential_jitter(multiplier=backoff_s, max=8 * backoff_s + 1, jitter=backoff_s)
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_retry_after(_asked_wait, backoff),
+        retry=retry_if_exception(resend),
+        reraise=True,
+    )
+    async with httpx.AsyncClient(timeout=timeout_s, transport=transport) as client:
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await client.post(url, json=body, headers=sent)
+                    if response.status_code >= 300:
+                        raise PlatformStatus(response)
+        except PlatformStatus as exc:
+            raise OutboundFailed(f"{exc} from {host} after {_tries(retrying)}") from None
+        except httpx.HTTPError as exc:
+            raise OutboundFailed(f"{type(exc).__name__} reaching {host} after {_tries(retrying)}") from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    return data if isinstance(data, dict) else {"data": data}
+
+
+def _tries(retrying: AsyncRetrying) -> str:
+    count = retrying.statistics.get("attempt_number", 1)
+    return f"{count} attempt{'s' if count != 1 else ''}"
 
 
 def vapi_call_body(settings: Settings, number: str, persona: str, message: str) -> dict[str, Any]:
@@ -66,8 +145,20 @@ def vapi_call_body(settings: Settings, number: str, persona: str, message: str) 
     return body
 
 
-async def vapi_create_call(settings: Settings, number: str, persona: str, message: str) -> str:
-    """Ask VAPI to phone `number`; returns VAPI's call id. Raises OutboundFailed."""
+async def vapi_create_call(
+    settings: Settings,
+    number: str,
+    persona: str,
+    message: str,
+    *,
+    timeout_s: float = 10.0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> str:
+    """Ask VAPI to phone `number`; returns VAPI's call id. Raises OutboundFailed.
+
+    VAPI's POST /call takes no idempotency key, so a request that reached VAPI is never sent again: a
+    timeout or a 5xx may come after the call was placed, and a second try would ring the person twice.
+    Only a request that never left (no connection made) is retried."""
     if settings.vapi_api_key is None:
         raise OutboundFailed("VAPI_API_KEY is not set")
     data = await post_json(
@@ -75,5 +166,8 @@ async def vapi_create_call(settings: Settings, number: str, persona: str, messag
         vapi_call_body(settings, number, persona, message),
         headers={"Authorization": f"Bearer {settings.vapi_api_key.get_secret_value()}"},
         retries=settings.outbound_retries,
+        timeout_s=timeout_s,
+        resend=never_sent,
+        transport=transport,
     )
     return str(data.get("id", ""))

@@ -216,6 +216,31 @@ class Settings(BaseSettings):
     slack_admin_users: str = Field(default="", description="Comma-separated Slack user ids allowed admin words.")
     webhook_tolerance_s: int = Field(default=300, ge=1, description="Oldest signed webhook timestamp accepted.")
     outbound_retries: int = Field(default=3, ge=0, le=10, description="Retries of a call to a platform that is down.")
+    # --- traces: OpenTelemetry's own variable names; no endpoint, no tracing (and next to no cost)
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT", description="OTLP/HTTP base URL (+/v1/traces)."
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", description="OTLP/HTTP traces URL."
+    )
+    otel_service_name: str = Field(default="troupe", min_length=1, validation_alias="OTEL_SERVICE_NAME")
+    otel_traces_sampler: Literal[
+        "always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = Field(default="parentbased_always_on", validation_alias="OTEL_TRACES_SAMPLER")  # fmt: skip
+    otel_traces_sampler_arg: float = Field(default=1.0, ge=0, le=1, validation_alias="OTEL_TRACES_SAMPLER_ARG")
+    otel_bsp_schedule_delay: int = Field(
+        default=5000, ge=1, validation_alias="OTEL_BSP_SCHEDULE_DELAY", description="Most milliseconds before spans go."
+    )
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+
+    # --- logs
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="json, text, or auto: text on a terminal, JSON lines anywhere else."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level of troupe's lines in the log file and Ray workers' logs."
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
@@ -226,6 +251,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_database_url(self) -> Settings:

@@ -12,9 +12,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from sse_starlette import EventSourceResponse
 
 from troupe.control_panel.access import COOKIE, COOKIE_LIFETIME_S, COOKIE_ROLES, cookie_for
 from troupe.control_panel.metrics import render
@@ -117,32 +118,35 @@ async def personas(request: Request, gateway: GatewayDep) -> list[dict[str, Any]
     ]
 
 
-@router.get("/api/events")
-async def events(request: Request, gateway: GatewayDep, since: int = 0) -> StreamingResponse:
-    """Server-sent events: what happens in the company, live (process and session lifecycle, tools...)."""
-    orchestrator = gateway.orchestrator
-    last = request.headers.get("last-event-id")
-    cursor = int(last) if last and last.isdigit() else since
+EVENTS_PING_S = 15.0  # a keep-alive comment this often, so proxies do not close an idle stream
+EVENTS_POLL_S = 0.5
 
-    async def stream() -> AsyncIterator[bytes]:
+
+@router.get("/api/events")
+async def events(request: Request, gateway: GatewayDep, since: int = 0) -> EventSourceResponse:
+    """Server-sent events: what happens in the company, live (process and session lifecycle, tools...).
+    A reconnecting client's Last-Event-ID resumes after that event."""
+    last = request.headers.get("last-event-id")
+    return event_stream(gateway.orchestrator, int(last) if last and last.isdigit() else since)
+
+
+def event_stream(orchestrator: Any, cursor: int, *, ping_s: float = EVENTS_PING_S) -> EventSourceResponse:
+    """The orchestrator's events after `cursor` as an SSE stream, by sse-starlette: its keep-alive pings,
+    and the stream (with its polling) ended when the client goes. One `id`, `event` and `data` line per
+    event, blocks split by a bare newline, as the panel's reader expects."""
+
+    async def stream() -> AsyncIterator[dict[str, Any]]:
         nonlocal cursor
-        yield b"retry: 2000\n\n"
-        idle = 0.0
-        while not await request.is_disconnected():
+        yield {"retry": 2000}
+        while True:
             found = await orchestrator.events_since.remote(cursor)
             for item in found:
                 cursor = item["seq"]
-                yield f"id: {cursor}\nevent: {item['type']}\ndata: {json.dumps(item)}\n\n".encode()
-            if found:
-                idle = 0.0
-            else:
-                idle += 0.5
-                if idle >= 15:
-                    yield b": keep-alive\n\n"
-                    idle = 0.0
-                await asyncio.sleep(0.5)
+                yield {"id": str(cursor), "event": item["type"], "data": json.dumps(item)}
+            if not found:
+                await asyncio.sleep(EVENTS_POLL_S)
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return EventSourceResponse(stream(), ping=ping_s, sep="\n", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/api/status")

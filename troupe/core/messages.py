@@ -121,6 +121,7 @@ class TurnRequest(_Frozen):
     stop: tuple[str, ...] = ()
     client_tools: tuple[ToolSpec, ...] = ()
     known: tuple[str, int] | None = None  # the door's copy of the session: its context and version
+    trace: dict[str, str] = Field(default_factory=dict)  # W3C trace context of the door's span (tracing.py)
 
 
 class Allowance(_Frozen):
@@ -174,6 +175,7 @@ class TurnResult(_Frozen):
     session_id: str = ""
     input: tuple[ChatMessage, ...] = ()
     base_version: int | None = None
+    trace: dict[str, str] = Field(default_factory=dict)  # W3C trace context of the door's turn span
 
 
 class TurnAck(_Frozen):

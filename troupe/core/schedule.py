@@ -3,11 +3,18 @@ persona's time zone, the slot that is due now, and the slots missed while troupe
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from cron_descriptor import (
+    CasingTypeEnum,
+    ExpressionDescriptor,
+    FormatException,
+    MissingFieldException,
+    Options,
+    WrongArgumentException,
+)
 from croniter import croniter
 
 ACTIVITIES = ("news", "goals", "team_check", "reflection", "journal", "post")
@@ -85,36 +92,19 @@ def due(expression: str, tz_name: str, *, last_slot: datetime | None, now: datet
     return Due(None, (slot,))
 
 
-_DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
-
-
-def _list(field: str) -> list[int] | None:
-    if not re.fullmatch(r"\d+(,\d+)*", field):
-        return None
-    return sorted(int(part) for part in field.split(","))
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+_WORDS = Options(casing_type=CasingTypeEnum.Sentence, use_24hour_time_format=True, locale_code="en_US")
 
 
 def describe(expression: str, tz_name: str) -> str:
-    """A cron expression in words ('At 06:00, 12:00 and 18:00 every day (America/Los_Angeles)'); the
-    expression itself where it has no simple reading."""
+    """A schedule in words, by cron-descriptor ('At 06:00, 12:00 and 18:00 (America/Los_Angeles)'); the
+    expression itself where it has no reading."""
     expression = expression.strip()
     if expression.startswith("@once"):
         return f"Once, at {expression[5:].strip()} ({tz_name})"
-    minute, hour, day, month, weekday = expression.split()
-    minutes, hours = _list(minute), _list(hour)
-    if minutes is None or hours is None or month != "*":
+    if validate(expression) is not None:  # cron-descriptor reads '61 9 * * *' as 'At 09:61'
         return f"Cron '{expression}' ({tz_name})"
-    times = _and([f"{h:02d}:{m:02d}" for h in hours for m in minutes])
-    if day == "*" and weekday == "*":
-        when = "every day"
-    elif day == "*" and (days := _list(weekday.replace("7", "0"))) is not None and all(d < 7 for d in days):
-        when = "on " + _and([_DAYS[d] for d in days])
-    elif weekday == "*" and (dates := _list(day)) is not None:
-        when = "on day " + _and([str(d) for d in dates]) + " of the month"
-    else:
+    try:
+        words = ExpressionDescriptor(expression, _WORDS).get_description()
+    except (FormatException, MissingFieldException, WrongArgumentException):
         return f"Cron '{expression}' ({tz_name})"
-    return f"At {times} {when} ({tz_name})"
+    return f"{words} ({tz_name})"

@@ -4,19 +4,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, assert_never
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from opentelemetry.trace import Span, SpanKind
 from pydantic import ValidationError
 
+from troupe.clients import tracing as exporting
 from troupe.clients.openai_api import ChatCompletionRequest, ChunkWriter, completion_json, error_json
 from troupe.control_panel.metrics import COST, MODEL_ERRORS, TOKENS, TTFT
 from troupe.control_panel.request_ids import MARK
+from troupe.core import tracing
 from troupe.core.caller import normalise_phone, resolve_caller_id
 from troupe.core.chat import ToolCall, Usage
-from troupe.core.errors import InvalidRequest, PersonaNotFound
+from troupe.core.errors import InvalidRequest, PersonaNotFound, TroupeError
 from troupe.core.messages import Delta, Done, Failed, ToolCalls, TurnEvent, TurnRequest
 from troupe.integrations.door import Gateway, GatewayDep, check_rate, read_json, scoped, trusts_identity
 from troupe.integrations.vapi import assistant_persona, call_identity
@@ -127,6 +130,52 @@ def turn_of(body: ChatCompletionRequest, caller_id: str, persona: str, max_chars
 @router.post("/chat/completions", openapi_extra=REQUEST_BODY)
 @router.post("/v1/chat/completions", openapi_extra=REQUEST_BODY)
 async def chat_completions(request: Request, gateway: GatewayDep) -> Any:
+    exporting.setup(gateway.settings, "door")  # once per process, when an endpoint is configured
+    # a caller's own traceparent is continued; the span ends when the reply has been sent
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    span = tracing.start(f"POST {route}", parent=_headers(request), kind=SpanKind.SERVER)
+    try:
+        response = await _complete(request, gateway, span)
+    except TroupeError as exc:  # the caller's error (or troupe's, 5xx), answered in OpenAI's shape
+        _status(span, exc.status)
+        span.end()
+        raise
+    except BaseException as exc:
+        tracing.end(span, exc)
+        raise
+    if span.is_recording():
+        span.set_attributes({"http.request.method": "POST", "http.route": route})
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = _ending(span, response.body_iterator)
+        else:
+            _status(span, response.status_code if isinstance(response, JSONResponse) else 200)
+            span.end()
+    return response
+
+
+def _headers(request: Request) -> tracing.Carrier | None:
+    """The caller's W3C trace context, if it sent one."""
+    if not tracing.active() or "traceparent" not in request.headers:
+        return None
+    return {k: v for k, v in request.headers.items() if k in ("traceparent", "tracestate")}
+
+
+def _status(span: Span, code: int) -> None:
+    span.set_attribute("http.response.status_code", code)
+    if code >= 500:
+        tracing.failed(span, str(code))
+
+
+async def _ending(span: Span, body: AsyncIterable[Any]) -> AsyncIterator[Any]:
+    try:
+        async for part in body:
+            yield part
+        _status(span, 200)
+    finally:
+        span.end()
+
+
+async def _complete(request: Request, gateway: GatewayDep, span: Span) -> Any:
     body = parse_request(await read_json(request, gateway.settings.max_body_bytes))
     persona = resolve_persona(gateway, body.model)
     if not gateway.catalog.find(body.model.strip()):
@@ -135,6 +184,9 @@ async def chat_completions(request: Request, gateway: GatewayDep) -> Any:
     caller = await caller_of(request, body, gateway.known_calls, gateway.settings.default_region)
     turn = turn_of(body, caller, persona, gateway.settings.max_message_chars)
     check_rate(request, turn.caller_id)
+    if span.is_recording():
+        span.set_attribute("troupe.persona", persona)
+        turn = turn.model_copy(update={"trace": tracing.carrier(span)})
     model_name = body.model or persona.lower()
     began = time.perf_counter()
     events = observed(gateway.client.turn(turn), persona, began, "completions").__aiter__()

@@ -6,8 +6,10 @@ Fetching never raises for a bad source: what failed comes back as short human-re
 from __future__ import annotations
 
 import asyncio
+import calendar
 import email.utils
 import hashlib
+import io
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -18,18 +20,21 @@ from functools import lru_cache
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin, urlsplit
+from xml.parsers.expat import errors as expat_errors
 
+import defusedxml.ElementTree as defused
+import feedparser
 import httpx
+from defusedxml import DefusedXmlException
 
 SUMMARY_MAX = 500
 HN_INDEXES = ("topstories.json", "newstories.json", "beststories.json")
 HN_ITEM_PAGE = "https://news.ycombinator.com/item?id={id}"
 
-_ATOM = "{http://www.w3.org/2005/Atom}"
-_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
-_RSS1 = "{http://purl.org/rss/1.0/}"
-_CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
-_DC = "{http://purl.org/dc/elements/1.1/}"
+_UTF16_STARTS = (b"\xff\xfe", b"\xfe\xff", b"<\x00", b"\x00<")  # with or without a byte-order mark
+_UNDEFINED_REFERENCE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)[^\W\d][\w.-]*;")
+_DATES = ("published_parsed", "updated_parsed", "created_parsed")
+_UNDEFINED_ENTITY = expat_errors.codes[expat_errors.XML_ERROR_UNDEFINED_ENTITY]
 _ACCEPT = {
     "Accept": "application/rss+xml, application/atom+xml, application/feed+json, application/json;q=0.9, "
     "application/xml;q=0.8, text/xml;q=0.8, */*;q=0.5"
@@ -54,13 +59,14 @@ class NewsItem:
 
 
 def parse_feed(body: bytes, source: str, content_type: str = "") -> list[NewsItem]:
-    """Parse an RSS 2.0 (or RSS 1.0), Atom 1.0, JSON Feed 1.x or Hacker News item-list body from `source`."""
+    """Parse an RSS (0.9x, 1.0, 2.0), Atom (0.3, 1.0), JSON Feed 1.x or Hacker News item-list body from
+    `source`; relative links are resolved against `source` (or the feed's own xml:base)."""
     head = body.lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
         raise _malformed(source, "empty body")
     says_json = "json" in content_type.lower()
-    if head.startswith(b"<") and not says_json:
-        return _parse_xml(body, source)
+    if head.startswith((b"<", *_UTF16_STARTS)) and not says_json:
+        return _parse_xml(body, source, content_type)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -73,23 +79,39 @@ def _malformed(source: str, why: str) -> FeedError:
     return FeedError(f"{source}: malformed feed: {why}")
 
 
-def _parse_xml(body: bytes, source: str) -> list[NewsItem]:
+def _parse_xml(body: bytes, source: str, content_type: str) -> list[NewsItem]:
+    """RSS (0.9x, 1.0, 2.0) and Atom (0.3, 1.0) by feedparser, behind defusedxml: a document with a DTD, an
+    entity declaration or an external reference is refused before feedparser sees it."""
+    root = _vet_xml(body, source)
+    if root.tag == "rss" and root.find("channel") is None:
+        raise _malformed(source, "RSS without a <channel>")
+    headers = {"content-location": source}
+    if content_type:
+        headers["content-type"] = content_type
+    # a BytesIO, never the bytes themselves: feedparser reads a string that looks like a URL or a path
+    parsed = feedparser.parse(io.BytesIO(body), response_headers=headers)
+    if not parsed.get("version"):
+        raise _malformed(source, f"not RSS or Atom (root element <{_local(root.tag)}>)")
+    return _collect(_feed_entry(entry, source) for entry in parsed.entries)
+
+
+def _vet_xml(body: bytes, source: str) -> ET.Element:
+    """The root of a well-formed document without a DTD, else FeedError. An entity XML does not define
+    (`&nbsp;` in a title, say) is let through for feedparser's lenient parser, if the rest is well-formed."""
+    try:
+        return defused.fromstring(body, forbid_dtd=True)
+    except DefusedXmlException:
+        raise _malformed(source, "XML with a DTD or entity declarations is refused") from None
+    except ET.ParseError as exc:
+        if exc.code != _UNDEFINED_ENTITY:
+            raise _malformed(source, f"not well-formed XML ({exc})") from None
+    # expat stopped at the first such entity: vet the rest with every one of them read as U+FFFD
     if _declares_dtd(body):
         raise _malformed(source, "XML with a DTD or entity declarations is refused")
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
+        return defused.fromstring(_UNDEFINED_REFERENCE.sub(b"&#xFFFD;", body), forbid_dtd=True)
+    except (ET.ParseError, DefusedXmlException) as exc:
         raise _malformed(source, f"not well-formed XML ({exc})") from None
-    if root.tag == "rss":
-        channel = root.find("channel")
-        if channel is None:
-            raise _malformed(source, "RSS without a <channel>")
-        return _collect(_rss_item(entry, source) for entry in channel.findall("item"))
-    if root.tag == f"{_RDF}RDF":
-        return _collect(_rss_item(entry, source) for entry in root.findall(f"{_RSS1}item"))
-    if root.tag == f"{_ATOM}feed":
-        return _collect(_atom_entry(entry, source) for entry in root.findall(f"{_ATOM}entry"))
-    raise _malformed(source, f"not RSS or Atom (root element <{_local(root.tag)}>)")
 
 
 def _declares_dtd(body: bytes) -> bool:
@@ -99,37 +121,24 @@ def _declares_dtd(body: bytes) -> bool:
     return any(re.search(rb"<!\s*(DOCTYPE|ENTITY)", text, re.IGNORECASE) for text in texts)
 
 
-def _rss_item(entry: ET.Element, source: str) -> NewsItem | None:
-    ns = _RSS1 if entry.tag.startswith(_RSS1) else ""
-    guid_element = entry.find("guid")
-    guid = _text(guid_element)
-    link = _text(entry.find(f"{ns}link")) or entry.get(f"{_RDF}about", "")
-    if not link and guid_element is not None and guid_element.get("isPermaLink", "true") != "false":
-        link = guid if guid.startswith(("http://", "https://")) else ""
-    summary = _plain(_text(entry.find(f"{ns}description")) or _text(entry.find(f"{_CONTENT}encoded")))
-    published = _date(_text(entry.find("pubDate")) or _text(entry.find(f"{_DC}date")))
-    return _item(source, _plain(_text(entry.find(f"{ns}title"))), link and urljoin(source, link), guid, summary,
-                 published)  # fmt: skip
+def _feed_entry(entry: Any, source: str) -> NewsItem | None:
+    link = entry.get("link") or next((link.get("href", "") for link in entry.get("links", ())), "")
+    summary = _detail_text(entry.get("summary_detail"))
+    if not summary and entry.get("content"):
+        summary = _detail_text(entry["content"][0])
+    # dict.get: feedparser's own get maps a missing updated_parsed to published_parsed, with a warning
+    moment = next((dict.get(entry, key) for key in _DATES if dict.get(entry, key)), None)
+    published = datetime.fromtimestamp(calendar.timegm(moment), UTC) if moment else None
+    return _item(source, _detail_text(entry.get("title_detail")), link and urljoin(source, link),
+                 _str(entry.get("id")), summary, published)  # fmt: skip
 
 
-def _atom_entry(entry: ET.Element, source: str) -> NewsItem | None:
-    links = entry.findall(f"{_ATOM}link")
-    alternate = [link for link in links if link.get("rel", "alternate") == "alternate"] or links
-    href = alternate[0].get("href", "") if alternate else ""
-    base = entry.get("{http://www.w3.org/XML/1998/namespace}base") or source
-    summary_element = entry.find(f"{_ATOM}summary")
-    if summary_element is None:
-        summary_element = entry.find(f"{_ATOM}content")
-    published = _date(_text(entry.find(f"{_ATOM}published")) or _text(entry.find(f"{_ATOM}updated")))
-    return _item(source, _atom_text(entry.find(f"{_ATOM}title")), href and urljoin(base, href),
-                 _text(entry.find(f"{_ATOM}id")), _atom_text(summary_element), published)  # fmt: skip
-
-
-def _atom_text(element: ET.Element | None) -> str:
-    if element is None:
+def _detail_text(detail: Any) -> str:
+    """A feedparser text construct as plain text: HTML (and XHTML) stripped of markup, plain text squashed."""
+    if not detail:
         return ""
-    text = "".join(element.itertext())
-    return _plain(text) if element.get("type", "text") in ("html", "xhtml", "text/html") else _squash(text)
+    value = _str(detail.get("value"))
+    return _plain(value) if "html" in str(detail.get("type", "")) else _squash(value)
 
 
 def _parse_json(data: Any, source: str) -> list[NewsItem]:
@@ -185,10 +194,6 @@ def _item(source: str, title: str, url: str, guid: str, summary: str, published:
 
 def _collect(items: Any) -> list[NewsItem]:
     return [item for item in items if item is not None]
-
-
-def _text(element: ET.Element | None) -> str:
-    return "".join(element.itertext()).strip() if element is not None else ""
 
 
 def _str(value: Any) -> str:

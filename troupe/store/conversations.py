@@ -10,10 +10,12 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import StoreUnavailable
 from troupe.store.engine import StoreBase
@@ -168,6 +170,11 @@ class ConversationStore(StoreBase):
     async def _write(self, work: Any, *args: Any) -> Any:
         """`work(conn, *args)` in one transaction: on SQLite one trip to its writer thread, else through
         the async engine; retried while the database is busy."""
+        attributes = {"db.system.name": self.engine.dialect.name, "db.operation.name": work.__name__.lstrip("_")}
+        with tracing.span("store.write", kind=SpanKind.CLIENT, attributes=attributes):
+            return await self._write_retried(work, *args)
+
+    async def _write_retried(self, work: Any, *args: Any) -> Any:
         writer = self._sqlite_writer()
         for attempt in range(20):
             try:
