@@ -172,7 +172,7 @@ async def callers(client: openai.AsyncOpenAI, runtime: Runtime, count: int = 150
 async def pool_full(runtime: Runtime, pool: int) -> float:
     """Seconds until the warm pool holds `pool` free actors."""
     began = time.perf_counter()
-    while (await runtime.orchestrator.status.remote())["pool_size"] < pool:  # noqa: ASYNC110 (another process)
+    while (await runtime.orchestrator.status.remote()).pool_size < pool:  # noqa: ASYNC110 (another process)
         await asyncio.sleep(0.2)
     return time.perf_counter() - began
 
@@ -294,7 +294,7 @@ async def orchestrator_kill(client: openai.AsyncOpenAI, runtime: Runtime) -> Non
 
     back, (settled, failed_streams) = await asyncio.gather(new_caller(), in_flight())
     failed = [p for p in await handle.list_processes.remote() if "orchestrator restarted" in (p.error or "")]
-    phases = (await handle.status.remote())["startup_s"]
+    phases = (await handle.status.remote()).startup_s
     print(
         f"orchestrator: SIGKILL under 8 streams; a new caller was served {back:.1f} s later; the 8 callers in "
         f"flight were all answered or failed by {settled:.1f} s ({failed_streams} failed); the rebuilt registry "

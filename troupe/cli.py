@@ -22,6 +22,7 @@ from troupe.config.keys import ADMIN_KEY_FILE, ensure_admin_key, read_admin_key
 from troupe.config.settings import Settings, load_settings
 from troupe.core import logs
 from troupe.core.errors import ConfigError, TroupeError
+from troupe.core.messages import OrchestratorStatus
 from troupe.core.schedule import ACTIVITIES
 
 
@@ -105,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _opened(
     runtime: Any,
-    status: dict[str, Any],
+    status: OrchestratorStatus,
     timings: dict[str, float],
     began: float,
     log_dir: Path,
@@ -119,20 +120,20 @@ def _opened(
     settings = runtime.settings
     total = time.perf_counter() - began
     url = f"http://{_url_host(settings.host)}:{settings.port}"
-    executives = len(status["executives"])
+    executives = len(status.executives)
     print(
         f"troupe: ready in {total:.1f} s\n"
         f"  serving   {url}  ({'Ray Serve' if settings.door == 'serve' else 'uvicorn'} door)\n"
         f"  model     {_model_label(settings)}\n"
         f"  store     {_store_label(settings)}\n"
-        f"  personas  {executives} executives, {len(status['personas']) - executives} specialists\n"
+        f"  personas  {executives} executives, {len(status.personas) - executives} specialists\n"
         f"  logs      {log_dir}\n"
         f"  access    {_access_label(settings, admin_key)}\n"
         f"  next      troupe chat tony    (the control panel: {url}/{'#key=' + admin_key if admin_key else ''})",
         flush=True,
     )
     if verbose:
-        phases = {**timings, **status.get("startup_s", {})}
+        phases = {**timings, **status.startup_s}
         print("troupe: start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()), flush=True)
 
 
@@ -308,11 +309,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         return await runtime.orchestrator.status.remote(), await runtime.orchestrator.list_processes.remote()
 
     status, processes = asyncio.run(gather())
-    uptime = int(status["uptime_s"])
+    uptime = int(status.uptime_s)
     print(
-        f"troupe: {status['status']}, up {uptime // 3600}h{uptime % 3600 // 60}m{uptime % 60}s, "
-        f"{status['process_count']} live processes, {status['session_count']} sessions, "
-        f"{status['pool_size']} warm, model: {status['backend']}"
+        f"troupe: {status.status}, up {uptime // 3600}h{uptime % 3600 // 60}m{uptime % 60}s, "
+        f"{status.process_count} live processes, {status.session_count} sessions, "
+        f"{status.pool_size} warm, model: {status.backend}"
     )
     print(f"{'ID':8}  {'KIND':11}  {'AGENT':8}  {'STATUS':9}  {'RESTARTS':8}  {'TOKENS':>7}  {'COST':>8}  NAME")
     for p in processes:

@@ -33,7 +33,7 @@ from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
 from troupe.core.logs import bind_context
-from troupe.core.messages import Done, Failed, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.core.messages import Done, Failed, OrchestratorStatus, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, load_personas
 from troupe.core.prompt import transcript_window
 from troupe.store import Store
@@ -165,10 +165,10 @@ class Runtime:
         runtime.starting = orchestrator.start.remote(defer_rest)
         return runtime
 
-    def wait_started(self) -> dict[str, Any]:
+    def wait_started(self) -> OrchestratorStatus:
         """Wait for the orchestrator's start-up; on failure, leave nothing behind and raise troupe's error."""
         try:
-            status: dict[str, Any] = ray.get(self.starting)
+            status: OrchestratorStatus = ray.get(self.starting)
         except Exception as exc:
             ray.kill(self.orchestrator, no_restart=True)
             _wait_until_gone(ORCHESTRATOR_NAME, self.settings.namespace)

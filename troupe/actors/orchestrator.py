@@ -32,7 +32,11 @@ from troupe.config.settings import Settings
 from troupe.core.chat import ToolCall
 from troupe.core.errors import BudgetExceeded, PersonaNotFound
 from troupe.core.messages import (
+    LifeRunCount,
+    LifeTime,
     MetricsDelta,
+    OrchestratorStatus,
+    ProcessCount,
     ProcessInfo,
     ProcessKind,
     ProcessStatus,
@@ -70,6 +74,9 @@ class NodeRing:
         return self.ids[self.turn % len(self.ids)]
 
 
+DEDUP_COUNT_EVERY_S = 60.0  # how often the de-duplication tables are counted (for status and /metrics)
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
 class Orchestrator:
     def __init__(self, settings: Settings, catalog: PersonaCatalog) -> None:
@@ -87,6 +94,8 @@ class Orchestrator:
         self.timings: dict[str, float] = {}  # start-up phases, seconds (troupe serve --verbose prints them)
         self.nodes = NodeRing() if settings.placement == "spread" else None  # where its actors go
         self.made: set[str] = set()  # the named actors made so far (a second one is a restart)
+        self.dedup_rows: dict[str, int] = {}  # de-duplication tables' sizes, counted now and then
+        self.dedup_counted_at = float("-inf")
         self.supervisor = Supervisor(  # the supervised children, watched and restarted
             self.registry,
             spawn_slots=int(ray.available_resources().get("CPU", 2)),
@@ -128,7 +137,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ start-up and shutdown
 
-    async def start(self, defer_rest: bool = False) -> dict[str, Any]:
+    async def start(self, defer_rest: bool = False) -> OrchestratorStatus:
         """Open the store (running migrations), rebuild the registry and start what callers need: the
         personas and the offline model. Life loops and the warm pool follow in the background (after
         `start_rest()` when `defer_rest`: `troupe serve` opens its door first), so the door opens as soon
@@ -138,7 +147,7 @@ class Orchestrator:
                 return await self.status()
             return await self._start(defer_rest)
 
-    async def _start(self, defer_rest: bool) -> dict[str, Any]:
+    async def _start(self, defer_rest: bool) -> OrchestratorStatus:
         began = time.perf_counter()
         self.me = ray.get_runtime_context().current_actor
         self.store = await Store.open_for(self.settings, "orchestrator", migrate=True)
@@ -416,6 +425,9 @@ class Orchestrator:
                 await self.keeper.size_pool()
                 self.registry.trim_finished()
                 await self.registry.flush()
+                if time.monotonic() - self.dedup_counted_at > DEDUP_COUNT_EVERY_S and self.store is not None:
+                    self.dedup_rows = await self.store.deduplication_sizes()
+                    self.dedup_counted_at = time.monotonic()
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -596,32 +608,42 @@ class Orchestrator:
             )
         return out
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> OrchestratorStatus:
         alive = [p for p in self.registry.processes.values() if p.status in ("running", "pending")]
-        return {
-            "status": "ok",
-            "uptime_s": time.time() - self.started,
-            "process_count": len(alive),
-            "session_count": len(self.keeper.directory),
-            "pool_size": len(self.keeper.pool),
-            "personas": self.catalog.names(),
-            "executives": [p.name for p in self.catalog.executives()],
-            "active_personas": [
-                self.registry.processes[pid].agent
+        processes = self.registry.processes
+        return OrchestratorStatus(
+            uptime_s=time.time() - self.started,
+            process_count=len(alive),
+            session_count=len(self.keeper.directory),
+            pool_size=len(self.keeper.pool),
+            personas=tuple(self.catalog.names()),
+            executives=tuple(p.name for p in self.catalog.executives()),
+            active_personas=tuple(
+                processes[pid].agent
                 for pid in self.life_ids.values()
-                if pid in self.registry.processes and self.registry.processes[pid].status == "running"
-            ],
-            "backend": self.settings.effective_backend,
-            "spend": dict(self.registry.spend),
-            "processes": dict(Counter((p.kind, p.status) for p in self.registry.processes.values())),
-            "restarts": restarts_by_kind(self.registry.processes.values()),
-            "restarted": dict(self.registry.restarted),
-            "store_writes": self.registry.writes.snapshot(),
-            "budgets": {p.name: p.budget_usd for p in self.catalog},
-            "life_runs": dict(self.life_counts),
-            "life_seconds": dict(self.life_seconds),
-            "startup_s": dict(self.timings),
-        }
+                if pid in processes and processes[pid].status == "running"
+            ),
+            backend=self.settings.effective_backend,
+            spend=dict(self.registry.spend),
+            budgets={p.name: p.budget_usd for p in self.catalog},
+            processes=tuple(
+                ProcessCount(kind=kind, status=status, count=count)
+                for (kind, status), count in Counter((p.kind, p.status) for p in processes.values()).items()
+            ),
+            restarts=restarts_by_kind(processes.values()),
+            restarted=dict(self.registry.restarted),
+            store_writes=self.registry.writes.snapshot(),
+            life_runs=tuple(
+                LifeRunCount(persona=persona, activity=activity, status=status, count=count)
+                for (persona, activity, status), count in self.life_counts.items()
+            ),
+            life_seconds=tuple(
+                LifeTime(persona=persona, activity=activity, seconds=seconds)
+                for (persona, activity), seconds in self.life_seconds.items()
+            ),
+            startup_s=dict(self.timings),
+            dedup_rows=self.dedup_rows,
+        )
 
     async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         return self.registry.events_since(seq, limit)

@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from troupe.core.messages import MetricsDelta, ProcessInfo, ProcessStatus, utcnow
+from troupe.core.messages import MetricsDelta, ProcessInfo, ProcessStatus, Timings, utcnow
 from troupe.store import Store
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ FLUSH_DELAY_S = 0.5
 WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class Timings:
+class WriteTimes:
     """Durations tallied into histogram buckets (the last one past every bound), as plain data for the
     orchestrator's status: the door exports it as a Prometheus histogram."""
 
@@ -35,8 +35,8 @@ class Timings:
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.total_s += seconds
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"le": self.bounds, "counts": list(self.counts), "sum": self.total_s}
+    def snapshot(self) -> Timings:
+        return Timings(le=self.bounds, counts=tuple(self.counts), sum=self.total_s)
 
 
 class Registry:
@@ -52,7 +52,7 @@ class Registry:
         self.event_seq = 0
         self.spend: dict[str, float] = {}
         self.restarted: Counter[str] = Counter()  # restarts by process kind since this registry began
-        self.writes = Timings()  # how long its writes to the store take
+        self.writes = WriteTimes()  # how long its writes to the store take
         self._flush_due = False
         self.lost: list[ProcessInfo] = []  # what was alive when the previous orchestrator went away
 

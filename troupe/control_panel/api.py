@@ -96,7 +96,7 @@ async def metrics(request: Request, gateway: GatewayDep) -> Response:
 @router.get("/api/personas")
 async def personas(request: Request, gateway: GatewayDep) -> list[dict[str, Any]]:
     status = await gateway.orchestrator.status.remote()
-    spend = status["spend"]
+    spend = status.spend
     return [
         {
             "name": p.name,
@@ -112,7 +112,7 @@ async def personas(request: Request, gateway: GatewayDep) -> list[dict[str, Any]
             "layers": {
                 layer.name: {"version": layer.version, "token_estimate": layer.token_estimate} for layer in p.layers
             },
-            "active": p.name in status["active_personas"],
+            "active": p.name in status.active_personas,
         }
         for p in gateway.catalog
     ]
@@ -154,11 +154,11 @@ async def status(request: Request, gateway: GatewayDep) -> dict[str, Any]:
     raw = await gateway.orchestrator.status.remote()
     return {
         "status": "ok",
-        "uptime": uptime_text(raw["uptime_s"]),
-        "process_count": raw["process_count"],
-        "session_count": raw["session_count"],
-        "personas": raw["executives"],
-        "active_personas": raw["active_personas"],
+        "uptime": uptime_text(raw.uptime_s),
+        "process_count": raw.process_count,
+        "session_count": raw.session_count,
+        "personas": raw.executives,
+        "active_personas": raw.active_personas,
     }
 
 

@@ -6,10 +6,11 @@ Dashboards depend on these names; tests/unit/test_metrics.py pins them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from troupe.core.messages import OrchestratorStatus
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -70,30 +71,40 @@ class _OrchestratorTotals:
     own types from its snapshot of the scrape's moment: restarts by kind, and its store writes' timings."""
 
     def __init__(self) -> None:
-        self.snapshot: dict[str, Any] = {}
+        self.snapshot: OrchestratorStatus | None = None
 
     def collect(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
             "troupe_actor_restarts", "Actors restarted by their supervisor since the orchestrator started, by kind",
             labels=["kind"],
         )  # fmt: skip
+        status = self.snapshot
+        if status is None:
+            yield restarts
+            return
         # every kind alive is exported, at 0 until one restarts, so a rate sees the first restart
-        kinds = {kind for kind, _ in self.snapshot.get("processes", {})} | set(self.snapshot.get("restarted", {}))
+        kinds = {p.kind for p in status.processes} | set(status.restarted)
         for kind in sorted(kinds):
-            restarts.add_metric([kind], self.snapshot.get("restarted", {}).get(kind, 0))
+            restarts.add_metric([kind], status.restarted.get(kind, 0))
         yield restarts
         writes = HistogramMetricFamily(
             "troupe_store_write_seconds",
             "Time the orchestrator's writes to the store take (its batched process rows), failed ones too",
         )
-        timings = self.snapshot.get("store_writes")
-        if timings:
-            cumulative, buckets = 0, []
-            for bound, count in zip((*timings["le"], float("inf")), timings["counts"], strict=True):
-                cumulative += count
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
-            writes.add_metric([], buckets, timings["sum"])
+        timings = status.store_writes
+        cumulative, buckets = 0, []
+        for bound, count in zip((*timings.le, float("inf")), timings.counts, strict=True):
+            cumulative += count
+            buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+        writes.add_metric([], buckets, timings.sum)
         yield writes
+        rows = GaugeMetricFamily(
+            "troupe_dedup_rows", "Rows in each de-duplication table (webhook events seen, call ids, articles read)",
+            labels=["table"],
+        )  # fmt: skip
+        for table, count in sorted(status.dedup_rows.items()):
+            rows.add_metric([table], count)
+        yield rows
 
 
 TOTALS = _OrchestratorTotals()
@@ -116,32 +127,32 @@ NAMES = {
     "troupe_persona_spent_usd": ("persona",),
     "troupe_actor_restarts_total": ("kind",),
     "troupe_store_write_seconds": (),
+    "troupe_dedup_rows": ("table",),
 }
 
 
-def render(snapshot: dict[str, Any]) -> bytes:
+def render(status: OrchestratorStatus) -> bytes:
     """The exposition text, with the gauges set from the orchestrator's snapshot of this moment."""
-    ACTIVE_SESSIONS.set(snapshot.get("session_count", 0))
-    POOL_SIZE.set(snapshot.get("pool_size", 0))
+    ACTIVE_SESSIONS.set(status.session_count)
+    POOL_SIZE.set(status.pool_size)
     PROCESSES.clear()
-    for (kind, status), count in snapshot.get("processes", {}).items():
-        PROCESSES.labels(kind, status).set(count)
+    for p in status.processes:
+        PROCESSES.labels(p.kind, p.status).set(p.count)
     RESTARTS.clear()
-    for kind, count in snapshot.get("restarts", {}).items():
+    for kind, count in status.restarts.items():
         RESTARTS.labels(kind).set(count)
     LIFE_RUNS.clear()
-    runs = snapshot.get("life_runs", {})
+    runs = {(r.persona, r.activity, r.status): r.count for r in status.life_runs}
     for persona, activity, _ in runs:
-        for status in ("completed", "failed"):  # a failure is a 0 until there is one, so it can be graphed
-            LIFE_RUNS.labels(persona, activity, status).set(runs.get((persona, activity, status), 0))
+        for outcome in ("completed", "failed"):  # a failure is a 0 until there is one, so it can be graphed
+            LIFE_RUNS.labels(persona, activity, outcome).set(runs.get((persona, activity, outcome), 0))
     LIFE_SECONDS.clear()
-    for (persona, activity), seconds in snapshot.get("life_seconds", {}).items():
-        LIFE_SECONDS.labels(persona, activity).set(round(seconds, 3))
-    budgets, spend = snapshot.get("budgets", {}), snapshot.get("spend", {})
+    for t in status.life_seconds:
+        LIFE_SECONDS.labels(t.persona, t.activity).set(round(t.seconds, 3))
     BUDGET.clear()
     SPENT.clear()
-    for persona, budget in budgets.items():
+    for persona, budget in status.budgets.items():
         BUDGET.labels(persona).set(budget)
-        SPENT.labels(persona).set(round(spend.get(persona, 0.0), 6))
-    TOTALS.snapshot = snapshot
+        SPENT.labels(persona).set(round(status.spend.get(persona, 0.0), 6))
+    TOTALS.snapshot = status
     return generate_latest(REGISTRY)

@@ -223,6 +223,57 @@ class Failed(_Frozen):
 TurnEvent = Delta | ToolCalls | Done | Failed
 
 
+class ProcessCount(_Frozen):
+    kind: str
+    status: str
+    count: int
+
+
+class LifeRunCount(_Frozen):
+    persona: str
+    activity: str
+    status: str  # completed, failed, skipped
+    count: int
+
+
+class LifeTime(_Frozen):
+    persona: str
+    activity: str
+    seconds: float
+
+
+class Timings(_Frozen):
+    """Durations tallied into histogram buckets: `counts` has one more than `le`, past every bound."""
+
+    le: tuple[float, ...]
+    counts: tuple[int, ...]
+    sum: float
+
+
+class OrchestratorStatus(_Frozen):
+    """The orchestrator's snapshot of the company: what /metrics, /api/* and `troupe status` show."""
+
+    status: str = "ok"
+    uptime_s: float
+    process_count: int  # running or pending
+    session_count: int
+    pool_size: int
+    personas: tuple[str, ...]
+    executives: tuple[str, ...]
+    active_personas: tuple[str, ...]  # executives whose life loop runs
+    backend: str
+    spend: dict[str, float]  # USD by persona, as budgets are checked
+    budgets: dict[str, float]
+    processes: tuple[ProcessCount, ...]
+    restarts: dict[str, int]  # restarts of the live processes, by kind
+    restarted: dict[str, int]  # restarts since this orchestrator started, by kind
+    store_writes: Timings
+    life_runs: tuple[LifeRunCount, ...]
+    life_seconds: tuple[LifeTime, ...]
+    startup_s: dict[str, float]  # start-up phases
+    dedup_rows: dict[str, int] = {}  # rows of each de-duplication table, as last counted
+
+
 class LifeRun(_Frozen):
     persona: str
     activity: str
