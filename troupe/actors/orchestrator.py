@@ -283,15 +283,20 @@ class Orchestrator:
         node = self.nodes.next() if self.nodes is not None else None
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)} if node else {}
 
+    def here(self) -> dict[str, Any]:
+        """Options that put an actor on the orchestrator's own node (soft: any other if it cannot)."""
+        node = ray.get_runtime_context().get_node_id()
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
+
     async def _named(self, cls: Any, name: str, *args: Any) -> Any:
         """Create a named actor. Right after a kill, Ray may still hold the name for a moment; an actor
         whose node died holds it until Ray has noticed the node is gone (tens of seconds), so after a
         moment the holder is told to go."""
         for attempt in range(100):
             try:
-                # a restart goes where Ray's default puts it, this node's: the node its last one was
-                # on may be the one that died, and Ray may take a while yet to know that
-                placement = self.placed() if name not in self.made else {}
+                # a restart goes on this node (the head): the node its last one was on may be the
+                # one that died, and Ray may take a while yet to know that
+                placement = self.placed() if name not in self.made else self.here()
                 self.made.add(name)
                 return cls.options(name=name, namespace=self.settings.namespace, **placement).remote(*args)
             except ValueError:
