@@ -76,13 +76,15 @@ def init_ray(settings: Settings, *, quiet: bool = False) -> float:
 
 
 def on_the_head() -> Any:
-    """A placement on the cluster's head node (soft: after it is gone, any other will do), else on this
-    process's node. The orchestrator goes there, so worker nodes can come and go under it."""
+    """A placement on the cluster's head node, else (no head known) on this process's node, softly. The
+    orchestrator goes there, so worker nodes can come and go under it; a cluster is gone with its head
+    (Ray's control store lives there), so nothing is lost by holding the orchestrator to it."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})]
-    node = heads[0] if heads else ray.get_runtime_context().get_node_id()
-    return NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+    if heads:
+        return NodeAffinitySchedulingStrategy(node_id=heads[0], soft=False)
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
 
 
 HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives its head node

@@ -175,7 +175,10 @@ def test_actors_spread_over_both_nodes(troupe: str, cluster: tuple[Any, Any, str
     assert nodes, f"not every actor came up: {troupe_actors(dashboard)}"
     for kind in ("PersonaActor", "SessionActor", "LifeLoopActor"):
         assert nodes[kind][head_id] >= 1 and nodes[kind][worker_id] >= 1, (kind, dict(nodes[kind]))
-    assert set(nodes["Orchestrator"]) == {head_id}
+    from ray.util.state import list_nodes
+
+    where = {n.node_id: (n.node_ip, n.is_head_node) for n in list_nodes(address=dashboard)}
+    assert set(nodes["Orchestrator"]) == {head_id}, (where, dict(nodes["Orchestrator"]))
 
 
 def test_two_door_replicas_carry_one_conversation(troupe: str, upstream: FakeOpenAIServer, database: str) -> None:

@@ -74,6 +74,7 @@ class NodeRing:
         return self.ids[self.turn % len(self.ids)]
 
 
+AFTER_DEATH_S = 60.0  # how long after an actor died new ones are placed on the orchestrator's node
 DEDUP_COUNT_EVERY_S = 60.0  # how often the de-duplication tables are counted (for status and /metrics)
 
 
@@ -279,9 +280,16 @@ class Orchestrator:
         return handle
 
     def placed(self) -> dict[str, Any]:
-        """Options that put the next actor on the next node in turn (spread), or Ray's default (pack)."""
-        node = self.nodes.next() if self.nodes is not None else None
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)} if node else {}
+        """Options that put the next actor on the next node in turn (spread), or Ray's default (pack).
+        For a while after any actor died, new ones go on this node instead: the death may have been a
+        node's, which Ray takes tens of seconds to notice, and an actor held to a dead node never starts."""
+        if self.nodes is None:
+            return {}
+        if time.monotonic() - self.registry.last_death_at < AFTER_DEATH_S:
+            return self.here()
+        node = self.nodes.next()
+        # held to that node: a soft affinity let Ray put 5 of 5 personas on one node of two while starting
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)} if node else {}
 
     def here(self) -> dict[str, Any]:
         """Options that put an actor on the orchestrator's own node (soft: any other if it cannot)."""

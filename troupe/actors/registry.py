@@ -55,6 +55,7 @@ class Registry:
         self.writes = WriteTimes()  # how long its writes to the store take
         self._flush_due = False
         self.lost: list[ProcessInfo] = []  # what was alive when the previous orchestrator went away
+        self.last_death_at = float("-inf")  # when a supervised process last died (monotonic)
 
     async def rebuild(self) -> None:
         """Load spend and the latest rows from the store; rows that were alive when the previous
@@ -111,6 +112,8 @@ class Registry:
         self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
         if event_type == "process.restarted" and (info := self.processes.get(data.get("process", ""))):
             self.restarted[info.kind] += 1
+        elif event_type == "process.died":
+            self.last_death_at = time.monotonic()
 
     def flush_soon(self) -> None:
         """A process finished: write the registry within FLUSH_DELAY_S, in one transaction with whatever

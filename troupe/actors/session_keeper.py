@@ -171,6 +171,7 @@ class SessionKeeper:
 
     async def _restart(self, child: Child, slot: SessionSlot, key: Key) -> None:
         """A session actor died: a fresh actor takes over and reloads the transcript from the store."""
+        self.registry.last_death_at = time.monotonic()  # its node may be gone: new actors go near for a while
         decision = decide(child.policy, child.restart_times, time.monotonic())
         if decision.action != "restart":
             self.registry.set_status(child.process_id, "failed", f"session died; {decision.reason}")
