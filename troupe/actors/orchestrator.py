@@ -109,6 +109,7 @@ class Orchestrator:
         self.life_loops_up = asyncio.Event()
         self.callers_served = asyncio.Event()  # the store and the model are up: callers can be served
         self.rest_begun = False
+        self.settled = False  # every actor of the start-up is up (the warm pool too)
         self.model_failure: str | None = None  # why the offline model cannot run, when it cannot
         self.me: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -239,6 +240,7 @@ class Orchestrator:
             self.timings["life_loops"] = time.perf_counter() - began
         await self.keeper.fill_pool()
         self.timings["pool"] = time.perf_counter() - began
+        self.settled = True
 
     def _policy(self, name: str) -> Policy:
         spec = self.catalog.get(name).supervision
@@ -288,8 +290,11 @@ class Orchestrator:
         if time.monotonic() - self.registry.last_death_at < AFTER_DEATH_S:
             return self.here()
         node = self.nodes.next()
-        # held to that node: a soft affinity let Ray put 5 of 5 personas on one node of two while starting
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)} if node else {}
+        # While starting, an actor is held to its node: a soft affinity let Ray put 5 of 5 personas on one
+        # node of two while the nodes were busy starting workers. Later it is soft, so an actor meant for
+        # a node that died before Ray noticed starts elsewhere rather than waiting on it for good.
+        held = NodeAffinitySchedulingStrategy(node_id=node, soft=self.settled) if node else None
+        return {"scheduling_strategy": held} if held else {}
 
     def here(self) -> dict[str, Any]:
         """Options that put an actor on the orchestrator's own node (soft: any other if it cannot)."""

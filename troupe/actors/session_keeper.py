@@ -183,22 +183,25 @@ class SessionKeeper:
         self.kill(child.handle)
         if decision.delay_s:
             await asyncio.sleep(decision.delay_s)
-        for attempt in range(3):  # a pooled actor may have died with the same node
-            pool_pid, handle = await self._take_actor()
-            self.registry.set_status(pool_pid, "completed")  # its process identity merges into the restarted one
-            self.registry.forget(pool_pid)
+        handle = None
+        for _ in range(3):  # a pooled actor, or the one made for the pool, may have died with the same node
             try:
+                pool_pid, handle = await self._take_actor()
+                self.registry.set_status(pool_pid, "completed")  # its identity merges into the restarted one
+                self.registry.forget(pool_pid)
                 await handle.bind.remote(
                     slot.caller_id, slot.persona, child.process_id, self.registry.spend.get(slot.persona, 0.0)
                 )
                 break
             except RayActorError:
-                self.kill(handle)
-                if attempt == 2:  # the caller's next turn takes a fresh session from the store
-                    self.registry.set_status(child.process_id, "failed", "session died; no actor took it over")
-                    self.directory.remove(key, slot)
-                    self.supervisor.children.pop(child.process_id, None)
-                    return
+                if handle is not None:
+                    self.kill(handle)
+                handle = None
+        if handle is None:  # the caller's next turn takes a fresh session from the store
+            self.registry.set_status(child.process_id, "failed", "session died; no actor took it over")
+            self.directory.remove(key, slot)
+            self.supervisor.children.pop(child.process_id, None)
+            return
         child.handle = handle
         restarts = self.registry.processes[child.process_id].restarts + 1
         self.registry.update(child.process_id, restarts=restarts)
