@@ -3,6 +3,7 @@ show a secret, the admin key file, constant-time matching, and secrets kept out 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,9 @@ def test_no_secret_goes_into_rays_runtime_env(monkeypatch: pytest.MonkeyPatch) -
         "SLACK_BOT_TOKEN": "xoxb-1", "ELEVENLABS_API_KEY": "k", "OPENAI_API_KEY": "sk-1",
         "OPENAI_BASE_URL": "http://m/v1", "TROUPE_SOCIAL_KEY_TONY": "t",
     }  # fmt: skip
+    for name in os.environ:  # only this test's environment (CI sets TROUPE_TEST_* for its own tests)
+        if name.startswith("TROUPE_"):
+            monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     sent = Settings().env_for_workers()
