@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RaySystemError
 
 from troupe.actors.agent import AgentLoop, budget_guard
 from troupe.actors.models import ModelFactory
@@ -307,6 +307,14 @@ class SessionCopy:
         self.pending = None
 
 
+def this_actor() -> Any:
+    """The handle of the actor this code runs in (a Serve door replica), or None in a driver."""
+    try:
+        return ray.get_runtime_context().current_actor
+    except (RuntimeError, RaySystemError):
+        return None
+
+
 COPY_FRESH_S = 30.0  # how long after its last turn a door builds a caller's next turn from its copy
 
 
@@ -337,6 +345,7 @@ class SessionClient:
         # copy has no way to know it is behind before its turn goes to the model. Then every turn is
         # prepared by the session, which holds the transcript.
         self.builds_turns = settings.door == "uvicorn" or settings.door_replicas == 1
+        self.door = this_actor()  # a session waiting on a turn this door opened can tell if the door died
 
     async def store(self) -> Store:
         if self._store is None:
@@ -414,7 +423,7 @@ class SessionClient:
                 request = request.model_copy(update={"known": self._copy(request, lease).known()})
             try:
                 plan: TurnPlan | Failed = await asyncio.wait_for(
-                    lease.handle.prepare.remote(request), self.settings.actor_call_timeout_s
+                    lease.handle.prepare.remote(request, self.door), self.settings.actor_call_timeout_s
                 )
             except RayActorError:
                 lease = await self.lease(request.caller_id, request.persona, failed=lease, one_turn=one_turn)

@@ -172,6 +172,44 @@ async def test_a_session_killed_between_prepare_and_finish_keeps_the_reply(runti
     assert (await say(runtime, "+14155550300", "still there?", client=client))[-1].kind == "done"
 
 
+@ray.remote(num_cpus=0)
+class DoorReplica:
+    """Stands in for a Serve door replica: an actor that opens a turn and dies before finishing it."""
+
+    def ready(self) -> bool:
+        return True
+
+
+async def test_a_turn_whose_door_died_does_not_hold_up_the_callers_next_turn(runtime: Any) -> None:
+    """With several door replicas, every turn is prepared by the session and finished by the replica that
+    streams it. A replica that dies mid-reply (its node lost) never finishes its turn: the caller's next
+    turn, through another replica, is answered at once instead of after `turn_timeout_s` (5 minutes)."""
+    client = runtime.client()
+    assert (await say(runtime, "+14155550350", "hello", client=client))[-1].kind == "done"
+    lease = client.leases[("+14155550350", "tony")]
+    replica = DoorReplica.remote()  # type: ignore[attr-defined]
+    await replica.ready.remote()
+    request = TurnRequest(
+        caller_id="+14155550350", persona="Tony", messages=(ChatMessage(role="user", content="are you there?"),)
+    )
+    plan = await lease.handle.prepare.remote(request, replica)
+    assert plan.turn_id
+    ray.kill(replica, no_restart=True)
+    started = asyncio.get_running_loop().time()
+    events = await say(runtime, "+14155550350", "hello again", client=client)
+    waited = asyncio.get_running_loop().time() - started
+    assert events[-1].kind == "done", events[-1]
+    assert waited < 10, f"the next turn waited {waited:.1f} s for a turn nobody will finish"
+
+    store = await open_store(runtime)
+    try:
+        session = next(s for s in await store.list_sessions() if s.caller_id == "+14155550350")
+        said = [m.content for m in await store.load_messages(session.id) if m.role == "user"]
+    finally:
+        await store.close()
+    assert said == ["hello", "are you there?", "hello again"]  # the abandoned turn's input is kept
+
+
 async def test_a_caller_who_calls_straight_back_is_answered_every_time(runtime: Any) -> None:
     """VAPI's end-of-call report and the same number's next call arrive together, ten times over."""
     client = runtime.client()

@@ -15,6 +15,7 @@ from uuid import uuid4
 
 import ray
 from opentelemetry.trace import SpanKind
+from ray.exceptions import RayActorError
 
 from troupe.actors.agent import exceeded_scope
 from troupe.actors.base import ActorBase
@@ -37,6 +38,7 @@ REPORT_EVERY_S = 2.0  # how stale a busy session's metrics on the control panel 
 
 
 DIGESTS = DigestCache()  # each persona's life digest, shared by the sessions this process holds in turn
+OPENER_CHECK_S = 2.0  # how often a turn waiting on an unfinished one asks whether that one's door is alive
 FINISHED_KEPT = 32  # turn ids remembered as finished, so a retried `finish` is not kept twice
 
 
@@ -87,6 +89,7 @@ class SessionActor(ActorBase):
         self.turn_lock = asyncio.Lock()
         self._turn_id: str | None = None
         self._open: asyncio.Future[None] | None = None
+        self._opener: Any = None  # the door replica that opened the turn in flight, if it is an actor
         self._opening: asyncio.Future[None] | None = None  # the session's row being written
         self._input: tuple[ChatMessage, ...] = ()  # the open turn's input, written with its reply
         self._prompt: tuple[tuple[Any, ...], str, str] | None = None  # (what went in, the prompt, its context)
@@ -206,19 +209,20 @@ class SessionActor(ActorBase):
             self._prompt = (key, prompt, f"{self._bind_nonce}:{self._contexts}")
         return self._prompt[1], self._prompt[2]
 
-    async def prepare(self, request: TurnRequest) -> TurnPlan | Failed:
+    async def prepare(self, request: TurnRequest, door: Any = None) -> TurnPlan | Failed:
         """Open a turn: take the caller's new input into the transcript and hand the door the assembled
         request in one reply. The door streams from the model itself and closes the turn with `finish`,
         which writes the input and the reply in one statement (if this actor dies first, the door writes
-        both). Turns of one caller run one at a time."""
+        both). Turns of one caller run one at a time. `door`: the handle of the door replica opening the
+        turn, when it is an actor; if it dies mid-turn, the caller's next turn need not wait for it."""
         attributes = {"troupe.persona": request.persona}
         with tracing.span("session.prepare", parent=request.trace, kind=SpanKind.SERVER, attributes=attributes) as span:
-            plan = await self._prepare(request)
+            plan = await self._prepare(request, door)
             if isinstance(plan, Failed):
                 tracing.failed(span, plan.code)
             return plan
 
-    async def _prepare(self, request: TurnRequest) -> TurnPlan | Failed:
+    async def _prepare(self, request: TurnRequest, door: Any = None) -> TurnPlan | Failed:
         async with self.turn_lock:
             if not self._serves(request):
                 # the door held a handle to an actor since released (and perhaps given to someone else)
@@ -257,6 +261,7 @@ class SessionActor(ActorBase):
             door_is_current = door_has_context and known_version == before
             self._turn_id = turn_id
             self._open = asyncio.get_running_loop().create_future()
+            self._opener = door
             return TurnPlan(
                 turn_id=turn_id,
                 session_id=session_id,
@@ -282,20 +287,41 @@ class SessionActor(ActorBase):
         )
 
     async def _await_open_turn(self) -> None:
-        """Wait for the turn in flight to be finished; one whose door vanished is given up after a while."""
+        """Wait for the turn in flight to be finished. One whose door replica died (with its node, say) is
+        given up as soon as Ray knows, and any other after `turn_timeout_s`: its input is kept, and the
+        reply the caller may have heard is written by nobody (its door is gone)."""
         if self._open is None or self._open.done():
             return
+        deadline = asyncio.get_running_loop().time() + self.settings.turn_timeout_s
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._open), min(OPENER_CHECK_S, left))
+                return
+            except TimeoutError:
+                if not await self._opener_alive():
+                    break
+        log.warning("turn %s of %s was never finished; moving on", self._turn_id, self.process_id)
+        await self._write_input()
+        self._close_turn()
+
+    async def _opener_alive(self) -> bool:
+        """False only when the turn's door replica is known dead; an actor that does not answer in a
+        moment may be busy or on a node Ray has not yet given up on, so it counts as alive."""
+        if self._opener is None:
+            return True
         try:
-            await asyncio.wait_for(asyncio.shield(self._open), self.settings.turn_timeout_s)
-        except TimeoutError:
-            log.warning("turn %s of %s was never finished; moving on", self._turn_id, self.process_id)
-            await self._write_input()
-            self._close_turn()
+            await asyncio.wait_for(self._opener.__ray_ready__.remote(), OPENER_CHECK_S)
+        except RayActorError:
+            return False
+        except Exception:
+            return True
+        return True
 
     def _close_turn(self) -> None:
         if self._open is not None and not self._open.done():
             self._open.set_result(None)
         self._open = None
+        self._opener = None
         self._turn_id = None
 
     async def run_tool(self, turn_id: str, call: ToolCall, trace: tracing.Carrier | None = None) -> str:
