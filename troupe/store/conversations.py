@@ -10,15 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
-from opentelemetry.trace import SpanKind
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import StoreUnavailable
-from troupe.store.engine import StoreBase
+from troupe.store.engine import StoreBase, _reading
 from troupe.store.records import CallerRecord, SessionRecord, _record
 from troupe.store.schema import CallerRow, CallIdRow, LifeRunRow, MemoryRow, MessageRow, SessionRow, _now, _utc
 
@@ -102,16 +100,6 @@ def _one_turn(
     conn.execute(_END, {"sid": session_id, "now": _now()})
 
 
-def _reading(engine: Engine, work: Any, *args: Any) -> Any:
-    with engine.connect() as conn:
-        return work(conn, *args)
-
-
-def _writing(engine: Engine, work: Any, *args: Any) -> Any:
-    with engine.begin() as conn:
-        return work(conn, *args)
-
-
 def _message_values(
     session_id: str, seq: int, message: ChatMessage, at: datetime, turn_id: str | None, interrupted: bool
 ) -> dict[str, Any]:
@@ -167,27 +155,6 @@ def _chat(row: MessageRow) -> ChatMessage:
 
 
 class ConversationStore(StoreBase):
-    async def _write(self, work: Any, *args: Any) -> Any:
-        """`work(conn, *args)` in one transaction: on SQLite one trip to its writer thread, else through
-        the async engine; retried while the database is busy."""
-        attributes = {"db.system.name": self.engine.dialect.name, "db.operation.name": work.__name__.lstrip("_")}
-        with tracing.span("store.write", kind=SpanKind.CLIENT, attributes=attributes):
-            return await self._write_retried(work, *args)
-
-    async def _write_retried(self, work: Any, *args: Any) -> Any:
-        writer = self._sqlite_writer()
-        for attempt in range(20):
-            try:
-                if writer is not None:
-                    return await asyncio.to_thread(_writing, writer, work, *args)
-                async with self.engine.begin() as conn:
-                    return await conn.run_sync(work, *args)
-            except OperationalError:
-                if attempt == 19:
-                    raise
-                await asyncio.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
-
     async def conversation(
         self, caller_id: str, persona: str, *, memories: int = 8
     ) -> tuple[str | None, list[str], str]:

@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from troupe.config.settings import Settings, redact_url
+from troupe.core import tracing
 from troupe.core.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,16 @@ async def _sqlite_migration_lock(url: str) -> AsyncIterator[None]:
         os.close(held)
 
 
+def _reading(engine: Engine, work: Any, *args: Any) -> Any:
+    with engine.connect() as conn:
+        return work(conn, *args)
+
+
+def _writing(engine: Engine, work: Any, *args: Any) -> Any:
+    with engine.begin() as conn:
+        return work(conn, *args)
+
+
 class StoreBase:
     def __init__(self, engine: AsyncEngine, url: str, options: StoreOptions) -> None:
         self.engine = engine
@@ -221,6 +234,36 @@ class StoreBase:
             raise StoreUnavailable(
                 f"The database at {self.url_redacted} is not answering: {type(exc).__name__}"
             ) from None
+
+    async def _read(self, work: Any, *args: Any) -> Any:
+        """`work(conn, *args)` on a plain connection: on SQLite in a thread beside the event loop (a
+        query on a caller's path is cheaper there than through aiosqlite), else through the async engine."""
+        writer = self._sqlite_writer()
+        if writer is not None:
+            return await asyncio.to_thread(_reading, writer, work, *args)
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(work, *args)
+
+    async def _write(self, work: Any, *args: Any) -> Any:
+        """`work(conn, *args)` in one transaction: on SQLite one trip to its writer thread, else through
+        the async engine; retried while the database is busy."""
+        attributes = {"db.system.name": self.engine.dialect.name, "db.operation.name": work.__name__.lstrip("_")}
+        with tracing.span("store.write", kind=SpanKind.CLIENT, attributes=attributes):
+            return await self._write_retried(work, *args)
+
+    async def _write_retried(self, work: Any, *args: Any) -> Any:
+        writer = self._sqlite_writer()
+        for attempt in range(20):
+            try:
+                if writer is not None:
+                    return await asyncio.to_thread(_writing, writer, work, *args)
+                async with self.engine.begin() as conn:
+                    return await conn.run_sync(work, *args)
+            except OperationalError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _sqlite_writer(self) -> Engine | None:
         """A plain (thread-side) engine on the same SQLite file, for the writes on a caller's turn."""

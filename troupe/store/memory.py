@@ -1,49 +1,289 @@
-"""Persona memory: the summaries, facts and reflections a persona keeps per subject, recalled by
-subject and ranked by word overlap with a query; the MemoryStore mixin of Store."""
+"""Persona memory in layers: a caller's profile (durable facts, superseded rather than overwritten),
+episodes (one summary per conversation), the persona's own knowledge, and core blocks (a few lines
+always in the prompt). Recall is hybrid: full-text (SQLite FTS5, PostgreSQL tsvector) and vectors
+(all-MiniLM-L6-v2, an exact scan of the subject's memories), ranked with recency and importance.
+The MemoryStore mixin of Store."""
 
 from __future__ import annotations
 
-import re
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import select
+import numpy as np
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 
+from troupe.core.recall import Candidate, cosine_top, rank, search_words
+from troupe.store.embedding import Embedder, embedder, from_bytes, to_bytes
 from troupe.store.engine import StoreBase
 from troupe.store.records import MemoryRecord, _record
-from troupe.store.schema import MemoryRow
+from troupe.store.schema import (
+    CallerRow,
+    CallIdRow,
+    MemoryBlockRow,
+    MemoryRow,
+    MessageRow,
+    SessionRow,
+    _now,
+    _utc,
+)
 
-_WORD = re.compile(r"[a-z0-9]{3,}")
+log = logging.getLogger(__name__)
+
+LAYERS = ("profile", "episode", "knowledge")
+LAYER_OF_KIND = {"summary": "episode", "reflection": "knowledge", "fact": "profile", "note": "profile"}
+SELF = "self"  # the subject of a persona's own knowledge
+SEARCH_DEPTH = 24  # candidates each search brings before ranking
+Mode = Literal["hybrid", "text", "vector", "newest"]
+_COLUMNS = [column for column in MemoryRow.__table__.c if column.name != "embedding"]  # what a record holds
 
 
-def _words(text: str) -> set[str]:
-    return set(_WORD.findall(text.lower()))
+def layer_for(kind: str, subject: str) -> str:
+    if subject == SELF or subject.startswith("life:"):
+        return "knowledge"
+    return LAYER_OF_KIND.get(kind, "profile")
+
+
+def _text_hits(conn: Connection, persona: str, subject: str | None, words: list[str], limit: int) -> dict[int, float]:
+    """Full-text matches of any of `words` among the live memories, with a score (higher is better)."""
+    if not words:
+        return {}
+    params: dict[str, Any] = {"persona": persona, "subject": subject, "limit": limit}
+    scope = "m.persona = :persona AND m.superseded_by IS NULL" + (" AND m.subject = :subject" if subject else "")
+    if conn.dialect.name == "postgresql":
+        params["query"] = " | ".join(words)
+        sql = (
+            "SELECT m.id, ts_rank_cd(m.search, q) AS score FROM memories m, to_tsquery('english', :query) q"
+            f" WHERE m.search @@ q AND {scope} ORDER BY score DESC LIMIT :limit"
+        )
+    else:
+        params["query"] = " OR ".join(f'"{word}"' for word in words)
+        sql = (
+            "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts JOIN memories m ON m.id = memories_fts.rowid"
+            f" WHERE memories_fts MATCH :query AND {scope} ORDER BY bm25(memories_fts) LIMIT :limit"
+        )
+    return {int(row[0]): float(row[1]) for row in conn.execute(text(sql), params)}
+
+
+def _vectors(conn: Connection, persona: str, subject: str | None) -> tuple[list[int], np.ndarray]:
+    """The embeddings of the subject's live memories (an exact scan: recall is scoped to one subject)."""
+    stmt = select(MemoryRow.id, MemoryRow.embedding).where(
+        MemoryRow.persona == persona, MemoryRow.superseded_by.is_(None), MemoryRow.embedding.is_not(None)
+    )
+    if subject is not None:
+        stmt = stmt.where(MemoryRow.subject == subject)
+    rows = conn.execute(stmt).all()
+    if not rows:
+        return [], np.zeros((0, 0), dtype=np.float32)
+    return [int(r[0]) for r in rows], np.stack([from_bytes(r[1] or b"") for r in rows])
+
+
+def _recall(
+    conn: Connection,
+    persona: str,
+    subject: str | None,
+    query: str | None,
+    vector: np.ndarray | None,
+    limit: int,
+    layers: Sequence[str] | None,
+    mode: Mode,
+) -> list[Any]:
+    words = search_words(query or "") if mode in ("hybrid", "text") else []
+    text_hits = _text_hits(conn, persona, subject, words, SEARCH_DEPTH) if words else {}
+    near: dict[int, float] = {}
+    if vector is not None and mode in ("hybrid", "vector"):
+        ids, matrix = _vectors(conn, persona, subject)
+        near = dict(cosine_top(vector, ids, matrix, SEARCH_DEPTH))
+    wanted = set(text_hits) | set(near)
+    if mode == "newest" or not query or not wanted:
+        if query and mode != "newest":
+            return []
+        stmt = select(*_COLUMNS).where(MemoryRow.persona == persona, MemoryRow.superseded_by.is_(None))
+        if subject is not None:
+            stmt = stmt.where(MemoryRow.subject == subject)
+        if layers:
+            stmt = stmt.where(MemoryRow.layer.in_(layers))
+        stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(limit)
+        return list(conn.execute(stmt).all())
+    stmt = select(*_COLUMNS).where(MemoryRow.id.in_(wanted))
+    if layers:
+        stmt = stmt.where(MemoryRow.layer.in_(layers))
+    rows = {row.id: row for row in conn.execute(stmt).all()}
+    candidates = [
+        Candidate(
+            id=row.id,
+            created_at=_utc(row.created_at) or _now(),
+            importance=row.importance,
+            text_score=text_hits.get(row.id, 0.0),
+            similarity=near.get(row.id, 0.0),
+        )
+        for row in rows.values()
+    ]
+    order = rank(candidates, _now(), used_text=bool(text_hits), used_vector=bool(near))
+    return [rows[i] for i in order[:limit]]
+
+
+def _add(conn: Connection, values: dict[str, Any], supersedes: int | None) -> Any:
+    new_id = conn.execute(insert(MemoryRow).returning(MemoryRow.id), values).scalar_one()
+    if supersedes is not None:
+        conn.execute(
+            update(MemoryRow)
+            .where(MemoryRow.id == supersedes, MemoryRow.persona == values["persona"])
+            .values(superseded_by=new_id, superseded_at=values["created_at"])
+        )
+    return conn.execute(select(*_COLUMNS).where(MemoryRow.id == new_id)).one()
+
+
+def _erase_caller(conn: Connection, caller_id: str) -> dict[str, int]:
+    sessions = select(SessionRow.id).where(SessionRow.caller_id == caller_id).scalar_subquery()
+    counts = {
+        "messages": conn.execute(delete(MessageRow).where(MessageRow.session_id.in_(sessions))).rowcount,
+        "sessions": conn.execute(delete(SessionRow).where(SessionRow.caller_id == caller_id)).rowcount,
+        "memories": conn.execute(delete(MemoryRow).where(MemoryRow.subject == caller_id)).rowcount,
+        "blocks": conn.execute(delete(MemoryBlockRow).where(MemoryBlockRow.subject == caller_id)).rowcount,
+        "call_ids": conn.execute(delete(CallIdRow).where(CallIdRow.caller_id == caller_id)).rowcount,
+        "callers": conn.execute(delete(CallerRow).where(CallerRow.caller_id == caller_id)).rowcount,
+    }
+    return {name: int(count or 0) for name, count in counts.items()}
 
 
 class MemoryStore(StoreBase):
+    async def _embed(self, texts: list[str]) -> list[np.ndarray] | None:
+        model: Embedder | None = await asyncio.to_thread(embedder)
+        if model is None:
+            return None
+        return list(await asyncio.to_thread(model.embed, texts))
+
     async def add_memory(
-        self, persona: str, subject: str, content: str, *, kind: str = "note", source: str = ""
+        self,
+        persona: str,
+        subject: str,
+        content: str,
+        *,
+        kind: str = "note",
+        source: str = "",
+        layer: str | None = None,
+        channel: str = "",
+        importance: float = 0.5,
+        supersedes: int | None = None,
     ) -> MemoryRecord:
-        async with self.sessions() as db:
-            row = MemoryRow(persona=persona, subject=subject[:200], kind=kind, content=content, source=source[:200])
-            db.add(row)
-            await db.commit()
-            return _record(MemoryRecord, row)
+        """Keep a memory (embedded for recall where the model is installed). `supersedes`: the id of the
+        memory this one corrects, which is kept for its history but leaves recall."""
+        vectors = await self._embed([content])
+        values = {
+            "persona": persona,
+            "subject": subject[:200],
+            "kind": kind[:16],
+            "content": content,
+            "source": source[:200],
+            "layer": layer or layer_for(kind, subject),
+            "channel": channel[:16],
+            "importance": min(1.0, max(0.0, importance)),
+            "embedding": to_bytes(vectors[0]) if vectors else None,
+            "created_at": _now(),
+        }
+        row = await self._write(_add, values, supersedes)
+        return _record(MemoryRecord, row)
 
     async def recall(
-        self, persona: str, *, subject: str | None = None, query: str | None = None, limit: int = 8
+        self,
+        persona: str,
+        *,
+        subject: str | None = None,
+        query: str | None = None,
+        limit: int = 8,
+        layers: Sequence[str] | None = None,
+        mode: Mode = "hybrid",
     ) -> list[MemoryRecord]:
-        """Memories of `persona`, filtered by subject, ranked by word overlap with `query`, newest first."""
+        """Live memories of `persona` (about `subject`, in `layers`), best for `query` first; without a
+        query, newest first. Superseded memories are never recalled."""
+        vector = None
+        if query and mode in ("hybrid", "vector"):
+            vectors = await self._embed([query])
+            vector = vectors[0] if vectors else None
+        found = await self._read(_recall, persona, subject, query, vector, limit, layers, mode)
+        return [_record(MemoryRecord, row) for row in found]
+
+    async def forget_memory(self, persona: str, memory_id: int, subject: str | None = None) -> bool:
+        """Delete a memory outright (its text, its vector and its full-text entry), and any it superseded."""
+
+        def work(conn: Connection) -> int:
+            scope = [MemoryRow.persona == persona] + ([MemoryRow.subject == subject] if subject else [])
+            gone = conn.execute(delete(MemoryRow).where(MemoryRow.id == memory_id, *scope)).rowcount
+            if gone:
+                conn.execute(delete(MemoryRow).where(MemoryRow.superseded_by == memory_id, *scope))
+            return int(gone or 0)
+
+        return bool(await self._write(work))
+
+    async def memories_of(
+        self, persona: str | None, subject: str | None, *, layer: str | None = None, live: bool = False,
+        limit: int = 200, offset: int = 0,
+    ) -> list[MemoryRecord]:  # fmt: skip
+        """Memories newest first, superseded ones too unless `live` (each says what superseded it)."""
+        stmt = select(MemoryRow)
+        if persona is not None:
+            stmt = stmt.where(MemoryRow.persona == persona)
+        if subject is not None:
+            stmt = stmt.where(MemoryRow.subject == subject)
+        if layer is not None:
+            stmt = stmt.where(MemoryRow.layer == layer)
+        if live:
+            stmt = stmt.where(MemoryRow.superseded_by.is_(None))
+        stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(limit).offset(offset)
         async with self.sessions() as db:
-            stmt = select(MemoryRow).where(MemoryRow.persona == persona)
-            if subject is not None:
-                stmt = stmt.where(MemoryRow.subject == subject)
-            stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(500)
-            rows = list((await db.execute(stmt)).scalars())
-        if query:
-            wanted = _words(query)
-            scored = [
-                (len(wanted & _words(row.content + " " + row.subject)), index, row) for index, row in enumerate(rows)
-            ]
-            scored = [item for item in scored if item[0] > 0]
-            scored.sort(key=lambda item: (-item[0], item[1]))
-            rows = [row for _, _, row in scored]
-        return [_record(MemoryRecord, row) for row in rows[:limit]]
+            return [_record(MemoryRecord, row) for row in (await db.execute(stmt)).scalars()]
+
+    async def memory_counts(self, persona: str | None, subject: str | None = None) -> dict[str, dict[str, int]]:
+        """Per layer: how many memories are live and how many superseded."""
+        stmt = select(MemoryRow.layer, MemoryRow.superseded_by.is_(None), func.count()).group_by(
+            MemoryRow.layer, MemoryRow.superseded_by.is_(None)
+        )
+        if persona is not None:
+            stmt = stmt.where(MemoryRow.persona == persona)
+        if subject is not None:
+            stmt = stmt.where(MemoryRow.subject == subject)
+        counts = {layer: {"live": 0, "superseded": 0} for layer in LAYERS}
+        async with self.sessions() as db:
+            for layer, live, n in (await db.execute(stmt)).all():
+                counts.setdefault(layer, {"live": 0, "superseded": 0})["live" if live else "superseded"] += int(n)
+        return counts
+
+    async def memory_block(self, persona: str, subject: str) -> str:
+        async with self.sessions() as db:
+            row = await db.get(MemoryBlockRow, (persona, subject[:200]))
+            return row.content if row is not None else ""
+
+    async def memory_blocks(self, persona: str | None = None, subject: str | None = None) -> list[MemoryBlockRow]:
+        stmt = select(MemoryBlockRow)
+        if persona is not None:
+            stmt = stmt.where(MemoryBlockRow.persona == persona)
+        if subject is not None:
+            stmt = stmt.where(MemoryBlockRow.subject == subject)
+        async with self.sessions() as db:
+            return list((await db.execute(stmt.order_by(MemoryBlockRow.persona))).scalars())
+
+    async def set_memory_block(self, persona: str, subject: str, content: str) -> None:
+        async with self.sessions() as db:
+            row = await db.get(MemoryBlockRow, (persona, subject[:200]))
+            if row is None:
+                db.add(MemoryBlockRow(persona=persona, subject=subject[:200], content=content, updated_at=_now()))
+            else:
+                row.content, row.updated_at = content, _now()
+            await db.commit()
+
+    async def memory_changed_since(self, persona: str, since: datetime | None) -> list[str]:
+        """The subjects of `persona` with a memory newer than `since` (all with any, when None)."""
+        stmt = select(MemoryRow.subject).where(MemoryRow.persona == persona).distinct()
+        if since is not None:
+            stmt = stmt.where(MemoryRow.created_at > since)
+        async with self.sessions() as db:
+            return [subject for subject in (await db.execute(stmt)).scalars()]
+
+    async def erase_caller(self, caller_id: str) -> dict[str, int]:
+        """Delete a person's data everywhere (messages, sessions, memories with their vectors and full-text
+        entries, core blocks, call ids, the caller row) in one transaction; returns what went, by kind."""
+        counts: dict[str, int] = await self._write(_erase_caller, caller_id)
+        return counts

@@ -46,6 +46,11 @@ class MemoryRecord(_Record):
     content: str
     source: str
     created_at: datetime
+    layer: str
+    channel: str
+    importance: float
+    superseded_by: int | None
+    superseded_at: datetime | None
 
 
 class LifeRunRecord(_Record):

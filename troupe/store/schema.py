@@ -4,6 +4,7 @@ every *Row table class, the Stamp column type and the UTC helpers _now and _utc.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -12,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -92,6 +94,12 @@ class CallIdRow(Base):
 
 
 class MemoryRow(Base):
+    """One memory of a persona about a subject (a caller id; "self" for its own knowledge), in a layer:
+    profile (durable facts about a person), episode (one summary per conversation) or knowledge (what
+    the persona read, reflected and decided). A fact that changed is superseded, not overwritten: the
+    old row points at its correction and leaves recall. Full-text search rides on it (SQLite FTS5 table
+    `memories_fts`, PostgreSQL column `search`, both kept by the database); `embedding` is float32."""
+
     __tablename__ = "memories"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     persona: Mapped[str] = mapped_column(String(40))
@@ -100,7 +108,26 @@ class MemoryRow(Base):
     content: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
-    __table_args__ = (Index("ix_memories_persona_subject", "persona", "subject"),)
+    layer: Mapped[str] = mapped_column(String(16), default="profile")
+    channel: Mapped[str] = mapped_column(String(16), default="")
+    importance: Mapped[float] = mapped_column(Float, default=0.5)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    superseded_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    superseded_at: Mapped[datetime | None] = mapped_column(Stamp, nullable=True)
+    __table_args__ = (
+        Index("ix_memories_persona_subject", "persona", "subject"),
+        Index("ix_memories_recall", "persona", "subject", "superseded_by"),
+    )
+
+
+class MemoryBlockRow(Base):
+    """A core block: a few lines always in the prompt, per persona and subject (a caller, or "self")."""
+
+    __tablename__ = "memory_blocks"
+    persona: Mapped[str] = mapped_column(String(40), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
 
 
 class ProcessRow(Base):
@@ -204,3 +231,11 @@ class SeenEventRow(Base):
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     seen_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
     __table_args__ = (Index("ix_seen_events_seen_at", "seen_at"),)  # the sweep deletes by age
+
+
+def in_models(name: str | None, type_: str, parent_names: Any) -> bool:
+    """For alembic's comparisons: what the database keeps for memory search itself (SQLite's FTS5 table
+    and its shadow tables, PostgreSQL's generated `search` column) is the migrations', not the models'."""
+    if type_ == "table" and name is not None and name.startswith("memories_fts"):
+        return False
+    return not (type_ == "column" and name == "search" and parent_names.get("table_name") == "memories")

@@ -1,0 +1,81 @@
+"""Ranking memories for recall: relevance (full-text and vector, fused) plus recency and importance,
+as Generative Agents score them. Plain logic; the store brings the candidates and their scores."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+WEIGHTS = {"text": 0.45, "vector": 0.55}  # relevance: how much each search counts when both ran
+RECENCY_WEIGHT = 0.08
+RECENCY_HALF_LIFE_DAYS = 30.0
+IMPORTANCE_WEIGHT = 0.08
+MIN_SIMILARITY = 0.2  # a vector neighbour below this says nothing about the question
+
+_WORD = re.compile(r"[a-z0-9]+")
+# words too common to search for; the rest go into the full-text query, OR-ed
+STOPWORDS = frozenset(
+    "a an and are as at be but by can could did do does for from had has have he her hers him his how i if in "
+    "is it its me my mine of on or our ours she so than that the their them then there these they this to "
+    "told us was we were what when where which who whom why will with would you your yours about again "
+    "remember recall tell said say know".split()
+)
+
+
+def search_words(text: str, limit: int = 16) -> list[str]:
+    """The words of `text` worth a full-text search, in order, each once."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word not in STOPWORDS and len(word) > 1:
+            seen.setdefault(word, None)
+    return list(seen)[:limit]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    created_at: datetime
+    importance: float  # 0..1
+    text_score: float = 0.0  # higher is better, any scale (bm25 negated, ts_rank)
+    similarity: float = 0.0  # cosine, -1..1
+
+
+def rank(candidates: Iterable[Candidate], now: datetime, *, used_text: bool, used_vector: bool) -> list[int]:
+    """Candidate ids, best first: each search's scores scaled to 0..1 over the candidates, weighted,
+    then a little for recency (halving every 30 days) and importance."""
+    pool = list(candidates)
+    if not pool:
+        return []
+    top_text = max((c.text_score for c in pool), default=0.0) or 1.0
+    weights = _weights(used_text, used_vector)
+    scored: list[tuple[float, int]] = []
+    for c in pool:
+        similarity = max(0.0, c.similarity - MIN_SIMILARITY) / (1.0 - MIN_SIMILARITY)
+        relevance = weights["text"] * max(0.0, c.text_score) / top_text + weights["vector"] * similarity
+        age_days = max(0.0, (now - c.created_at).total_seconds() / 86_400)
+        recency = math.pow(0.5, age_days / RECENCY_HALF_LIFE_DAYS)
+        score = relevance + RECENCY_WEIGHT * recency + IMPORTANCE_WEIGHT * c.importance
+        scored.append((score, c.id))
+    scored.sort(key=lambda item: (-item[0], -item[1]))  # ties: the newer memory
+    return [memory_id for _, memory_id in scored]
+
+
+def _weights(used_text: bool, used_vector: bool) -> dict[str, float]:
+    if used_text and used_vector:
+        return WEIGHTS
+    return {"text": 1.0 if used_text else 0.0, "vector": 1.0 if used_vector else 0.0}
+
+
+def cosine_top(query: Any, ids: Sequence[int], matrix: Any, limit: int) -> list[tuple[int, float]]:
+    """The `limit` rows of `matrix` (unit vectors, one per id) nearest `query`, with their cosine."""
+    import numpy as np
+
+    if not len(ids):
+        return []
+    similarities = np.asarray(matrix) @ np.asarray(query, dtype=np.float32)
+    order = np.argsort(-similarities)[:limit]
+    return [(int(ids[i]), float(similarities[i])) for i in order]
