@@ -30,7 +30,7 @@ from troupe.actors.supervisor import Child, Supervisor, kill_actor
 from troupe.actors.task import TaskActor
 from troupe.config.settings import Settings
 from troupe.core.chat import ToolCall
-from troupe.core.errors import BudgetExceeded, PersonaNotFound
+from troupe.core.errors import BudgetExceeded, PersonaNotFound, StoreUnavailable
 from troupe.core.messages import (
     LifeRunCount,
     LifeTime,
@@ -432,6 +432,17 @@ class Orchestrator:
     async def end_session(self, caller_id: str, persona: str) -> str | None:
         """The platform says the conversation is over: let it go now, and return its summary."""
         return await self.keeper.end(caller_id, self.catalog.get(persona))
+
+    async def forget_caller(self, caller_id: str) -> dict[str, int]:
+        """Delete a person's data everywhere: their live sessions end unsummarised, then the store drops
+        their transcripts, sessions, memories (vectors and full-text entries with them), core blocks and
+        call ids. Returns the counts, by kind."""
+        ended = await self.keeper.let_go_of(caller_id)
+        if self.store is None:
+            raise StoreUnavailable("troupe is still starting; try again in a moment.")
+        counts = await self.store.erase_caller(caller_id)
+        self.registry.emit("caller.forgotten", sessions=ended, **counts)
+        return {"live_sessions": ended, **counts}
 
     async def _housekeeping(self) -> None:
         """Release idle sessions, size the pool to demand and write the registry, off every caller's path."""

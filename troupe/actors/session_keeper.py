@@ -236,6 +236,17 @@ class SessionKeeper:
             return None
         return await self._summarise(held)
 
+    async def let_go_of(self, caller_id: str) -> int:
+        """A person asked to be forgotten: every live session of theirs ends now, with no summary written
+        (their data is about to be deleted); returns how many there were."""
+        slots = [slot for slot in list(self.directory) if slot.caller_id == caller_id]
+        for slot in slots:
+            async with self.directory.lock(slot.key):
+                if self.directory.get(slot.key) is slot:
+                    await self._release(slot, summarise=False)
+            self.directory.settle(slot.key)
+        return len(slots)
+
     async def release_idle(self) -> None:
         for slot in self.directory.idle(self.settings.session_idle_timeout_s):
             async with self.directory.lock(slot.key):
