@@ -95,13 +95,19 @@ async def test_session_lifecycle(store: Store) -> None:
 
 
 async def test_a_bind_reads_in_one_trip_and_its_session_is_written_in_one(store: Store) -> None:
-    assert (await store.conversation("+14155550100", "Tony"))[:2] == (None, [])  # a new caller
+    new = await store.conversation("+14155550100", "Tony")  # a new caller
+    assert (new.session_id, new.episodes, new.caller_block) == (None, [], "")
     await store.open_session("s1", "+14155550100", "Tony", "p1", resumed=False, identified=True)
-    await store.add_memory("Tony", "+14155550100", "older")
-    await store.add_memory("Tony", "+14155550100", "newer")
-    await store.add_memory("Tony", "someone else", "not theirs")
-    found, remembered, life = await store.conversation("+14155550100", "Tony", memories=1)
-    assert (found, remembered) == ("s1", ["newer"]) and life.startswith("0@")  # no life runs yet
+    await store.add_memory("Tony", "+14155550100", "older", kind="summary")
+    await store.add_memory("Tony", "+14155550100", "newer", kind="summary")
+    await store.add_memory("Tony", "+14155550100", "a fact, recalled when it bears on a turn", kind="fact")
+    await store.add_memory("Tony", "someone else", "not theirs", kind="summary")
+    await store.set_memory_block("Tony", "+14155550100", "Runs payments at Initech.")
+    await store.set_memory_block("Tony", "self", "I promised the board a plan by Friday.")
+    bound = await store.conversation("+14155550100", "Tony", memories=1)
+    assert (bound.session_id, bound.episodes) == ("s1", ["newer"]) and bound.life_version.startswith("0@")
+    assert bound.caller_block == "Runs payments at Initech."
+    assert bound.persona_block == "I promised the board a plan by Friday."
     caller = await store.get_caller("+14155550100")
     assert caller is not None and caller.phone == "+14155550100"
     # the caller's next session, on another actor: the same row, the caller seen again, the phone kept

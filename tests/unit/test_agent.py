@@ -42,8 +42,11 @@ class Memory:
     def __init__(self) -> None:
         self.entries: list[tuple[str, str, str]] = []
 
-    async def add_memory(self, persona, subject, content, *, kind="note", source=""):
+    async def add_memory(self, persona, subject, content, *, kind="note", source="", importance=0.5):
         self.entries.append((persona, subject, content))
+
+    async def forget_memory(self, persona, memory_id, subject=None):
+        return False
 
     async def recall(self, persona, *, subject=None, query=None, limit=8):
         class Entry:
@@ -84,7 +87,7 @@ async def test_own_tools_run_and_the_model_is_called_again():
     assert outcome.delta.tool_calls == 1 and outcome.delta.llm_calls == 2
     # the second call saw the tool's result
     assert model.requests[1].messages[-1].role == "tool"
-    assert {t.name for t in model.requests[0].tools} == {"remember", "recall"}
+    assert {t.name for t in model.requests[0].tools} == {"remember", "recall", "forget"}
 
 
 async def test_client_tools_are_handed_back_to_the_caller():

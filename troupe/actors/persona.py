@@ -13,7 +13,8 @@ from troupe.actors.base import ActorBase
 from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.tools import PersonaTools
 from troupe.config.settings import Settings
-from troupe.core import tracing
+from troupe.core import extraction, tracing
+from troupe.core.caller import channel_of
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
 from troupe.core.messages import Allowance, MetricsDelta
@@ -41,9 +42,11 @@ class PersonaActor(ActorBase):
         await self.store()
         return await self.ping()
 
-    async def _run(self, user_text: str, *, subject: str, delegation: bool, extra: str | None = None) -> str:
+    async def _run(
+        self, user_text: str, *, subject: str, delegation: bool, extra: str | None = None, tools: bool = True
+    ) -> str:
         store = await self.store()
-        memories = await store.recall(self.persona.name, query=user_text, limit=6)
+        memories = await store.recall(self.persona.name, query=user_text[:2000], limit=6)
         system, _ = build_system_prompt(
             self.persona,
             PromptContext(
@@ -56,7 +59,7 @@ class PersonaActor(ActorBase):
         toolbox = PersonaTools(
             persona=self.persona.name,
             # consultations may not consult again: two personas must never ask each other forever
-            allowed=[t for t in self.persona.tools if delegation or t in ("remember", "recall")],
+            allowed=[t for t in self.persona.tools if tools and (delegation or t in ("remember", "recall"))],
             store=store,
             subject=subject,
             team=self.persona.team,
@@ -107,24 +110,37 @@ class PersonaActor(ActorBase):
         return await self._run(brief, subject=f"life:{activity}", delegation=activity == "team_check")
 
     async def remember_conversation(self, caller_id: str, transcript: str, source: str) -> str:
-        """A conversation held elsewhere (a voice platform's call, a Slack thread), summarised by this
-        persona into its memory of the caller, so the next conversation starts knowing it."""
+        """A finished conversation (a voice platform's call, a Slack thread, a session let go) goes into
+        this persona's memory of the caller: its episode (a summary, with its channel) and the facts the
+        persona's model extracts as add / update / delete against what it knew. An update supersedes
+        the old fact (kept, with its history); a delete removes it. Returns the summary."""
         text = transcript.strip()[-12_000:]
         if not text:
             return ""
-        try:
-            summary = await self._run(
-                f"Summarise this conversation with {caller_id} in two or three sentences for your own memory: "
-                f"who they are, what they wanted, what you promised.\n\n{text}",
-                subject=caller_id,
-                delegation=False,
-            )
-        except Exception:
-            log.warning("summary by the model failed; keeping an extract", exc_info=True)
-            summary = ""
-        summary = summary or f"{caller_id} talked with {self.persona.name} ({source}): " + text[-400:]
         store = await self.store()
-        await store.add_memory(self.persona.name, caller_id, summary, kind="summary", source=source)
+        name = self.persona.name
+        known = await store.memories_of(name, caller_id, layer="profile", live=True, limit=60)
+        prompt = extraction.brief(
+            caller_id, name, [extraction.Known(m.id, m.content, f"{m.created_at:%Y-%m-%d}") for m in known], text
+        )
+        try:
+            reply = await self._run(prompt, subject=caller_id, delegation=False, tools=False)
+        except Exception:
+            log.warning("extraction by the model failed; keeping an extract", exc_info=True)
+            reply = ""
+        found = extraction.parse(reply, {m.id for m in known})
+        summary = found.summary or f"{caller_id} talked with {name} ({source}): " + text[-400:]
+        channel = channel_of(caller_id, source)
+        await store.add_memory(name, caller_id, summary, kind="summary", layer="episode", channel=channel,
+                               source=source)  # fmt: skip
+        for operation in found.operations:
+            if operation.op == "delete" and operation.id is not None:
+                await store.forget_memory(name, operation.id, subject=caller_id)
+            else:
+                await store.add_memory(
+                    name, caller_id, operation.fact, kind="fact", layer="profile", channel=channel, source=source,
+                    importance=operation.importance, supersedes=operation.id,
+                )  # fmt: skip
         return summary
 
     async def summarise_session(self, session_id: str, caller_id: str) -> str:

@@ -30,6 +30,7 @@ from troupe.core.messages import Allowance, Failed, MetricsDelta, TurnAck, TurnP
 from troupe.core.persona_file import PersonaCatalog, PersonaDef
 from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.life.digest import DigestCache
+from troupe.store import Bound
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class SessionActor(ActorBase):
         self.transcript: list[ChatMessage] = []
         self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
         self.memories: tuple[str, ...] = ()
+        self.blocks: tuple[str, str] = ("", "")  # the core blocks: the persona's about the caller, about itself
         self.digest: tuple[str, ...] = ()
         self.spent = 0.0
         self.persona_spent = 0.0
@@ -120,8 +122,8 @@ class SessionActor(ActorBase):
 
     @staticmethod
     async def _warm_digest(store: Any, persona: str) -> None:
-        _, _, life = await store.conversation("warm-up", persona)
-        await DIGESTS.get(store, persona, life)
+        bound = await store.conversation("warm-up", persona)
+        await DIGESTS.get(store, persona, bound.life_version)
 
     async def bind(
         self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0, one_turn: bool = False
@@ -137,11 +139,10 @@ class SessionActor(ActorBase):
         self.process_id = process_id
         self.persona_spent = persona_spent
         self.one_turn = one_turn
-        existing, remembered, life = await store.conversation(caller_id, definition.name)
-        if one_turn:  # no identity: no stored conversation, no memories of it
-            existing, remembered = None, []
-        self.memories = tuple(remembered)
-        self.digest = await DIGESTS.get(store, definition.name, life)
+        bound = await store.conversation(caller_id, definition.name)
+        existing = None if one_turn else bound.session_id  # no identity: no stored conversation, no memories
+        self._remembered(bound, one_turn)
+        self.digest = await DIGESTS.get(store, definition.name, bound.life_version)
         self.session_id = existing or uuid4().hex
         self.loaded = existing is None  # a new conversation: nothing to read
         # the session's row (and the caller's) is written while the caller's first turn is prepared; a
@@ -162,11 +163,16 @@ class SessionActor(ActorBase):
         self.loaded = True
         self.version += 1
 
+    def _remembered(self, bound: Bound, one_turn: bool = False) -> None:
+        """What is always in this caller's prompt: the core blocks and the newest episodes (the memories
+        that bear on a turn's words are recalled by the door, turn by turn)."""
+        self.memories = () if one_turn else tuple(bound.episodes)
+        self.blocks = ("", bound.persona_block) if one_turn else (bound.caller_block, bound.persona_block)
+
     async def _refresh_context(self) -> None:
         assert self.persona is not None and self.caller_id is not None
         store = await self.store()
-        remembered = await store.recall(self.persona.name, subject=self.caller_id, limit=8)
-        self.memories = tuple(entry.content for entry in remembered)
+        self._remembered(await store.conversation(self.caller_id, self.persona.name))
 
     def _allowance(self) -> Allowance:
         assert self.persona is not None
@@ -198,11 +204,12 @@ class SessionActor(ActorBase):
         """Built once per change of what goes into it (memories, life digest, the client's instructions);
         returns it with the id of that context, by which a door keeps its copy."""
         assert self.persona is not None and self.caller_id is not None
-        key = (self.memories, self.digest, client_system)
+        key = (self.memories, self.blocks, self.digest, client_system)
         if self._prompt is None or self._prompt[0] != key or self._context_stale:
             context = PromptContext(
-                caller_id=self.caller_id, memories=self.memories, life_digest=self.digest, client_system=client_system
-            )
+                caller_id=self.caller_id, memories=self.memories, life_digest=self.digest, client_system=client_system,
+                caller_block=self.blocks[0], persona_block=self.blocks[1],
+            )  # fmt: skip
             self._contexts += 1
             self._context_stale = False
             prompt = build_system_prompt(self.persona, context, self.catalog)[0]
@@ -461,7 +468,7 @@ class SessionActor(ActorBase):
                 scope, subject, limit = "persona", self.persona.name, self.persona.budget_usd
             await store.record_budget_event(scope, subject, limit, self.spent)
         self._report(result.delta, result.error_text)
-        if any(call.name == "remember" for m in result.new_messages for call in m.tool_calls):
+        if any(call.name in ("remember", "forget") for m in result.new_messages for call in m.tool_calls):
             self._context_stale = True  # a door's copy of the prompt must not outlive these memories
             self._spawn(self._refresh_context())
 

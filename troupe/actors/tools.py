@@ -1,4 +1,4 @@
-"""A persona's own tools: remember / recall (memory), spawn_agent (delegate to a specialist),
+"""A persona's own tools: remember / recall / forget (memory), spawn_agent (delegate to a specialist),
 ask_persona (consult another executive). The actor supplies the I/O as plain callables."""
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from troupe.core.chat import ToolCall, ToolSpec
 
 class MemoryStore(Protocol):
     async def add_memory(
-        self, persona: str, subject: str, content: str, *, kind: str = "note", source: str = ""
-    ) -> Any: ...
+        self, persona: str, subject: str, content: str, *, kind: str = "note", source: str = "",
+        importance: float = 0.5,
+    ) -> Any: ...  # fmt: skip
 
     async def recall(
         self, persona: str, *, subject: str | None = None, query: str | None = None, limit: int = 8
     ) -> Sequence[Any]: ...
+
+    async def forget_memory(self, persona: str, memory_id: int, subject: str | None = None) -> bool: ...
 
 
 Delegate = Callable[[str, str], Awaitable[str]]  # (specialist, task) -> result
@@ -55,6 +58,7 @@ class PersonaTools:
         self.consult = consult
         self.callback = callback
         permitted = set(allowed) | ({"schedule_callback"} if "spawn_agent" in allowed else set())
+        permitted |= {"forget"} if "remember" in allowed else set()  # what a persona may keep, it may let go
         self._specs = tuple(spec for spec in self._all_specs() if spec.name in permitted)
 
     def specs(self) -> tuple[ToolSpec, ...]:
@@ -72,6 +76,10 @@ class PersonaTools:
                             "type": "string",
                             "description": "Who or what it is about; default: the caller.",
                         },
+                        "importance": {
+                            "type": "number",
+                            "description": "How much it matters, 0 to 1 (a child's name 0.9, a passing remark 0.2).",
+                        },
                     },
                     ["fact"],
                 ),
@@ -85,6 +93,13 @@ class PersonaTools:
                         "subject": {"type": "string", "description": "Who or what; default: the caller."},
                     },
                     [],
+                ),
+            ),
+            ToolSpec(
+                name="forget",
+                description="Forget a fact you remember about the caller (they asked you to, or it is wrong).",
+                parameters=_schema(
+                    {"fact": {"type": "string", "description": "The fact to forget, in your own words."}}, ["fact"]
                 ),
             ),
         ]
@@ -149,8 +164,18 @@ class PersonaTools:
             if not fact:
                 return "Error: nothing to remember (fact is empty)."
             subject = str(args.get("subject") or self.subject)
-            await self.store.add_memory(self.persona, subject, fact, kind="fact", source=self.subject)
+            importance = args.get("importance")
+            weight = float(importance) if isinstance(importance, int | float) else 0.5
+            await self.store.add_memory(self.persona, subject, fact, kind="fact", source="remember", importance=weight)
             return "Noted."
+        if call.name == "forget":
+            fact = str(args.get("fact", "")).strip()
+            if not fact:
+                return "Error: say what to forget (fact is empty)."
+            found = await self.store.recall(self.persona, subject=self.subject, query=fact, limit=1)
+            if not found or not await self.store.forget_memory(self.persona, found[0].id, subject=self.subject):
+                return "Nothing remembered about that."
+            return f"Forgotten: {found[0].content}"
         if call.name == "recall":
             subject = args.get("subject") or self.subject
             found = await self.store.recall(self.persona, subject=subject, query=args.get("query"))

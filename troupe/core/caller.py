@@ -92,3 +92,16 @@ def resolve_caller_id(
     if user and user.strip():
         return f"user-{_clean(user)}"
     return anonymous_caller()
+
+
+VOICE_SOURCES = ("vapi", "elevenlabs")
+
+
+def channel_of(caller_id: str, source: str) -> str:
+    """The channel a conversation came through: voice (a voice platform, or a caller known by phone
+    number), slack, or chat (any other client of the completions door)."""
+    if source in VOICE_SOURCES or caller_id.startswith("+"):
+        return "voice"
+    if source == "slack" or caller_id.startswith("slack-"):
+        return "slack"
+    return "chat"

@@ -18,10 +18,22 @@ class PromptContext(BaseModel):
 
     caller_id: str | None = None
     caller_name: str | None = None
-    memories: tuple[str, ...] = ()  # most relevant first
+    memories: tuple[str, ...] = ()  # the newest summaries of past conversations with the caller, newest first
+    caller_block: str = ""  # the persona's core block about the caller: always in the prompt
+    persona_block: str = ""  # and about itself
     life_digest: tuple[str, ...] = ()  # most recent first
     now: datetime | None = None
     client_system: str | None = None
+
+
+CORE_BLOCK_CHARS = 1200  # a core block's most: it is in every prompt
+RECALLED = "# What you remember that may bear on this"
+
+
+def recalled_section(memories: Sequence[str], room_tokens: int) -> str:
+    """The memories recalled for a turn's latest words, best first, as many as fit in `room_tokens`."""
+    kept, _ = _fit(memories, room_tokens, limit_each=200)
+    return RECALLED + "\n" + "\n".join(f"- {m}" for m in kept) if kept else ""
 
 
 class PromptReport(BaseModel):
@@ -61,13 +73,17 @@ def build_system_prompt(
     if ctx.caller_id:
         who = f"{ctx.caller_name} ({ctx.caller_id})" if ctx.caller_name else ctx.caller_id
         parts.append(f"# Caller\nYou are talking with {who}.")
+    if ctx.persona_block.strip():
+        parts.append(f"# Your own notes\n{ctx.persona_block.strip()[:CORE_BLOCK_CHARS]}")
+    if ctx.caller_block.strip():
+        parts.append(f"# What you know about this caller\n{ctx.caller_block.strip()[:CORE_BLOCK_CHARS]}")
     if ctx.client_system:
         parts.append(f"# Notes from the platform\n{ctx.client_system.strip()[:2000]}")
     used = sum(estimate_tokens(p) for p in parts)
     room = max(0, persona.token_budget - used)
     memories, spent = _fit(ctx.memories, room // 2 if ctx.life_digest else room)
     if memories:
-        parts.append("# What you remember about this caller\n" + "\n".join(f"- {m}" for m in memories))
+        parts.append("# Your last conversations with this caller\n" + "\n".join(f"- {m}" for m in memories))
     digest, _ = _fit(ctx.life_digest, room - spent)
     if digest:
         parts.append("# Lately\n" + "\n".join(f"- {d}" for d in digest))

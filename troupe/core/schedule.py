@@ -17,7 +17,7 @@ from cron_descriptor import (
 )
 from croniter import croniter
 
-ACTIVITIES = ("news", "goals", "team_check", "reflection", "journal", "post")
+ACTIVITIES = ("news", "goals", "team_check", "reflection", "journal", "post", "consolidation")
 
 _BASE_SCHEDULE = {
     "news": "0 6,12,18 * * *",
@@ -32,6 +32,8 @@ def default_schedule(index: int) -> dict[str, str]:
     """Defaults staggered across personas: posts at persona-specific hours, the rest on the hour."""
     schedule = dict(_BASE_SCHEDULE)
     schedule["post"] = f"{(index * 11) % 60} {11 + index % 5},{16 + index % 3} * * *"
+    # the sleep-time pass over memory: nightly, a few minutes apart per persona (they share one database)
+    schedule["consolidation"] = f"{(index * 7) % 60} 3 * * *"
     return schedule
 
 

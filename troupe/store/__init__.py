@@ -3,7 +3,7 @@ Store joins one mixin per table group, and everything here survives an actor's d
 
 from __future__ import annotations
 
-from troupe.store.conversations import ConversationStore
+from troupe.store.conversations import Bound, ConversationStore
 from troupe.store.engine import MIGRATIONS, StoreBase, StoreOptions, run_migrations
 from troupe.store.events import EventStore
 from troupe.store.life import LifeStore
@@ -21,11 +21,13 @@ from troupe.store.records import (
     SessionRecord,
 )
 from troupe.store.schema import (
+    SELF,
     Base,
     BudgetEventRow,
     CallerRow,
     JournalRow,
     LifeRunRow,
+    MemoryBlockRow,
     MemoryRow,
     MessageRow,
     NewsReadRow,
@@ -45,7 +47,9 @@ class Store(ConversationStore, MemoryStore, ProcessStore, LifeStore, EventStore)
 
 __all__ = [
     "MIGRATIONS",
+    "SELF",
     "Base",
+    "Bound",
     "BudgetEventRecord",
     "BudgetEventRow",
     "CallerRecord",
@@ -57,6 +61,7 @@ __all__ = [
     "LifeRunRecord",
     "LifeRunRow",
     "LifeStore",
+    "MemoryBlockRow",
     "MemoryRecord",
     "MemoryRow",
     "MemoryStore",

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -16,9 +16,20 @@ from sqlalchemy.exc import IntegrityError
 
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import StoreUnavailable
-from troupe.store.engine import StoreBase, _reading
+from troupe.store.engine import StoreBase
 from troupe.store.records import CallerRecord, SessionRecord, _record
-from troupe.store.schema import CallerRow, CallIdRow, LifeRunRow, MemoryRow, MessageRow, SessionRow, _now, _utc
+from troupe.store.schema import (
+    SELF,
+    CallerRow,
+    CallIdRow,
+    LifeRunRow,
+    MemoryBlockRow,
+    MemoryRow,
+    MessageRow,
+    SessionRow,
+    _now,
+    _utc,
+)
 
 # the two statements of every turn, built once (building and keying a statement costs more than running it)
 _CLAIM = (
@@ -42,11 +53,15 @@ _ACTIVE = (
     .order_by(SessionRow.started_at.desc())
     .limit(1)
 )
-_MEMORIES = (
+_EPISODES = (
     select(MemoryRow.content)
     .where(MemoryRow.persona == bindparam("persona"), MemoryRow.subject == bindparam("caller"))
+    .where(MemoryRow.layer == "episode", MemoryRow.superseded_by.is_(None))
     .order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc())
     .limit(bindparam("limit"))
+)
+_BLOCKS = select(MemoryBlockRow.subject, MemoryBlockRow.content).where(
+    MemoryBlockRow.persona == bindparam("persona"), MemoryBlockRow.subject.in_(bindparam("subjects", expanding=True))
 )
 _LIFE_VERSION = select(func.count(LifeRunRow.id), func.max(LifeRunRow.finished_at)).where(
     LifeRunRow.persona == bindparam("persona")
@@ -55,11 +70,23 @@ _RESUME = update(SessionRow).where(SessionRow.id == bindparam("sid")).values(pro
 _NEW_SESSION = insert(SessionRow)
 
 
-def _conversation(conn: Connection, caller_id: str, persona: str, memories: int) -> tuple[str | None, list[str], str]:
+def _conversation(conn: Connection, caller_id: str, persona: str, memories: int) -> Bound:
     found = conn.execute(_ACTIVE, {"caller": caller_id, "persona": persona}).scalar()
-    remembered = conn.execute(_MEMORIES, {"caller": caller_id, "persona": persona, "limit": memories}).scalars()
+    episodes = conn.execute(_EPISODES, {"caller": caller_id, "persona": persona, "limit": memories}).scalars()
+    blocks = dict(conn.execute(_BLOCKS, {"persona": persona, "subjects": [caller_id, SELF]}).all())
     runs, last = conn.execute(_LIFE_VERSION, {"persona": persona}).one()
-    return found, list(remembered), f"{runs}@{last}"
+    return Bound(found, list(episodes), blocks.get(caller_id, ""), blocks.get(SELF, ""), f"{runs}@{last}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What a session binding a caller reads in one trip."""
+
+    session_id: str | None  # their active conversation with the persona; None: there is none
+    episodes: list[str]  # the newest summaries of their conversations, newest first
+    caller_block: str  # the persona's core block about them
+    persona_block: str  # and its core block about itself
+    life_version: str  # the version of the persona's life (its runs, and when the last finished)
 
 
 def _open_session(
@@ -155,20 +182,12 @@ def _chat(row: MessageRow) -> ChatMessage:
 
 
 class ConversationStore(StoreBase):
-    async def conversation(
-        self, caller_id: str, persona: str, *, memories: int = 8
-    ) -> tuple[str | None, list[str], str]:
-        """What a session binding a caller needs, in one trip: the id of their active conversation with
-        `persona` (None: there is none), the persona's newest memories of them, and the version of the
-        persona's life (its runs and when the last finished), which says whether a digest is current."""
-        writer = self._sqlite_writer()
-        if writer is not None:
-            found: tuple[str | None, list[str], str] = await asyncio.to_thread(
-                _reading, writer, _conversation, caller_id, persona, memories
-            )
-            return found
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(_conversation, caller_id, persona, memories)
+    async def conversation(self, caller_id: str, persona: str, *, memories: int = 3) -> Bound:
+        """What a session binding a caller needs, in one trip: their active conversation with `persona`,
+        the newest episodes and the core blocks always in the prompt, and the version of the persona's
+        life, which says whether a digest is current."""
+        bound: Bound = await self._read(_conversation, caller_id, persona, memories)
+        return bound
 
     async def open_session(
         self, session_id: str, caller_id: str, persona: str, process_id: str, *, resumed: bool, identified: bool

@@ -20,6 +20,7 @@ from troupe.store.embedding import Embedder, embedder, from_bytes, to_bytes
 from troupe.store.engine import StoreBase
 from troupe.store.records import MemoryRecord, _record
 from troupe.store.schema import (
+    SELF,
     CallerRow,
     CallIdRow,
     MemoryBlockRow,
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 LAYERS = ("profile", "episode", "knowledge")
 LAYER_OF_KIND = {"summary": "episode", "reflection": "knowledge", "fact": "profile", "note": "profile"}
-SELF = "self"  # the subject of a persona's own knowledge
 SEARCH_DEPTH = 24  # candidates each search brings before ranking
 Mode = Literal["hybrid", "text", "vector", "newest"]
 _COLUMNS = [column for column in MemoryRow.__table__.c if column.name != "embedding"]  # what a record holds

@@ -37,6 +37,7 @@ class Base(DeclarativeBase):
 
 
 Stamp = DateTime(timezone=True)
+SELF = "self"  # the subject of a persona's memories of itself (its own knowledge, its core block)
 
 
 class CallerRow(Base):
