@@ -30,12 +30,12 @@ from troupe.config.settings import Settings
 from troupe.control_panel.request_ids import IMPORT_PATH as REQUEST_ID_MIDDLEWARE
 from troupe.core import tracing
 from troupe.core.caller import is_anonymous
-from troupe.core.chat import ChatMessage, ToolCall, ToolSpec
+from troupe.core.chat import ChatMessage, ToolCall, ToolSpec, estimate_tokens
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
 from troupe.core.logs import bind_context
 from troupe.core.messages import Done, Failed, OrchestratorStatus, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
 from troupe.core.persona_file import PersonaCatalog, load_personas
-from troupe.core.prompt import transcript_window
+from troupe.core.prompt import recalled_section, transcript_window
 from troupe.store import Store
 
 log = logging.getLogger(__name__)
@@ -315,6 +315,10 @@ def this_actor() -> Any:
         return None
 
 
+RECALLED_LAYERS = ("profile", "episode")  # a caller's facts and past conversations (not the persona's own life)
+RECALL_TIMEOUT_S = 1.0
+RECALL_TOKENS = 600  # recalled memories' share of a turn's prompt, at most
+
 COPY_FRESH_S = 30.0  # how long after its last turn a door builds a caller's next turn from its copy
 
 
@@ -398,6 +402,32 @@ class SessionClient:
             except Exception as exc:
                 raise _unwrap(exc) from None
 
+    async def _recall(self, request: TurnRequest) -> list[str]:
+        """The caller's memories that bear on their latest words, best first; none when that fails (a
+        turn never waits long on memory, nor fails for it)."""
+        words = next((m.content for m in reversed(request.messages) if m.role == "user" and m.content), "")
+        if not words or self.settings.recall_memories == 0:
+            return []
+        try:
+            persona = self.catalog.get(request.persona)
+            store = await self.store()
+            found = await asyncio.wait_for(
+                store.recall(persona.name, subject=request.caller_id, query=words[-2000:],
+                             limit=self.settings.recall_memories, layers=RECALLED_LAYERS),
+                RECALL_TIMEOUT_S,
+            )  # fmt: skip
+        except Exception as exc:
+            log.warning("recall failed; the turn goes on without it: %s", type(exc).__name__)
+            return []
+        return [memory.content for memory in found]
+
+    def _recalled(self, memories: list[str], persona: str, system: str) -> str:
+        """The prompt's section of recalled memories: those not in it already, within the persona's
+        token budget (at most RECALL_TOKENS)."""
+        fresh = [m for m in memories if m not in system]
+        room = min(RECALL_TOKENS, self.catalog.get(persona).token_budget - estimate_tokens(system))
+        return recalled_section(fresh, room) if fresh and room > 0 else ""
+
     def forget(self, caller_id: str, persona: str) -> None:
         self.leases.pop((caller_id, persona.lower()), None)
         self.copies.pop((caller_id, persona.lower()), None)
@@ -455,8 +485,12 @@ class SessionClient:
         request = request.model_copy(
             update={"messages": for_session(request.messages, one_turn=one_turn), "trace": trace}
         )
+        # the memories that bear on the caller's words are looked up while the session prepares the turn
+        recalling = None if one_turn else asyncio.ensure_future(self._recall(request))
         lease, plan = await self._prepare(request, one_turn)
         if isinstance(plan, Failed):
+            if recalling is not None:
+                recalling.cancel()
             tracing.failed(span, plan.code)
             span.end()
             yield plan
@@ -477,8 +511,11 @@ class SessionClient:
         last: Done | None = None
         failure: TroupeError | None = None
         try:
+            system = copy.system
+            if recalling is not None and (recalled := self._recalled(await recalling, plan.persona, system)):
+                system = f"{system}\n\n{recalled}"
             messages = (
-                ChatMessage(role="system", content=copy.system),
+                ChatMessage(role="system", content=system),
                 *transcript_window(history, self.settings.history_turns),
             )
             async for event in loop.run(

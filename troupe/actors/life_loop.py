@@ -24,8 +24,9 @@ from troupe.core.schedule import ACTIVITIES, default_schedule, describe, due, ne
 from troupe.life import goals as goals_file
 from troupe.life import news, posts
 from troupe.life.clock import Clock
+from troupe.life.consolidation import consolidate
 from troupe.life.digest import AT_RISK
-from troupe.store import LifeRunRecord, ScheduleOverride
+from troupe.store import SELF, LifeRunRecord, ScheduleOverride
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,9 @@ class LifeLoopActor(ActorBase):
             lines.append(f"- {item.title} ({item.url}): {take}")
         if read:
             await store.mark_news_read(self.persona.name, read, at=now)
+        for _, title, url, take, _ in read:  # what it read joins its own knowledge
+            await store.add_memory(self.persona.name, SELF, f"I read \"{title}\": {take}", kind="read",
+                                   layer="knowledge", source=url)  # fmt: skip
         text = "\n".join(lines) if lines else "Nothing new worth reading."
         if failures:
             text += "\n(Could not read: " + "; ".join(failures) + ")"
@@ -276,6 +280,8 @@ class LifeLoopActor(ActorBase):
         goals = goals_file.load_goals(path)
         flags = goals_file.at_risk(goals, self._local(now).date())
         text = await self._write("goals", goals_file.brief(goals, flags))
+        store = await self.store()  # what it decided about its goals joins its own knowledge
+        await store.add_memory(self.persona.name, SELF, text[:800], kind="decision", layer="knowledge", source="goals")
         if flags:
             text += "\n" + AT_RISK + "; ".join(flag.text for flag in flags)
         return text
@@ -325,8 +331,17 @@ class LifeLoopActor(ActorBase):
         text = await self._write("reflection", brief)
         insights = [line.strip(" -*•\t") for line in text.splitlines() if len(line.strip(" -*•\t")) > 10][:3]
         for insight in insights or [text]:
-            await store.add_memory(self.persona.name, "self", insight, kind="reflection", source="reflection")
+            await store.add_memory(self.persona.name, SELF, insight, kind="reflection", source="reflection")
         return text
+
+    async def _consolidation(self, now: datetime) -> str:
+        """The sleep-time pass over memory (see life/consolidation.py), over what changed since the last."""
+        store = await self.store()
+        done = [
+            r for r in await store.life_runs(self.persona.name, "consolidation", limit=10) if r.status == "completed"
+        ]
+        since = done[0].triggered_at if done else None
+        return await consolidate(store, self.persona.name, since, lambda brief: self._write("consolidation", brief))
 
     async def _journal(self, now: datetime) -> str:
         store = await self.store()

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long a turn may run before its session moves on."
     )
     session_budget_usd: float = Field(default=1.0, ge=0, description="Per-session spend cap.")
+    recall_memories: int = Field(
+        default=6, ge=0, le=50,
+        description="How many of a caller's memories bearing on their words each turn's prompt gets (0: none).",
+    )  # fmt: skip
     actor_call_timeout_s: float = Field(
         default=15.0, gt=0, description="How long the door waits for a session actor on a turn's hot path."
     )

@@ -282,6 +282,38 @@ class MemoryStore(StoreBase):
         async with self.sessions() as db:
             return [subject for subject in (await db.execute(stmt)).scalars()]
 
+    async def duplicates(self, persona: str, subject: str, *, layer: str, threshold: float) -> list[tuple[int, int]]:
+        """Pairs (older, newer) of live memories in `layer` whose vectors are at least `threshold` alike."""
+
+        def work(conn: Connection) -> list[tuple[int, int]]:
+            rows = conn.execute(
+                select(MemoryRow.id, MemoryRow.embedding)
+                .where(MemoryRow.persona == persona, MemoryRow.subject == subject, MemoryRow.layer == layer)
+                .where(MemoryRow.superseded_by.is_(None), MemoryRow.embedding.is_not(None))
+                .order_by(MemoryRow.id)
+            ).all()
+            if len(rows) < 2:
+                return []
+            matrix = np.stack([from_bytes(r[1] or b"") for r in rows])
+            alike = np.triu(matrix @ matrix.T, k=1) >= threshold
+            return [(int(rows[i][0]), int(rows[j][0])) for i, j in zip(*np.nonzero(alike), strict=True)]
+
+        pairs: list[tuple[int, int]] = await self._read(work)
+        return pairs
+
+    async def supersede(self, persona: str, old_id: int, new_id: int) -> bool:
+        """Mark `old_id` superseded by `new_id` (a duplicate merged, a contradiction resolved)."""
+
+        def work(conn: Connection) -> int:
+            done = conn.execute(
+                update(MemoryRow)
+                .where(MemoryRow.id == old_id, MemoryRow.persona == persona, MemoryRow.superseded_by.is_(None))
+                .values(superseded_by=new_id, superseded_at=_now())
+            ).rowcount
+            return int(done or 0)
+
+        return bool(await self._write(work))
+
     async def erase_caller(self, caller_id: str) -> dict[str, int]:
         """Delete a person's data everywhere (messages, sessions, memories with their vectors and full-text
         entries, core blocks, call ids, the caller row) in one transaction; returns what went, by kind."""
