@@ -95,7 +95,7 @@ class World:
         actor.die()
 
     async def persona(self, name: str) -> Any:
-        def summarise(session_id: str, caller: str) -> str:
+        def summarise(session_id: str, caller: str, source: str = "session") -> str:
             self.summaries.append(caller)
             return f"{name} spoke with {caller}"
 

@@ -429,9 +429,9 @@ class Orchestrator:
             self.registry.report(process_id, delta, status, error)
         await self.keeper.turn_over(process_id, session_id)
 
-    async def end_session(self, caller_id: str, persona: str) -> str | None:
+    async def end_session(self, caller_id: str, persona: str, source: str = "session") -> str | None:
         """The platform says the conversation is over: let it go now, and return its summary."""
-        return await self.keeper.end(caller_id, self.catalog.get(persona))
+        return await self.keeper.end(caller_id, self.catalog.get(persona), source)
 
     async def forget_caller(self, caller_id: str) -> dict[str, int]:
         """Delete a person's data everywhere: their live sessions end unsummarised, then the store drops
@@ -549,7 +549,7 @@ class Orchestrator:
     async def remember_call(self, persona: str, caller_id: str, transcript: str, source: str) -> str:
         """A finished call or thread goes into the persona's memory of the caller: the live session's own
         transcript when troupe served the conversation, else the platform's transcript."""
-        summary = await self.end_session(caller_id, persona)
+        summary = await self.end_session(caller_id, persona, source)
         if summary:
             return summary
         handle = await self.persona_handle(persona)

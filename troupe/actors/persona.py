@@ -143,7 +143,7 @@ class PersonaActor(ActorBase):
                 )  # fmt: skip
         return summary
 
-    async def summarise_session(self, session_id: str, caller_id: str) -> str:
+    async def summarise_session(self, session_id: str, caller_id: str, source: str = "session") -> str:
         """A conversation a session actor let go (idle, evicted, or ended by the platform): summarised
         into this persona's memory of the caller, and ended in the store. Runs off the caller's path."""
         store = await self.store()
@@ -151,7 +151,7 @@ class PersonaActor(ActorBase):
         lines = "\n".join(
             f"{'Caller' if m.role == 'user' else self.persona.name}: {m.content}" for m in said if m.content
         )
-        summary = await self.remember_conversation(caller_id, lines, "session") if lines else ""
+        summary = await self.remember_conversation(caller_id, lines, source) if lines else ""
         await store.end_session(session_id, summary or None)
         return summary
 

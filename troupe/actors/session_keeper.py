@@ -224,7 +224,7 @@ class SessionKeeper:
                 await self._release(slot, summarise=False, detached=True)
                 return
 
-    async def end(self, caller_id: str, definition: PersonaDef) -> str | None:
+    async def end(self, caller_id: str, definition: PersonaDef, source: str = "session") -> str | None:
         """The platform says the conversation is over: let it go now, and return its summary (None when
         troupe held no session for it)."""
         key = (caller_id, definition.key)
@@ -234,7 +234,7 @@ class SessionKeeper:
         self.directory.settle(key)
         if held is None:
             return None
-        return await self._summarise(held)
+        return await self._summarise(held, source)
 
     async def let_go_of(self, caller_id: str) -> int:
         """A person asked to be forgotten: every live session of theirs ends now, with no summary written
@@ -284,11 +284,11 @@ class SessionKeeper:
             self.background(self._summarise(held))
         return held
 
-    async def _summarise(self, held: dict[str, str]) -> str:
+    async def _summarise(self, held: dict[str, str], source: str = "session") -> str:
         """The persona summarises a conversation it let go into its memory of the caller, and ends it."""
         try:
             handle = await self.persona_handle(held["persona"])
-            summary: str = await handle.summarise_session.remote(held["session_id"], held["caller_id"])
+            summary: str = await handle.summarise_session.remote(held["session_id"], held["caller_id"], source)
             return summary
         except Exception:
             log.warning("the session %s could not be summarised", held["session_id"], exc_info=True)

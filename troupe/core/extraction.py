@@ -53,7 +53,8 @@ def brief(caller: str, persona: str, known: Sequence[Known], transcript: str) ->
     if estimate_tokens(text) > TRANSCRIPT_TOKENS:
         text = "…" + text[-TRANSCRIPT_TOKENS * 4 :]
     return (
-        f"Here is a conversation you ({persona}) just had with {caller}, and what you already know about them.\n"
+        f"Summarise this conversation you ({persona}) just had with {caller} for your own memory, and keep the "
+        "facts about them worth knowing next time, against what you already know about them.\n"
         "Reply with JSON only, in this shape:\n"
         '{"summary": "two or three sentences for your own memory: who they are, what they wanted, what you '
         'promised", "facts": [{"op": "add", "fact": "a durable fact about them, one sentence, naming them as '
