@@ -10,6 +10,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ import asyncpg
 import httpx
 import openai
 import pytest
+import ray
 from sqlalchemy import text
 
 from tests.integration.conftest import make_settings
+from tests.integration.test_life import life_loop, local, runs
 from tests.integration.test_runtime import wait_for
 from tests.integration.test_store import postgres_url
 from troupe.app import Gateway, create_app
@@ -211,3 +214,49 @@ async def test_forget_removes_a_fact_everywhere_and_memory_outlives_a_restart(
         await asyncio.to_thread(call, url_again, 4, "Remind me, where is my office again?")
     assert "The caller said my office is in the Denver building." in prompt_of_last_turn(upstream)
     assert "Emma" not in prompt_of_last_turn(upstream)
+
+
+async def test_consolidation_merges_rewrites_the_core_block_and_runs_once_per_slot_across_a_restart(
+    door: Any, upstream: FakeOpenAIServer, start_runtime: Any
+) -> None:
+    """The nightly sleep-time pass: the same fact kept twice (two conversations said it) is merged, the
+    caller's core block is rewritten from what is live, and the next call's prompt carries it; a kill
+    of the life loop and a restart of troupe never run the same night's slot twice."""
+    url, runtime = door
+    store = await open_store(runtime)
+    try:
+        await store.add_memory("Tony", NUMBER, "The caller's daughter Emma starts school in September.",
+                               kind="fact", importance=0.9)  # fmt: skip
+        await store.add_memory("Tony", NUMBER, "The caller's daughter, Emma, starts school in September.", kind="fact")
+        await store.add_memory("Tony", NUMBER, "The caller's company is moving offices in spring.", kind="fact")
+    finally:
+        await store.close()
+    tony = life_loop(runtime)
+    (schedule,) = [s for s in await tony.schedules.remote() if s["activity"] == "consolidation"]
+    minute, hour = (int(part) for part in schedule["cron_expression"].split()[:2])
+    night = local(26, hour, minute + 2)
+    assert "consolidation" in await tony.tick.remote(night)
+    (run,) = await runs(runtime, activity="consolidation")
+    assert run.status == "completed" and "merged 1 duplicate" in run.output, run.output
+    live = [m.content for m in await memories(runtime, layer="profile", live=True)]
+    assert len(live) == 2 and "The caller's daughter, Emma, starts school in September." in live
+
+    await asyncio.to_thread(call, url, 1, "Hello again, Tony.")
+    assert "- The caller's daughter, Emma, starts school in September." in prompt_of_last_turn(upstream)
+
+    ray.kill(tony, no_restart=True)  # the supervisor brings the life loop back; the slot is taken
+
+    async def back() -> Any:
+        try:
+            handle = life_loop(runtime)
+            await handle.ping.remote()
+            return handle
+        except Exception:
+            return None
+
+    tony = await wait_for(back, within=60)
+    assert "consolidation" not in await tony.tick.remote(night + timedelta(minutes=5))
+    runtime.stop()
+    again = start_runtime(runtime.settings)
+    assert "consolidation" not in await life_loop(again).tick.remote(night + timedelta(minutes=10))
+    assert len(await runs(again, activity="consolidation")) == 1
