@@ -1,0 +1,69 @@
+"""The plain logic of memory: what an extraction reply yields, how recall ranks, what a core block holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from troupe.core import extraction
+from troupe.core.recall import Candidate, rank, search_words
+from troupe.life.consolidation import core_block
+from troupe.store import MemoryRecord
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_a_json_reply_gives_the_summary_and_its_valid_operations() -> None:
+    reply = """Sure! {"summary": "Ana wants a refund.", "facts": [
+        {"op": "add", "fact": "Ana's order is 42.", "importance": 8},
+        {"op": "update", "id": 3, "fact": "Ana now lives in Porto."},
+        {"op": "update", "id": 99, "fact": "an id the brief never showed"},
+        {"op": "delete", "id": "4"},
+        {"op": "add", "fact": ""}, "not an object"]}"""
+    found = extraction.parse(reply, known_ids={3, 4})
+    assert found.summary == "Ana wants a refund."
+    assert found.operations == (
+        extraction.Operation("add", fact="Ana's order is 42.", importance=0.8),
+        extraction.Operation("update", fact="Ana now lives in Porto.", id=3),
+        extraction.Operation("delete", id=4),
+    )
+
+
+def test_a_reply_that_is_not_json_is_the_summary_alone() -> None:
+    found = extraction.parse("Ana called about a refund for order 42.", known_ids=set())
+    assert found == extraction.Extraction(summary="Ana called about a refund for order 42.")
+    assert extraction.parse('{"summary": "half', set()).operations == ()
+
+
+def test_the_brief_keeps_to_its_budget_and_shows_what_is_known() -> None:
+    known = [extraction.Known(i, f"Fact number {i} about the caller, " + "x" * 200, "2026-11-01") for i in range(100)]
+    text = extraction.brief("+14155550100", "Tony", known, "Caller: hello\n" * 5000)
+    assert '"id": 0,' in text and '"id": 99,' not in text  # the newest known facts, within their share
+    assert len(text) < (extraction.KNOWN_FACTS_TOKENS + extraction.TRANSCRIPT_TOKENS) * 4 + 2000
+
+
+def test_relevance_outweighs_recency_and_importance_breaks_ties() -> None:
+    old_relevant = Candidate(1, NOW - timedelta(days=200), 0.5, text_score=3.0, similarity=0.7)
+    new_irrelevant = Candidate(2, NOW, 1.0, text_score=0.0, similarity=0.25)
+    assert rank([new_irrelevant, old_relevant], NOW, used_text=True, used_vector=True) == [1, 2]
+    a = Candidate(3, NOW, 0.2, similarity=0.6)
+    b = Candidate(4, NOW, 0.9, similarity=0.6)
+    assert rank([a, b], NOW, used_text=False, used_vector=True) == [4, 3]
+
+
+def test_search_words_drop_the_words_every_question_has() -> None:
+    assert search_words("What was the name of my daughter, do you remember?") == ["name", "daughter"]
+
+
+def test_a_core_block_holds_the_most_important_facts_that_fit() -> None:
+    def fact(n: int, importance: float, words: int = 5) -> MemoryRecord:
+        return MemoryRecord(
+            id=n, persona="Tony", subject="+1", kind="fact", content=f"fact {n} " + "word " * words, source="",
+            created_at=NOW - timedelta(days=n), layer="profile", channel="voice", importance=importance,
+            superseded_by=None, superseded_at=None,
+        )  # fmt: skip
+
+    block = core_block([fact(1, 0.2), fact(2, 0.9), fact(3, 0.5)] + [fact(n, 0.1, words=60) for n in range(4, 40)])
+    lines = block.splitlines()
+    assert lines[:3] == ["- fact 2 " + "word " * 4 + "word", "- fact 3 " + "word " * 4 + "word",
+                         "- fact 1 " + "word " * 4 + "word"]  # fmt: skip
+    assert len(block) <= 1200
