@@ -263,11 +263,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: IO[bytes], timeout:
 
 
 @contextmanager
-def troupe(door: str, upstream: str) -> Iterator[tuple[str, int]]:
-    """troupe serving on one door: (its completions URL, the pid its processes descend from)."""
+def troupe(door: str, upstream: str, extra: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """troupe serving on one door: (its completions URL, the pid its processes descend from). `extra`:
+    more of its environment (a database of the caller's, say)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="troupe-bench-", ignore_cleanup_errors=True) as data:
-        env = {**os.environ, **TROUPE_ENV, "OPENAI_BASE_URL": upstream + "/v1", "TROUPE_DATA_DIR": data}
+        env = {
+            **os.environ,
+            **TROUPE_ENV,
+            "OPENAI_BASE_URL": upstream + "/v1",
+            "TROUPE_DATA_DIR": data,
+            **(extra or {}),
+        }
         command = [PY, "-m", "troupe.cli", "serve", "--door", door, "--port", str(port), "--insecure"]
         with running(command, f"http://127.0.0.1:{port}/health", env) as proc:
             yield f"http://127.0.0.1:{port}{COMPLETIONS}", proc.pid
