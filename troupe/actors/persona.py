@@ -21,6 +21,7 @@ from troupe.core.messages import Allowance, MetricsDelta
 from troupe.core.persona_file import PersonaCatalog
 from troupe.core.prompt import PromptContext, build_system_prompt
 from troupe.life.digest import life_digest
+from troupe.store import SELF
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,10 @@ class PersonaActor(ActorBase):
         self, user_text: str, *, subject: str, delegation: bool, extra: str | None = None, tools: bool = True
     ) -> str:
         store = await self.store()
-        memories = await store.recall(self.persona.name, query=user_text[:2000], limit=6)
+        # what it remembers of this subject (a life activity: its own knowledge, never a caller's facts,
+        # which must not reach a public post); an extraction brief carries all it needs
+        about = SELF if subject.startswith("life:") else subject
+        memories = await store.recall(self.persona.name, subject=about, query=user_text[:500], limit=6) if tools else []
         system, _ = build_system_prompt(
             self.persona,
             PromptContext(
