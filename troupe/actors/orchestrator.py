@@ -441,7 +441,7 @@ class Orchestrator:
         if self.store is None:
             raise StoreUnavailable("troupe is still starting; try again in a moment.")
         counts = await self.store.erase_caller(caller_id)
-        self.registry.emit("caller.forgotten", sessions=ended, **counts)
+        self.registry.emit("caller.forgotten", live_sessions=ended, **counts)
         return {"live_sessions": ended, **counts}
 
     async def _housekeeping(self) -> None:
