@@ -126,9 +126,12 @@ async def test_killing_a_session_actor_loses_no_acknowledged_message(runtime: Ru
     second = await say(runtime, caller, "What number did I say?", client=client)
     assert second[-1].kind == "done"
 
-    info = await runtime.orchestrator.get_process.remote(lease.process_id)
-    assert info[0].restarts == 1
-    assert info[0].status == "running"
+    async def restarted() -> Any:  # the replacement binds in the background, off the caller's path
+        info = (await runtime.orchestrator.get_process.remote(lease.process_id))[0]
+        return info if info.restarts == 1 else None
+
+    info = await wait_for(restarted, within=10)
+    assert info is not None and info.status == "running"
     store = await Store.open(runtime.settings.resolved_database_url)
     try:
         session = await store.active_session(caller, "Tony")
