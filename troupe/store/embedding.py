@@ -134,6 +134,11 @@ def _load() -> Embedder | None:
     return Embedder(model_dir)
 
 
+def loaded() -> bool:
+    """Whether this process has looked for the model already (then `embedder()` answers at once)."""
+    return _load.cache_info().currsize > 0
+
+
 def embedder() -> Embedder | None:
     """This process's embedder, loaded on first use (about half a second), or None without the weights."""
     with _loading:

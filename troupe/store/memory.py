@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from troupe.core.recall import Candidate, cosine_top, rank, search_words
-from troupe.store.embedding import Embedder, embedder, from_bytes, to_bytes
+from troupe.store.embedding import Embedder, embedder, from_bytes, loaded, to_bytes
 from troupe.store.engine import StoreBase
 from troupe.store.records import MemoryRecord, _record
 from troupe.store.schema import (
@@ -150,10 +150,15 @@ def _erase_caller(conn: Connection, caller_id: str) -> dict[str, int]:
 
 
 class MemoryStore(StoreBase):
-    async def _embed(self, texts: list[str]) -> list[np.ndarray] | None:
-        model: Embedder | None = await asyncio.to_thread(embedder)
+    async def _embed(self, texts: list[str], inline: bool = False) -> list[np.ndarray] | None:
+        """Vectors for `texts`, or None without the model. `inline`: on the event loop itself, for a
+        query on a caller's path: a forward pass is a hundred short numpy calls, and run in a thread each
+        waits for the loop to hand the GIL back (up to 5 ms a time), which made ~10 ms of work ~100 ms."""
+        model: Embedder | None = embedder() if loaded() else await asyncio.to_thread(embedder)
         if model is None:
             return None
+        if inline:
+            return list(model.embed(texts))
         return list(await asyncio.to_thread(model.embed, texts))
 
     async def add_memory(
@@ -201,7 +206,7 @@ class MemoryStore(StoreBase):
         query, newest first. Superseded memories are never recalled."""
         vector = None
         if query and mode in ("hybrid", "vector"):
-            vectors = await self._embed([query])
+            vectors = await self._embed([query], inline=True)
             vector = vectors[0] if vectors else None
         found = await self._read(_recall, persona, subject, query, vector, limit, layers, mode)
         return [_record(MemoryRecord, row) for row in found]
