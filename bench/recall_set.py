@@ -181,7 +181,7 @@ FAMILIES = (
         GOOD_VENDORS,
         (
             "The caller is delighted with {v} and recommends them for {service}.",
-            "The caller says {v} did a fantastic job on the {service} and would hire them again.",
+            "The caller says {v} did a fantastic job on {service} and would hire them again.",
         ),
         (
             "Which outfit did I rave about a while back?",
@@ -538,7 +538,7 @@ INCIDENTS = ("lost two pallets of stock", "double-billed them for a month", "no-
              "ignored three complaint emails")  # fmt: skip
 SERVICES = ("the office move", "the event catering", "the new signage", "the rewiring", "the brochure printing",
             "the reception flowers")  # fmt: skip
-JOBS = ("nurse", "architect", "teacher", "software engineer", "chef", "pharmacist", "paramedic", "lawyer")
+JOBS = ("nurse", "draughtsman", "teacher", "software engineer", "chef", "pharmacist", "paramedic", "lawyer")
 AIRLINES = ("Alaska Airlines", "Delta", "United", "JetBlue", "Air Canada")
 COLOURS = ("sage green", "navy", "off-white", "terracotta", "pale yellow")
 EVENTS = ("retirement lunch", "open day", "charity quiz", "product launch", "staff away day")
