@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-WEIGHTS = {"text": 0.45, "vector": 0.55}  # relevance: how much each search counts when both ran
+WEIGHTS = {"text": 0.1, "vector": 0.9}  # relevance: how much each search counts when both ran (bench/memory_bench.py)
 RECENCY_WEIGHT = 0.08
 RECENCY_HALF_LIFE_DAYS = 30.0
 IMPORTANCE_WEIGHT = 0.08
-MIN_SIMILARITY = 0.2  # a vector neighbour below this says nothing about the question
+MIN_SIMILARITY = 0.1  # a vector neighbour below this says nothing about the question
 
 _WORD = re.compile(r"[a-z0-9]+")
 # words too common to search for; the rest go into the full-text query, OR-ed
