@@ -10,12 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import text, update
 
 from tests.integration import test_store
 from troupe.core.chat import ChatMessage
 from troupe.core.errors import StoreUnavailable
-from troupe.store import SeenEventRow, Store, StoreOptions
+from troupe.store import MIGRATIONS, SeenEventRow, Store, StoreOptions
 from troupe.store.schema import _now
 
 url = test_store.url  # the same fixture: a fresh SQLite file, or a fresh PostgreSQL database
@@ -54,8 +55,9 @@ async def test_migrations_run_once_when_many_processes_start_together(url: str) 
         assert store.migrated is False  # at head already: nothing to do, no lock waited for
         async with store.engine.connect() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert versions == ["0004"]
-        assert await store.claim_event("slack", "Ev1") is True  # the schema is whole: the newest table works
+        assert versions == ScriptDirectory(str(MIGRATIONS)).get_heads()  # the newest migration, once
+        await store.set_memory_block("Tony", "+14155550100", "Runs payments.")  # the schema is whole: the newest
+        assert await store.memory_block("Tony", "+14155550100") == "Runs payments."  # table works
     finally:
         await store.close()
 
