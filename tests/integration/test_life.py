@@ -118,6 +118,20 @@ def life_loop(runtime: Any, persona: str = "tony") -> Any:
     return ray.get_actor(f"life-{persona}", namespace=runtime.settings.namespace)
 
 
+async def life_loop_back(runtime: Any, persona: str = "tony") -> Any:
+    """The persona's life loop once its supervisor has brought it back (after a kill)."""
+
+    async def back() -> Any:
+        try:
+            handle = life_loop(runtime, persona)
+            await handle.ping.remote()
+            return handle
+        except Exception:
+            return None
+
+    return await wait_for(back, within=60)
+
+
 async def runs(runtime: Any, persona: str = "Tony", activity: str | None = None) -> list[Any]:
     store = await Store.open(runtime.settings.resolved_database_url)
     try:
@@ -278,16 +292,7 @@ async def test_kill_and_restart_never_run_a_slot_twice(start_runtime: Any, tmp_p
     assert await tony.tick.remote(local(25, 6, 5)) == ["news"]  # fails (the feed is unreachable) but runs once
 
     ray.kill(tony, no_restart=True)
-
-    async def back() -> Any:
-        try:
-            handle = life_loop(runtime)
-            await handle.ping.remote()
-            return handle
-        except Exception:
-            return None
-
-    tony = await wait_for(back, within=60)
+    tony = await life_loop_back(runtime)
     assert await tony.tick.remote(local(25, 6, 10)) == []
 
     runtime.stop()  # troupe goes down at 06:10 and comes back at 09:10 and again at 12:40

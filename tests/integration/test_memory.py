@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import openai
 import pytest
@@ -22,9 +21,9 @@ import ray
 from sqlalchemy import text
 
 from tests.integration.conftest import make_settings
-from tests.integration.test_life import life_loop, local, runs
+from tests.integration.test_life import life_loop, life_loop_back, local, runs
 from tests.integration.test_runtime import wait_for
-from tests.integration.test_store import postgres_url
+from tests.integration.test_store import throwaway_postgres
 from troupe.app import Gateway, create_app
 from troupe.core.chat import ToolCall
 from troupe.store import Store
@@ -86,15 +85,8 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     if request.param == "sqlite":
         yield None  # the embedded default, in the data directory
         return
-    base = postgres_url()
-    name = f"m_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(base)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield "postgresql+asyncpg://" + base.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
-    admin = await asyncpg.connect(base)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with throwaway_postgres("m") as url:
+        yield url
 
 
 @pytest.fixture
@@ -245,16 +237,7 @@ async def test_consolidation_merges_rewrites_the_core_block_and_runs_once_per_sl
     assert "- The caller's daughter, Emma, starts school in September." in prompt_of_last_turn(upstream)
 
     ray.kill(tony, no_restart=True)  # the supervisor brings the life loop back; the slot is taken
-
-    async def back() -> Any:
-        try:
-            handle = life_loop(runtime)
-            await handle.ping.remote()
-            return handle
-        except Exception:
-            return None
-
-    tony = await wait_for(back, within=60)
+    tony = await life_loop_back(runtime)
     assert "consolidation" not in await tony.tick.remote(night + timedelta(minutes=5))
     runtime.stop()
     again = start_runtime(runtime.settings)
