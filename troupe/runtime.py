@@ -33,7 +33,17 @@ from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall, ToolSpec, estimate_tokens
 from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
 from troupe.core.logs import bind_context
-from troupe.core.messages import Done, Failed, OrchestratorStatus, TurnAck, TurnEvent, TurnPlan, TurnRequest, TurnResult
+from troupe.core.messages import (
+    Done,
+    Failed,
+    OrchestratorStatus,
+    TurnAck,
+    TurnEvent,
+    TurnPlan,
+    TurnRequest,
+    TurnResult,
+    TurnStats,
+)
 from troupe.core.persona_file import PersonaCatalog, load_personas
 from troupe.core.prompt import recalled_section, transcript_window
 from troupe.store import Store
@@ -478,6 +488,7 @@ class SessionClient:
         finished turn is in the store before the stream's last event (the `done` or `error`). A caller
         who goes away mid-reply still has the reply so far kept (marked interrupted) and paid for."""
         exporting.setup(self.settings, "door")  # once per process, when an endpoint is configured
+        began, first = time.perf_counter(), None
         one_turn = is_anonymous(request.caller_id)
         # the turn's span is never made current here: this generator yields to whoever streams it
         span = tracing.start("turn", parent=request.trace)
@@ -528,6 +539,8 @@ class SessionClient:
                 if isinstance(event, Done):
                     last = event
                     break
+                if first is None:
+                    first = time.perf_counter()
                 yield event
         except TroupeError as exc:
             failure = exc
@@ -544,6 +557,8 @@ class SessionClient:
                 error_code=failure.code if failure else None,
                 error_text=failure.message if failure else None,
                 interrupted=last is None,
+                ttft_ms=None if first is None else round((first - began) * 1000),
+                duration_ms=round((time.perf_counter() - began) * 1000),
                 # a turn built here: the session learns of it now
                 session_id=plan.session_id if plan.built else "",
                 input=plan.input if plan.built else (),
@@ -592,6 +607,7 @@ class SessionClient:
                 await store.keep_turn(
                     plan.session_id, plan.turn_id, plan.input, result.new_messages, interrupted=result.interrupted,
                     caller_id=caller_id, persona=plan.persona, process_id=lease.process_id,
+                    stats=TurnStats.of(result, plan.persona),
                 )  # fmt: skip
             self.orchestrator.report.remote(lease.process_id, result.delta)
         except Exception:

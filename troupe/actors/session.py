@@ -26,7 +26,16 @@ from troupe.core import tracing
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
 from troupe.core.logs import bind_context
-from troupe.core.messages import Allowance, Failed, MetricsDelta, TurnAck, TurnPlan, TurnRequest, TurnResult
+from troupe.core.messages import (
+    Allowance,
+    Failed,
+    MetricsDelta,
+    TurnAck,
+    TurnPlan,
+    TurnRequest,
+    TurnResult,
+    TurnStats,
+)
 from troupe.core.persona_file import PersonaCatalog, PersonaDef
 from troupe.core.prompt import PromptContext, build_system_prompt, transcript_window
 from troupe.life.digest import DigestCache
@@ -428,37 +437,38 @@ class SessionActor(ActorBase):
             await self._write(added, turn_id=self._turn_id)
 
     async def _write(
-        self, messages: tuple[ChatMessage, ...], *, turn_id: str, interrupted: bool = False, reply_from: int = 0
-    ) -> None:
+        self, messages: tuple[ChatMessage, ...], *, turn_id: str, interrupted: bool = False, reply_from: int = 0,
+        stats: TurnStats | None = None,
+    ) -> None:  # fmt: skip
         assert self.session_id is not None and self.persona is not None and self.caller_id is not None
         store = await self.store()
         if self.one_turn:  # the whole conversation, in the same one write
             await store.keep_one_turn(
                 self.session_id, self.caller_id, self.persona.name, self.process_id or "", messages,
-                turn_id=turn_id, interrupted=interrupted, reply_from=reply_from,
+                turn_id=turn_id, interrupted=interrupted, reply_from=reply_from, stats=stats,
             )  # fmt: skip
         else:
             await store.append_messages(
-                self.session_id, messages, turn_id=turn_id, interrupted=interrupted, reply_from=reply_from
-            )
+                self.session_id, messages, turn_id=turn_id, interrupted=interrupted, reply_from=reply_from,
+                stats=stats,
+            )  # fmt: skip
 
     async def _keep(self, result: TurnResult) -> None:
         assert self.session_id is not None and self.persona is not None
         allowance = self._allowance()
         added, self._input = self._input, ()
-        if added or result.new_messages or self.one_turn:
-            # the turn in one write: the caller's input and the reply
-            await self._write(
-                added + result.new_messages, turn_id=result.turn_id, interrupted=result.interrupted,
-                reply_from=len(added),
-            )  # fmt: skip
-            if result.new_messages:
-                self.transcript.extend(result.new_messages)
-                self.version += 1
-            # a live session keeps only a window in memory; the whole conversation is in the store
-            keep = self.settings.history_turns * 4
-            if len(self.transcript) > keep:
-                del self.transcript[:-keep]
+        # the turn in one write: the caller's input, the reply and the turn's figures
+        await self._write(
+            added + result.new_messages, turn_id=result.turn_id, interrupted=result.interrupted,
+            reply_from=len(added), stats=TurnStats.of(result, self.persona.name),
+        )  # fmt: skip
+        if result.new_messages:
+            self.transcript.extend(result.new_messages)
+            self.version += 1
+        # a live session keeps only a window in memory; the whole conversation is in the store
+        keep = self.settings.history_turns * 4
+        if len(self.transcript) > keep:
+            del self.transcript[:-keep]
         self.spent += result.delta.cost_usd
         if result.error_code == BudgetExceeded.code:
             store = await self.store()

@@ -170,12 +170,39 @@ class TurnResult(_Frozen):
     error_code: str | None = None
     error_text: str | None = None
     interrupted: bool = False  # the reply was cut off (the caller hung up, the model failed, a timeout)
+    ttft_ms: int | None = None  # from the door taking the turn to its first content (None: none came)
+    duration_ms: int = 0  # from the door taking the turn to its end
     # a turn the door built from its copy of the session, without `prepare`: whose it is, its input, and
     # the version of the transcript it was built on
     session_id: str = ""
     input: tuple[ChatMessage, ...] = ()
     base_version: int | None = None
     trace: dict[str, str] = Field(default_factory=dict)  # W3C trace context of the door's turn span
+
+
+class TurnStats(_Frozen):
+    """One turn as the store keeps it beside its messages, for the panel's conversation view and charts:
+    who answered, how fast, what it cost and how it ended."""
+
+    turn_id: str
+    persona: str
+    ttft_ms: int | None = None
+    duration_ms: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tool_calls: int = 0
+    cost_usd: float = 0.0
+    interrupted: bool = False
+    error_code: str | None = None
+
+    @classmethod
+    def of(cls, result: TurnResult, persona: str) -> TurnStats:
+        d = result.delta
+        return cls(
+            turn_id=result.turn_id, persona=persona, ttft_ms=result.ttft_ms, duration_ms=result.duration_ms,
+            input_tokens=d.input_tokens, output_tokens=d.output_tokens, tool_calls=d.tool_calls,
+            cost_usd=d.cost_usd, interrupted=result.interrupted, error_code=result.error_code,
+        )  # fmt: skip
 
 
 class TurnAck(_Frozen):

@@ -8,17 +8,21 @@ from troupe.store.engine import MIGRATIONS, StoreBase, StoreOptions, run_migrati
 from troupe.store.events import EventStore
 from troupe.store.life import LifeStore
 from troupe.store.memory import MemoryStore
+from troupe.store.panel import PanelStore
 from troupe.store.processes import ProcessStore
 from troupe.store.records import (
+    AuditRecord,
     BudgetEventRecord,
     CallerRecord,
     JournalRecord,
     LifeRunRecord,
     MemoryRecord,
+    MessageRecord,
     NewsReadRecord,
     PostRecord,
     ScheduleOverride,
     SessionRecord,
+    TurnRecord,
 )
 from troupe.store.schema import (
     SELF,
@@ -40,14 +44,16 @@ from troupe.store.schema import (
 )
 
 
-class Store(ConversationStore, MemoryStore, ProcessStore, LifeStore, EventStore):
-    """Callers, sessions and their messages, persona memory, finished processes and their metrics, life-loop
-    runs, journals, budget events and webhook ids: one object over one engine, opened with Store.open."""
+class Store(ConversationStore, MemoryStore, ProcessStore, LifeStore, EventStore, PanelStore):
+    """Callers, sessions and their messages (and turns' figures), persona memory, finished processes and
+    their metrics, life-loop runs, journals, budget events, webhook ids and the audit log: one object over
+    one engine, opened with Store.open."""
 
 
 __all__ = [
     "MIGRATIONS",
     "SELF",
+    "AuditRecord",
     "Base",
     "Bound",
     "BudgetEventRecord",
@@ -65,9 +71,11 @@ __all__ = [
     "MemoryRecord",
     "MemoryRow",
     "MemoryStore",
+    "MessageRecord",
     "MessageRow",
     "NewsReadRecord",
     "NewsReadRow",
+    "PanelStore",
     "PostRecord",
     "PostRow",
     "ProcessRow",
@@ -81,5 +89,6 @@ __all__ = [
     "Store",
     "StoreBase",
     "StoreOptions",
+    "TurnRecord",
     "run_migrations",
 ]

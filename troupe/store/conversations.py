@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import StoreUnavailable
+from troupe.core.messages import TurnStats
 from troupe.store.engine import StoreBase
 from troupe.store.records import CallerRecord, SessionRecord, _record
 from troupe.store.schema import (
@@ -27,6 +28,7 @@ from troupe.store.schema import (
     MemoryRow,
     MessageRow,
     SessionRow,
+    TurnRow,
     _now,
     _utc,
 )
@@ -43,6 +45,7 @@ _CLAIM = (
     .returning(SessionRow.next_seq)
 )
 _INSERT = insert(MessageRow)
+_INSERT_TURN = insert(TurnRow)
 _END = update(SessionRow).where(SessionRow.id == bindparam("sid")).values(status="ended", ended_at=bindparam("now"))
 # what a session binding a caller reads: their active conversation with the persona, and the persona's
 # memories of them
@@ -119,11 +122,12 @@ def _one_turn(
     turn_id: str,
     interrupted: bool,
     reply_from: int,
+    stats: TurnStats | None,
 ) -> None:
     """A conversation that was one turn long (a caller with no identity), whole: opened, kept, ended."""
     conn.execute(_NEW_SESSION, {"id": session_id, "caller_id": caller_id, "persona": persona, "process_id": process_id})
-    if messages:
-        _append(conn, session_id, messages, turn_id, interrupted, reply_from)
+    if messages or stats:
+        _append(conn, session_id, messages, turn_id, interrupted, reply_from, stats)
     conn.execute(_END, {"sid": session_id, "now": _now()})
 
 
@@ -152,11 +156,17 @@ def _append(
     turn_id: str | None = None,
     interrupted: bool = False,
     reply_from: int = 0,
+    stats: TurnStats | None = None,
 ) -> int:
     """Claim the next sequence numbers on the session row (one UPDATE, which serialises concurrent
     writers on both databases) and insert the messages; returns the last sequence number. Messages
-    from `reply_from` on are the reply, which `interrupted` marks."""
+    from `reply_from` on are the reply, which `interrupted` marks. `stats`, the finished turn's
+    figures, go in the same transaction."""
     now = _now()
+    if stats is not None:
+        conn.execute(_INSERT_TURN, {**stats.model_dump(), "session_id": session_id, "at": now})
+    if not messages:
+        return -1
     users = sum(1 for m in messages if m.role == "user")
     claimed = conn.execute(_CLAIM, {"sid": session_id, "n": len(messages), "users": users, "now": now}).scalar()
     if claimed is None:
@@ -272,6 +282,7 @@ class ConversationStore(StoreBase):
         turn_id: str | None = None,
         interrupted: bool = False,
         reply_from: int = 0,
+        stats: TurnStats | None = None,
     ) -> int:
         """Append in order; sequence numbers are claimed atomically on the session row. `turn_id` tags
         the turn that wrote them; `interrupted` marks a reply that was cut off mid-stream (the messages
@@ -281,9 +292,9 @@ class ConversationStore(StoreBase):
         statements in one transaction rather than the ORM's unit of work, and on SQLite the whole
         transaction is one trip to a worker thread (aiosqlite would make one per statement;
         bench/door_bench.py shows the CPU per stream)."""
-        if not messages:
+        if not messages and stats is None:
             return -1
-        last: int = await self._write(_append, session_id, messages, turn_id, interrupted, reply_from)
+        last: int = await self._write(_append, session_id, messages, turn_id, interrupted, reply_from, stats)
         return last
 
     async def keep_one_turn(
@@ -297,9 +308,10 @@ class ConversationStore(StoreBase):
         turn_id: str,
         interrupted: bool = False,
         reply_from: int = 0,
+        stats: TurnStats | None = None,
     ) -> None:
-        """A one-turn conversation in one write: its session (ended) and its messages."""
-        args = (session_id, caller_id, persona, process_id, tuple(messages), turn_id, interrupted, reply_from)
+        """A one-turn conversation in one write: its session (ended), its messages and its figures."""
+        args = (session_id, caller_id, persona, process_id, tuple(messages), turn_id, interrupted, reply_from, stats)
         await self._write(_one_turn, *args)
 
     async def keep_turn(
@@ -313,6 +325,7 @@ class ConversationStore(StoreBase):
         caller_id: str | None = None,
         persona: str | None = None,
         process_id: str = "",
+        stats: TurnStats | None = None,
     ) -> bool:
         """Make sure a turn is in the transcript, whoever wrote what of it: the door calls this when the
         session actor died mid-turn. Idempotent by turn id: its input (written at `prepare`) and its
@@ -337,8 +350,9 @@ class ConversationStore(StoreBase):
         # marked interrupted where it was cut off
         missing = (tuple(input_messages) if kept < len(input_messages) else ()) + tuple(output)
         await self.append_messages(
-            session_id, missing, turn_id=turn_id, interrupted=interrupted, reply_from=len(missing) - len(output)
-        )
+            session_id, missing, turn_id=turn_id, interrupted=interrupted, reply_from=len(missing) - len(output),
+            stats=stats,
+        )  # fmt: skip
         return True
 
     async def interrupted_turns(self, session_id: str) -> int:

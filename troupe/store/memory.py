@@ -27,6 +27,7 @@ from troupe.store.schema import (
     MemoryRow,
     MessageRow,
     SessionRow,
+    TurnRow,
     _now,
     _utc,
 )
@@ -138,6 +139,7 @@ def _add(conn: Connection, values: dict[str, Any], supersedes: int | None) -> An
 
 def _erase_caller(conn: Connection, caller_id: str) -> dict[str, int]:
     sessions = select(SessionRow.id).where(SessionRow.caller_id == caller_id).scalar_subquery()
+    conn.execute(delete(TurnRow).where(TurnRow.session_id.in_(sessions)))  # its figures go with its words
     counts = {
         "messages": conn.execute(delete(MessageRow).where(MessageRow.session_id.in_(sessions))).rowcount,
         "sessions": conn.execute(delete(SessionRow).where(SessionRow.caller_id == caller_id)).rowcount,

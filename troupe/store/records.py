@@ -110,6 +110,44 @@ class BudgetEventRecord(_Record):
     created_at: datetime
 
 
+class TurnRecord(_Record):
+    id: int
+    session_id: str
+    turn_id: str
+    persona: str
+    at: datetime
+    ttft_ms: int | None
+    duration_ms: int
+    input_tokens: int
+    output_tokens: int
+    tool_calls: int
+    cost_usd: float
+    interrupted: bool
+    error_code: str | None
+
+
+class MessageRecord(_Record):
+    seq: int
+    role: str
+    content: str | None
+    name: str | None
+    tool_calls: str | None  # JSON, as the model sent them
+    tool_call_id: str | None
+    created_at: datetime
+    turn_id: str | None
+    interrupted: bool
+
+
+class AuditRecord(_Record):
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    subject: str
+    detail: str
+
+
 def _record(cls: type[_Record], row: Any) -> Any:
     values = {}
     for name in cls.model_fields:

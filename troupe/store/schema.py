@@ -84,6 +84,41 @@ class MessageRow(Base):
     )
 
 
+class TurnRow(Base):
+    """One turn's figures, written with its messages in the same transaction: the conversation view's
+    tokens, cost and timing per turn, and the panel's charts (time to first token, turns, errors, cost)."""
+
+    __tablename__ = "turns"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32), ForeignKey("sessions.id", ondelete="CASCADE"))
+    turn_id: Mapped[str] = mapped_column(String(16))
+    persona: Mapped[str] = mapped_column(String(40))
+    at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    __table_args__ = (Index("ix_turns_session", "session_id"), Index("ix_turns_at", "at"))
+
+
+class AuditRow(Base):
+    """What operators did that touches a person's data: a phone number revealed, a caller forgotten."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    actor: Mapped[str] = mapped_column(String(120))  # the key's name, never the key
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(200))  # masked: the log never holds the number it guards
+    detail: Mapped[str] = mapped_column(String(400), default="")
+    __table_args__ = (Index("ix_audit_at", "at"),)
+
+
 class CallIdRow(Base):
     """A platform's call id mapped to the caller it carried a number for, so later requests that carry
     only the call id reach the same caller on any door replica; kept until it expires."""

@@ -1,0 +1,87 @@
+"""What the control panel reads beyond the live registry: kept conversations a page at a time (by
+persona, status and caller), one conversation's messages and turn figures, the turns since a cursor (the
+charts' feed), and the audit log of what operators did to a person's data; the PanelStore mixin of Store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Select, delete, func, select
+
+from troupe.store.engine import StoreBase
+from troupe.store.records import AuditRecord, MessageRecord, SessionRecord, TurnRecord, _record
+from troupe.store.schema import AuditRow, MessageRow, SessionRow, TurnRow, _now
+
+TRANSCRIPT_MAX = 2000  # messages one conversation view holds (the oldest beyond it are counted, not sent)
+AUDIT_KEEP = 100_000  # audit rows kept; older ones go as new ones come (a bound, not a retention policy)
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern matching it anywhere, its own wildcards taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class PanelStore(StoreBase):
+    async def conversations(
+        self, *, persona: str | None = None, status: str | None = None, caller: str | None = None,
+        limit: int = 20, offset: int = 0,
+    ) -> tuple[list[SessionRecord], int]:  # fmt: skip
+        """A page of kept conversations, the most recently active first, and how many match in all.
+        `caller` matches any part of the caller id (digits of a number, a Slack user)."""
+
+        def matching(query: Select) -> Select:  # type: ignore[type-arg]
+            if persona:
+                query = query.where(SessionRow.persona == persona)
+            if status:
+                query = query.where(SessionRow.status == status)
+            if caller:
+                query = query.where(SessionRow.caller_id.like(_like(caller), escape="\\"))
+            return query
+
+        async with self.sessions() as db:
+            total = (await db.execute(matching(select(func.count()).select_from(SessionRow)))).scalar_one()
+            query = matching(select(SessionRow)).order_by(SessionRow.last_active_at.desc(), SessionRow.id)
+            rows = (await db.execute(query.limit(limit).offset(offset))).scalars()
+            return [_record(SessionRecord, row) for row in rows], int(total)
+
+    async def transcript(self, session_id: str) -> tuple[list[MessageRecord], list[TurnRecord], int]:
+        """One conversation's messages in order (its newest TRANSCRIPT_MAX), its turns' figures, and how
+        many older messages were left out."""
+        async with self.sessions() as db:
+            counted = select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id)
+            total = int((await db.execute(counted)).scalar_one())
+            query = (
+                select(MessageRow).where(MessageRow.session_id == session_id).order_by(MessageRow.seq.desc())
+                .limit(TRANSCRIPT_MAX)
+            )  # fmt: skip
+            messages = [_record(MessageRecord, row) for row in (await db.execute(query)).scalars()]
+            turns = await db.execute(select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.id))
+            return list(reversed(messages)), [_record(TurnRecord, t) for t in turns.scalars()], total - len(messages)
+
+    async def turns_since(
+        self, after_id: int = 0, *, since: datetime | None = None, limit: int = 5000
+    ) -> list[TurnRecord]:
+        """Turns kept after the cursor `after_id` (and at or after `since`), oldest first: the charts' feed."""
+        query = select(TurnRow).where(TurnRow.id > after_id)
+        if since is not None:
+            query = query.where(TurnRow.at >= since)
+        async with self.sessions() as db:
+            rows = (await db.execute(query.order_by(TurnRow.id).limit(limit))).scalars()
+            return [_record(TurnRecord, row) for row in rows]
+
+    async def audit(self, actor: str, role: str, action: str, subject: str, detail: str = "") -> None:
+        """Record an operator's action on a person's data. `subject` must already be masked."""
+        async with self.sessions() as db:
+            db.add(AuditRow(actor=actor[:120], role=role[:16], action=action[:32], subject=subject[:200],
+                            detail=detail[:400], at=_now()))  # fmt: skip
+            await db.flush()
+            newest = (await db.execute(select(func.max(AuditRow.id)))).scalar_one()
+            if newest and newest > AUDIT_KEEP and newest % 1000 == 0:
+                await db.execute(delete(AuditRow).where(AuditRow.id <= newest - AUDIT_KEEP))
+            await db.commit()
+
+    async def audit_log(self, *, limit: int = 50, offset: int = 0) -> tuple[list[AuditRecord], int]:
+        async with self.sessions() as db:
+            total = (await db.execute(select(func.count()).select_from(AuditRow))).scalar_one()
+            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit).offset(offset)
+            return [_record(AuditRecord, row) for row in (await db.execute(query)).scalars()], int(total)
