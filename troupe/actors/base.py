@@ -56,4 +56,5 @@ class ActorBase:
 
     async def ping(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {"pid": os.getpid(), "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+        node = ray.get_runtime_context().get_node_id()
+        return {"pid": os.getpid(), "max_rss_mb": round(usage.ru_maxrss / 1024, 1), "node": node}

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -42,8 +42,10 @@ from troupe.core.messages import (
     ProcessStatus,
     SessionInfo,
     new_process_id,
+    utcnow,
 )
 from troupe.core.persona_file import PersonaCatalog
+from troupe.core.series import KEEP, Series, Window
 from troupe.core.supervision import Policy
 from troupe.store import Store
 
@@ -75,6 +77,8 @@ class NodeRing:
 
 
 AFTER_DEATH_S = 60.0  # how long after an actor died new ones are placed on the orchestrator's node
+CHART_EVERY_S = 10.0  # how often the charts take in new turns and sample the gauges
+TURNS_READ = 5000  # turns read from the store at a time
 DEDUP_COUNT_EVERY_S = 60.0  # how often the de-duplication tables are counted (for status and /metrics)
 
 
@@ -97,6 +101,10 @@ class Orchestrator:
         self.made: set[str] = set()  # the named actors made so far (a second one is a restart)
         self.dedup_rows: dict[str, int] = {}  # de-duplication tables' sizes, counted now and then
         self.dedup_counted_at = float("-inf")
+        self.node_of: dict[tuple[str, int], str] = {}  # (process id, incarnation) -> Ray node id
+        self.series = Series()  # the panel's charts: a day of minutes, fed from the store's turns
+        self.turn_cursor = 0  # the last turn counted into the series
+        self.charting = asyncio.Lock()
         self.supervisor = Supervisor(  # the supervised children, watched and restarted
             self.registry,
             spawn_slots=int(ray.available_resources().get("CPU", 2)),
@@ -202,6 +210,7 @@ class Orchestrator:
             self.rest_begun = True
             await self._start_rest()
         self._background(self._housekeeping())
+        self._background(self._charting())
         await self.registry.flush()  # the registry is in the store from the start: a restart finds what it lost
         self.ready = True
         self.timings["orchestrator"] = time.perf_counter() - began
@@ -460,6 +469,38 @@ class Orchestrator:
             except Exception:
                 log.exception("housekeeping failed")
 
+    async def _charting(self) -> None:
+        """Feed the charts: the turns kept since the last look (a day of them at start, so a restarted
+        orchestrator's charts are not blank), and the live sessions, free pool and restarts."""
+        while True:
+            try:
+                await self._count_turns()
+                self.series.sample(utcnow(), sessions=len(self.keeper.directory), pool=len(self.keeper.pool),
+                                   restarted_total=sum(self.registry.restarted.values()))  # fmt: skip
+            except Exception:
+                log.warning("the charts could not be brought up to date", exc_info=True)
+            await asyncio.sleep(CHART_EVERY_S)
+
+    async def _count_turns(self) -> None:
+        if self.store is None:
+            return
+        async with self.charting:
+            since = utcnow() - timedelta(minutes=KEEP) if self.turn_cursor == 0 else None
+            while True:
+                found = await self.store.turns_since(self.turn_cursor, since=since, limit=TURNS_READ)
+                for turn in found:
+                    self.series.add_turn(turn)
+                if found:
+                    self.turn_cursor = found[-1].id
+                if len(found) < TURNS_READ:
+                    return
+
+    async def series_view(self, window: Window) -> dict[str, Any]:
+        """The charts of the last hour or day, with the turns kept up to this moment."""
+        with contextlib.suppress(Exception):  # the store gone: the charts as they stand
+            await self._count_turns()
+        return self.series.view(window, utcnow(), personas=[p.name for p in self.catalog.executives()])
+
     # ------------------------------------------------------------------ work between personas
 
     async def persona_handle(self, name: str) -> Any:
@@ -633,6 +674,7 @@ class Orchestrator:
                     status=info.status,
                     started_at=info.started_at,
                     last_active_at=datetime.fromtimestamp(time.time() - idle, tz=UTC),
+                    session_id=slot.session_id or "",
                 )
             )
         return out
@@ -676,6 +718,44 @@ class Orchestrator:
 
     async def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         return self.registry.events_since(seq, limit)
+
+    async def recent_events(
+        self, groups: tuple[str, ...] = (), type_prefix: str = "", limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        return self.registry.recent_events(groups=groups, type_prefix=type_prefix, limit=limit, offset=offset)
+
+    async def audited(self, action: str, actor: str, subject: str) -> None:
+        """An operator's action on a person's data, in the live feed (the store keeps the audit log)."""
+        self.registry.emit(f"audit.{action}", actor=actor, subject=subject)
+
+    async def process_nodes(self) -> dict[str, str]:
+        """The Ray node each live supervised actor runs on, by process id (the orchestrator's too). Each
+        actor is asked once per incarnation; one that does not answer within a second is left out."""
+        here = ray.get_runtime_context().get_node_id()
+        if self.own_id:
+            self.node_of[(self.own_id, 0)] = here
+        children = [c for c in self.supervisor.children.values() if c.handle is not None]
+        unknown = [c for c in children if (c.process_id, c.generation) not in self.node_of]
+
+        async def ask(child: Child) -> None:
+            with contextlib.suppress(Exception):
+                answer = await asyncio.wait_for(child.handle.ping.remote(), 1.0)
+                self.node_of[(child.process_id, child.generation)] = answer["node"]
+
+        await asyncio.gather(*(ask(c) for c in unknown))
+        live = {(c.process_id, c.generation) for c in children} | {(self.own_id or "", 0)}
+        for key in [k for k in self.node_of if k not in live]:
+            del self.node_of[key]  # bounded by the live actors
+        return {pid: node for (pid, _), node in self.node_of.items()}
+
+    async def node_names(self) -> dict[str, str]:
+        """Ray's nodes by id: 'head' or 'worker', with the address, as the panel shows them."""
+        head = ray.get_runtime_context().get_node_id()
+        return {
+            n["NodeID"]: f"{'head' if n['NodeID'] == head else 'worker'} {n.get('NodeManagerAddress', '')}".strip()
+            for n in ray.nodes()
+            if n.get("Alive")
+        }
 
     async def ping(self) -> bool:
         return True

@@ -8,9 +8,10 @@ import bisect
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
+from troupe.core.events import group_of, level_of
 from troupe.core.messages import MetricsDelta, ProcessInfo, ProcessStatus, Timings, utcnow
 from troupe.store import Store
 
@@ -98,7 +99,8 @@ class Registry:
         finished = status in ("completed", "failed")
         self.update(pid, status=status, error=error, ended_at=utcnow() if finished else None)
         if before != status:
-            self.emit(f"process.{status}", process=pid, agent=self.processes[pid].agent, error=error)
+            info = self.processes[pid]
+            self.emit(f"process.{status}", process=pid, kind=info.kind, agent=info.agent, error=error)
         if finished:
             self.flush_soon()
 
@@ -109,7 +111,8 @@ class Registry:
 
     def emit(self, event_type: str, **data: Any) -> None:
         self.event_seq += 1
-        self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **data})
+        typed = {"group": group_of(event_type, data), "level": level_of(event_type)}
+        self.events.append({"seq": self.event_seq, "type": event_type, "at": utcnow().isoformat(), **typed, **data})
         if event_type == "process.restarted" and (info := self.processes.get(data.get("process", ""))):
             self.restarted[info.kind] += 1
         elif event_type == "process.died":
@@ -193,6 +196,15 @@ class Registry:
 
     def events_since(self, seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         return [e for e in self.events if e["seq"] > seq][:limit]
+
+    def recent_events(
+        self, *, groups: Collection[str] = (), type_prefix: str = "", limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The event log newest first, of the given groups (all when none) and types starting with
+        `type_prefix`: a page of it and how many match (the log keeps the last EVENT_LOG)."""
+        found = [e for e in reversed(self.events)
+                 if (not groups or e["group"] in groups) and e["type"].startswith(type_prefix)]  # fmt: skip
+        return found[offset : offset + limit], len(found)
 
 
 def restarts_by_kind(processes: Iterable[ProcessInfo]) -> dict[str, int]:

@@ -24,6 +24,7 @@ from troupe.config.settings import Settings
 from troupe.control_panel.metrics import LATENCY, REQUESTS
 
 OPEN = ("/health", "/ready", "/", "/favicon.ico")  # the panel's page is a static shell: its data needs a key
+STATIC = "/static/"  # the panel's script, styles and vendored chart library: no data in them
 SIGNED = ("/vapi/", "/slack/", "/elevenlabs/webhook", "/ws/")  # the platform's signature or a ticket decides
 LOGIN = "/api/login"
 DOCS = ("/docs", "/redoc", "/openapi.json")
@@ -43,7 +44,7 @@ def _error(status: int, message: str, code: str, kind: str = "invalid_request_er
 
 def roles_for(path: str) -> tuple[Role, ...] | None:
     """The roles that may reach `path` (None: it is open, or checks its own credentials)."""
-    if path in OPEN or path == LOGIN or path.startswith(SIGNED):
+    if path in OPEN or path == LOGIN or path.startswith(SIGNED) or path.startswith(STATIC):
         return None
     if path.startswith(COMPLETIONS):
         return ("admin", "client", "platform")

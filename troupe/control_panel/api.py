@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +23,41 @@ from sse_starlette import EventSourceResponse
 from troupe.control_panel.access import COOKIE, COOKIE_LIFETIME_S, COOKIE_ROLES, cookie_for
 from troupe.control_panel.metrics import render
 from troupe.core.errors import InvalidRequest, TroupeError
+from troupe.core.events import GROUPS
 from troupe.core.logs import MASK, mask_caller
 from troupe.core.messages import ProcessInfo
 from troupe.core.schedule import ACTIVITIES, validate
 from troupe.integrations.door import Gateway, GatewayDep
 from troupe.integrations.tickets import TTL_S
 from troupe.life import goals as goals_file
-from troupe.store import SELF, CallerRecord, MemoryBlockRow, MemoryRecord, Store
+from troupe.store import SELF, CallerRecord, MemoryBlockRow, MemoryRecord, SessionRecord, Store
 from troupe.store.memory import LAYERS
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 class NotFound(TroupeError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+PAGE_MAX = 200  # items one page of any list may hold
+OFFSET_MAX = 10**9  # past any store's size, and within the 64-bit integer the database takes
+Limit = Annotated[int | None, Query(ge=1, le=PAGE_MAX, description="page size; with it the answer is a page")]
+Offset = Annotated[int, Query(ge=0, le=OFFSET_MAX)]
+Search = Annotated[str | None, Query(max_length=200)]
+
+
+def page_of(items: list[Any], total: int, offset: int) -> dict[str, Any]:
+    """One page in the panel's shape: its items, how many match in all, and whether more follow."""
+    return {"items": items, "total": total, "offset": offset, "has_more": offset + len(items) < total}
+
+
+def caller_matches(caller_id: str, search: str) -> bool:
+    """The panel's caller search: the whole id, or its ending (the digits a masked number shows)."""
+    return caller_id == search or (len(search) >= 4 and caller_id.endswith(search))
 
 
 def uptime_text(seconds: float) -> str:
@@ -52,9 +72,9 @@ def process_json(info: ProcessInfo) -> dict[str, Any]:
         "id": info.id,
         "kind": info.kind,
         "agent": info.agent,
-        "name": info.name,
+        "name": MASK(info.name),  # a session's name and task name its caller: a number is masked
         "status": info.status,
-        "task": info.task,
+        "task": MASK(info.task),
         "parent_id": info.parent_id,
         "started_at": info.started_at.isoformat().replace("+00:00", "Z"),
         "ended_at": info.ended_at.isoformat().replace("+00:00", "Z") if info.ended_at else None,
@@ -147,11 +167,33 @@ def event_stream(orchestrator: Any, cursor: int, *, ping_s: float = EVENTS_PING_
             found = await orchestrator.events_since.remote(cursor)
             for item in found:
                 cursor = item["seq"]
-                yield {"id": str(cursor), "event": item["type"], "data": json.dumps(item)}
+                yield {"id": str(cursor), "event": item["type"], "data": json.dumps(event_json(item))}
             if not found:
                 await asyncio.sleep(EVENTS_POLL_S)
 
     return EventSourceResponse(stream(), ping=ping_s, sep="\n", headers={"Cache-Control": "no-cache"})
+
+
+def event_json(item: dict[str, Any]) -> dict[str, Any]:
+    """An event as the panel may show it: the caller it names masked, any number in its text too."""
+    shown = {key: MASK(value) if isinstance(value, str) else value for key, value in item.items()}
+    if item.get("caller_id"):
+        shown["caller_id"] = mask_caller(item["caller_id"])
+    return shown
+
+
+@router.get("/api/events/log")
+async def event_log(
+    request: Request, gateway: GatewayDep, group: Annotated[list[str] | None, Query(max_length=len(GROUPS))] = None,
+    type: Search = None, limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50, offset: Offset = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """The recent event log (the orchestrator keeps the last 2,000), newest first, by group (conversation,
+    life, process, pool, audit) and type prefix (e.g. `process.`), a page at a time."""
+    unknown = [g for g in group or () if g not in GROUPS]
+    if unknown:
+        raise Unprocessable(f"Unknown group {unknown[0]!r}; one of {', '.join(GROUPS)}.", param="group")
+    found, total = await gateway.orchestrator.recent_events.remote(tuple(group or ()), type or "", limit, offset)
+    return page_of([event_json(e) for e in found], total, offset)
 
 
 @router.get("/api/status")
@@ -169,10 +211,64 @@ async def status(request: Request, gateway: GatewayDep) -> dict[str, Any]:
 
 @router.get("/api/processes")
 async def processes(
-    request: Request, gateway: GatewayDep, status: str | None = None, agent: str | None = None, kind: str | None = None
-) -> list[dict[str, Any]]:
+    request: Request, gateway: GatewayDep, status: str | None = None, agent: str | None = None,
+    kind: str | None = None, q: Search = None, limit: Limit = None, offset: Offset = 0,
+) -> Any:  # fmt: skip
+    """Processes, oldest first: the contract's plain array, or with `limit` a page (newest first, each
+    with the node it runs on), searchable by id, name and task with `q`."""
     found = await gateway.orchestrator.list_processes.remote(status=status, agent=agent, kind=kind)
-    return [process_json(p) for p in found]
+    if limit is None:
+        return [process_json(p) for p in found]
+    if q:
+        needle = q.lower()
+        found = [p for p in found if needle in f"{p.id} {MASK(p.name)} {MASK(p.task)}".lower()]
+    chosen = list(reversed(found))[offset : offset + limit]
+    nodes = await gateway.orchestrator.process_nodes.remote()
+    names = await gateway.orchestrator.node_names.remote()
+    items = [{**process_json(p), "node": _node_shown(nodes.get(p.id), names)} for p in chosen]
+    return page_of(items, len(found), offset)
+
+
+def _node_shown(node: str | None, names: dict[str, str]) -> dict[str, str] | None:
+    if node is None:
+        return None  # finished, or not answering just now
+    return {"id": node[:12], "name": names.get(node, "gone")}
+
+
+@router.get("/api/processes/tree")
+async def process_tree(request: Request, gateway: GatewayDep) -> dict[str, Any]:
+    """The live processes by node and kind, with restarts and last error, and the spawn tree of
+    delegated tasks (every task and its parent chain, finished ones included while the registry keeps them)."""
+    found: list[ProcessInfo] = await gateway.orchestrator.list_processes.remote()
+    nodes = await gateway.orchestrator.process_nodes.remote()
+    names = await gateway.orchestrator.node_names.remote()
+    by_node: dict[str, dict[str, Any]] = {}
+    for p in found:
+        if p.status not in ("running", "pending"):
+            continue
+        node = nodes.get(p.id)
+        key = node[:12] if node else "unknown"
+        entry = by_node.setdefault(key, {"node": key, "name": names.get(node, "unknown") if node else "unknown",
+                                         "kinds": {}})  # fmt: skip
+        kind = entry["kinds"].setdefault(p.kind, {"count": 0, "restarts": 0, "last_error": None})
+        kind["count"] += 1
+        kind["restarts"] += p.restarts
+        if p.error:
+            kind["last_error"] = MASK(p.error)
+    by_id = {p.id: p for p in found}
+    delegated = {p.id for p in found if p.kind == "task"}
+    wanted = set(delegated)
+    for pid in delegated:  # each task's parents, up to the root, so the tree has its trunk
+        parent = by_id[pid].parent_id
+        while parent and parent in by_id and parent not in wanted:
+            wanted.add(parent)
+            parent = by_id[parent].parent_id
+    spawn = [
+        {"id": p.id, "parent_id": p.parent_id if p.parent_id in wanted else None, "kind": p.kind, "agent": p.agent,
+         "task": MASK(p.task), "status": p.status, "error": MASK(p.error) if p.error else None}
+        for p in found if p.id in wanted
+    ]  # fmt: skip
+    return {"nodes": sorted(by_node.values(), key=lambda n: (n["name"] != "unknown", n["name"])), "spawn_tree": spawn}
 
 
 @router.get("/api/processes/{process_id}")
@@ -185,28 +281,57 @@ async def process(request: Request, gateway: GatewayDep, process_id: str) -> dic
 
 
 @router.get("/api/sessions")
-async def sessions(request: Request, gateway: GatewayDep) -> list[dict[str, Any]]:
+async def sessions(
+    request: Request, gateway: GatewayDep, persona: str | None = None, status: str | None = None,
+    caller: Search = None, limit: Limit = None, offset: Offset = 0,
+) -> Any:  # fmt: skip
+    """The live sessions: the contract's plain array, or with `limit` a page (most recently active
+    first), by persona, status and caller (the whole id, or the last digits a masked number shows).
+    A caller's id is masked either way; the conversation view reveals it, audited."""
     found = await gateway.orchestrator.list_sessions.remote()
-    return [
+    name = gateway.catalog.get(persona).name if persona else None
+    found = [
+        s for s in found
+        if (name is None or s.agent == name) and (status is None or s.status == status)
+        and (not caller or caller_matches(s.caller_id, caller))
+    ]  # fmt: skip
+    rows = [
         {
-            "caller_id": s.caller_id,
+            "caller_id": mask_caller(s.caller_id),
             "process_id": s.process_id,
             "agent": s.agent,
             "status": s.status,
-            "started_at": s.started_at.isoformat().replace("+00:00", "Z"),
-            "last_active_at": s.last_active_at.isoformat().replace("+00:00", "Z"),
+            "started_at": _stamp(s.started_at),
+            "last_active_at": _stamp(s.last_active_at),
+            "session_id": s.session_id,
         }
-        for s in found
+        for s in sorted(found, key=lambda s: s.last_active_at, reverse=limit is not None)
     ]
+    if limit is None:
+        return rows
+    return page_of(rows[offset : offset + limit], len(rows), offset)
 
 
-PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+STATIC = Path(__file__).resolve().parent / "static"
+PAGE = STATIC / "index.html"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".txt": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}  # fmt: skip
 
 
 @router.get("/", include_in_schema=False)
 async def page() -> HTMLResponse:
     """The live control panel: a static page; all its data comes from /api/* (which needs the key)."""
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+@router.get("/static/{path:path}", include_in_schema=False)
+async def static(path: Annotated[str, PathParam(max_length=200)]) -> Response:
+    """The panel's own script and styles and the vendored chart library (uPlot, MIT; vendor/uplot/LICENSE)."""
+    target = (STATIC / path).resolve()
+    kind = STATIC_TYPES.get(target.suffix) if target.name != "index.html" else None
+    if not target.is_relative_to(STATIC) or not target.is_file() or kind is None:
+        raise NotFound(f"No static file {path!r}.", param="path")
+    return Response(target.read_bytes(), media_type=kind, headers={"Cache-Control": "public, max-age=300"})
 
 
 class Login(BaseModel):
@@ -417,12 +542,17 @@ async def goals(request: Request, gateway: GatewayDep, name: str) -> dict[str, A
 
 @router.get("/api/posts")
 async def posts(
-    request: Request, gateway: GatewayDep, persona: str | None = None, status: str | None = None, limit: int = 50
-) -> Any:
+    request: Request, gateway: GatewayDep, persona: str | None = None, status: str | None = None, limit: int = 50,
+    offset: Annotated[int | None, Query(ge=0, le=OFFSET_MAX, description="with it, the answer is also a page")] = None,
+) -> Any:  # fmt: skip
     name = gateway.catalog.get(persona).name if persona else None
     store = await gateway.store()
-    found = await store.posts(name, status=status, limit=max(1, min(limit, 500)))
-    return {
+    total = None
+    if offset is None:
+        found = await store.posts(name, status=status, limit=max(1, min(limit, 500)))
+    else:
+        found, total = await store.posts_page(persona=name, status=status, limit=max(1, min(limit, 500)), offset=offset)
+    shown = {
         "posts": [
             {
                 "id": p.id,
@@ -439,12 +569,14 @@ async def posts(
             for p in found
         ]
     }
+    if total is None:
+        return shown
+    return {**shown, **page_of(shown["posts"], total, offset or 0)}
 
 
 # ---------------------------------------------------------------------- memory: a persona's, and a caller's
 
 MEMORY_PAGE_MAX = 100  # entries one page of a persona's memories may hold
-OFFSET_MAX = 10**9  # past any store's size, and within the 64-bit integer the database takes
 CALLER_LIST_MAX = 100  # entries of each kind the caller view lists (its counts say how many there are)
 CallerId = Annotated[str, PathParam(max_length=200)]
 
@@ -573,3 +705,194 @@ async def forget_caller(request: Request, gateway: GatewayDep, caller: CallerId)
     for persona in gateway.catalog:
         gateway.client.forget(caller, persona.name)  # the door's copies of their sessions go too
     return {"caller": mask_caller(caller), "deleted": deleted}
+
+
+# ---------------------------------------------------------------------- conversations, kept: the panel's view
+
+
+def _principal(request: Request) -> tuple[str, str]:
+    """Who is asking: the key's name and role (never the key)."""
+    key = getattr(request.state, "principal", None)
+    return (key.name, key.role) if key is not None else ("insecure", "admin")
+
+
+@router.get("/api/me")
+async def me(request: Request) -> dict[str, Any]:
+    """Who the panel is signed in as, and what that role may do there."""
+    name, role = _principal(request)
+    return {"name": name, "role": role, "may": {"reveal": True, "forget": role == "admin", "schedules": True}}
+
+
+def _conversation_json(row: SessionRecord) -> dict[str, Any]:
+    return {
+        "session_id": row.id,
+        "caller": mask_caller(row.caller_id),
+        "persona": row.persona,
+        "status": row.status,
+        "turns": row.turns,
+        "started_at": _stamp(row.started_at),
+        "last_active_at": _stamp(row.last_active_at),
+        "ended_at": _stamp(row.ended_at),
+        "summary": MASK(row.summary) if row.summary else None,
+    }
+
+
+@router.get("/api/conversations")
+async def conversations(
+    request: Request, gateway: GatewayDep, persona: str | None = None,
+    status: Annotated[str | None, Query(pattern="^(active|ended)$")] = None, caller: Search = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 20, offset: Offset = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Kept conversations, live and ended, the most recently active first, a page at a time: by persona,
+    status and caller (the whole id, or the last digits a masked number shows)."""
+    name = gateway.catalog.get(persona).name if persona else None
+    store = await gateway.store()
+    search = caller if caller and (len(caller) >= 4 or caller.startswith(("+", "slack", "anon"))) else None
+    if caller and search is None:
+        raise Unprocessable("Search for a caller by their whole id or at least its last 4 characters.", param="caller")
+    found, total = await store.conversations(persona=name, status=status, caller=search, limit=limit, offset=offset)
+    return page_of([_conversation_json(r) for r in found], total, offset)
+
+
+def _tool_calls_shown(raw: str | None) -> list[dict[str, Any]]:
+    if not raw:
+        return []
+    try:
+        calls = json.loads(raw)
+    except ValueError:
+        return []
+    return [{"id": c.get("id"), "name": c.get("name") or c.get("function", {}).get("name"),
+             "arguments": MASK(str(c.get("arguments") or c.get("function", {}).get("arguments") or ""))}
+            for c in calls if isinstance(c, dict)]  # fmt: skip
+
+
+SessionId = Annotated[str, PathParam(max_length=64)]
+
+
+async def _kept(gateway: Gateway, session_id: str) -> SessionRecord:
+    store = await gateway.store()
+    row = await store.get_session(session_id)
+    if row is None:
+        raise NotFound(f"No conversation {session_id!r}.", param="session_id")
+    return row
+
+
+@router.get("/api/conversations/{session_id}")
+async def conversation(request: Request, gateway: GatewayDep, session_id: SessionId) -> dict[str, Any]:
+    """One conversation turn by turn: what was said, the tools called, tokens, cost and timing, and
+    whether the reply was cut off. Numbers in it are masked."""
+    row = await _kept(gateway, session_id)
+    store = await gateway.store()
+    messages, figures, earlier = await store.transcript(session_id)
+    by_turn = {t.turn_id: t for t in figures}
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if not turns or turns[-1]["turn_id"] != m.turn_id or (m.role == "user" and turns[-1]["has_reply"]):
+            t = by_turn.get(m.turn_id or "")
+            turns.append({
+                "turn_id": m.turn_id, "at": _stamp(t.at if t else m.created_at), "messages": [], "has_reply": False,
+                "ttft_ms": t.ttft_ms if t else None, "duration_ms": t.duration_ms if t else None,
+                "input_tokens": t.input_tokens if t else None, "output_tokens": t.output_tokens if t else None,
+                "tool_calls": t.tool_calls if t else None, "cost_usd": round(t.cost_usd, 6) if t else None,
+                "interrupted": t.interrupted if t else False, "error_code": t.error_code if t else None,
+            })  # fmt: skip
+        turn = turns[-1]
+        turn["has_reply"] = turn["has_reply"] or m.role == "assistant"
+        turn["interrupted"] = turn["interrupted"] or m.interrupted
+        turn["messages"].append({
+            "role": m.role, "content": MASK(m.content) if m.content else m.content, "name": m.name,
+            "tool_calls": _tool_calls_shown(m.tool_calls), "tool_call_id": m.tool_call_id,
+            "interrupted": m.interrupted, "created_at": _stamp(m.created_at),
+        })  # fmt: skip
+    for turn in turns:
+        del turn["has_reply"]
+    kept = [t for t in figures if t.turn_id not in {turn["turn_id"] for turn in turns}]
+    for t in kept:  # a turn that failed before any message was kept still shows, with its error
+        turns.append({"turn_id": t.turn_id, "at": _stamp(t.at), "messages": [], "ttft_ms": t.ttft_ms,
+                      "duration_ms": t.duration_ms, "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
+                      "tool_calls": t.tool_calls, "cost_usd": round(t.cost_usd, 6), "interrupted": t.interrupted,
+                      "error_code": t.error_code})  # fmt: skip
+    turns.sort(key=lambda t: t["at"] or "")
+    totals = {
+        "input_tokens": sum(t.input_tokens for t in figures), "output_tokens": sum(t.output_tokens for t in figures),
+        "cost_usd": round(sum(t.cost_usd for t in figures), 6),
+        "interrupted": sum(1 for t in turns if t["interrupted"]),
+    }  # fmt: skip
+    return {**_conversation_json(row), "earlier_messages": earlier, "totals": totals, "turns": turns}
+
+
+@router.post("/api/conversations/{session_id}/reveal")
+async def reveal(request: Request, gateway: GatewayDep, session_id: SessionId) -> dict[str, Any]:
+    """The caller's full id (a phone number unmasked), for an operator who must call them back: an
+    audited action, kept in the audit log with who asked, and shown in the live feed."""
+    row = await _kept(gateway, session_id)
+    actor, role = _principal(request)
+    shown = mask_caller(row.caller_id) or ""
+    store = await gateway.store()
+    await store.audit(actor, role, "reveal", shown, detail=f"conversation {session_id} with {row.persona}")
+    await gateway.orchestrator.audited.remote("reveal", actor, shown)
+    log.info("caller revealed", extra={"event": "audit.reveal", "actor": actor, "session_id": session_id})
+    return {"session_id": session_id, "caller_id": row.caller_id, "audited": True}
+
+
+@router.post("/api/conversations/{session_id}/end")
+async def end_conversation(request: Request, gateway: GatewayDep, session_id: SessionId) -> dict[str, Any]:
+    """End a live conversation (summarised, as when its caller hangs up)."""
+    row = await _kept(gateway, session_id)
+    if row.status != "active":
+        raise NotFound(f"Conversation {session_id!r} has ended already.", param="session_id")
+    summary = await gateway.orchestrator.end_session.remote(row.caller_id, row.persona)
+    gateway.client.forget(row.caller_id, row.persona)
+    return {"session_id": session_id, "ended": summary is not None, "summary": MASK(summary) if summary else None}
+
+
+@router.get("/api/audit")
+async def audit_log(
+    request: Request, gateway: GatewayDep, limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 20, offset: Offset = 0
+) -> dict[str, Any]:
+    """Who revealed or forgot whom, newest first (subjects masked)."""
+    store = await gateway.store()
+    found, total = await store.audit_log(limit=limit, offset=offset)
+    items = [{"at": _stamp(a.at), "actor": a.actor, "role": a.role, "action": a.action, "subject": a.subject,
+              "detail": a.detail} for a in found]  # fmt: skip
+    return page_of(items, total, offset)
+
+
+@router.get("/api/runs")
+async def runs(
+    request: Request, gateway: GatewayDep, persona: str | None = None, activity: str | None = None,
+    status: Annotated[str | None, Query(pattern="^(completed|failed|skipped)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 20, offset: Offset = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """The life loops' execution log, newest first, a page at a time, by persona, activity and status."""
+    name = gateway.catalog.get(persona).name if persona else None
+    if activity is not None and activity not in ACTIVITIES:
+        raise Unprocessable(f"Unknown activity {activity!r}; one of {', '.join(ACTIVITIES)}.", param="activity")
+    store = await gateway.store()
+    found, total = await store.life_runs_page(persona=name, activity=activity, status=status, limit=limit,
+                                               offset=offset)  # fmt: skip
+    items = [{"persona": r.persona, "activity": r.activity, "status": r.status, "triggered_at": _stamp(r.triggered_at),
+              "finished_at": _stamp(r.finished_at), "slot": _stamp(r.slot), "output_summary": MASK(r.output[:500]),
+              "process_id": r.process_id} for r in found]  # fmt: skip
+    return page_of(items, total, offset)
+
+
+@router.get("/api/personas/{name}/journal/days")
+async def journal_days(request: Request, gateway: GatewayDep, name: str) -> dict[str, Any]:
+    """The days a persona wrote in its journal, newest first (the last 30), with their entry counts."""
+    persona = gateway.catalog.get(name)
+    store = await gateway.store()
+    days = await store.journal_days(persona.name)
+    return {"persona": persona.name, "days": [{"date": day, "entries": n} for day, n in days]}
+
+
+@router.get("/api/series")
+async def series(
+    request: Request, gateway: GatewayDep, window: Annotated[str, Query(pattern="^(hour|day)$")] = "hour"
+) -> dict[str, Any]:
+    """The panel's charts: time to first token, turns, errors, tokens and cost by persona, live sessions,
+    the free pool and restarts, per minute over the last hour or per 10 minutes over the last day, kept
+    by the orchestrator (no Prometheus needed). Budgets come with it, to draw spend against."""
+    found: dict[str, Any] = await gateway.orchestrator.series_view.remote(window)
+    status = await gateway.orchestrator.status.remote()
+    return {**found, "budgets": status.budgets, "spent_usd": {k: round(v, 6) for k, v in status.spend.items()}}

@@ -106,6 +106,7 @@ class SessionInfo(_Frozen):
     started_at: datetime
     last_active_at: datetime
     turns: int = 0
+    session_id: str = ""  # the kept conversation's id: the panel's handle on it (its caller is masked)
 
 
 class TurnRequest(_Frozen):

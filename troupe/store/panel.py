@@ -9,16 +9,24 @@ from datetime import datetime
 from sqlalchemy import Select, delete, func, select
 
 from troupe.store.engine import StoreBase
-from troupe.store.records import AuditRecord, MessageRecord, SessionRecord, TurnRecord, _record
-from troupe.store.schema import AuditRow, MessageRow, SessionRow, TurnRow, _now
+from troupe.store.records import (
+    AuditRecord,
+    LifeRunRecord,
+    MessageRecord,
+    PostRecord,
+    SessionRecord,
+    TurnRecord,
+    _record,
+)
+from troupe.store.schema import AuditRow, JournalRow, LifeRunRow, MessageRow, PostRow, SessionRow, TurnRow, _now
 
 TRANSCRIPT_MAX = 2000  # messages one conversation view holds (the oldest beyond it are counted, not sent)
 AUDIT_KEEP = 100_000  # audit rows kept; older ones go as new ones come (a bound, not a retention policy)
 
 
-def _like(text: str) -> str:
-    """`text` as a LIKE pattern matching it anywhere, its own wildcards taken literally."""
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+def _ending(text: str) -> str:
+    """A LIKE pattern matching ids that end with `text` (the whole id included), its wildcards literal."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class PanelStore(StoreBase):
@@ -27,7 +35,7 @@ class PanelStore(StoreBase):
         limit: int = 20, offset: int = 0,
     ) -> tuple[list[SessionRecord], int]:  # fmt: skip
         """A page of kept conversations, the most recently active first, and how many match in all.
-        `caller` matches any part of the caller id (digits of a number, a Slack user)."""
+        `caller` matches a caller id that is it or ends with it (the last digits of a number)."""
 
         def matching(query: Select) -> Select:  # type: ignore[type-arg]
             if persona:
@@ -35,7 +43,7 @@ class PanelStore(StoreBase):
             if status:
                 query = query.where(SessionRow.status == status)
             if caller:
-                query = query.where(SessionRow.caller_id.like(_like(caller), escape="\\"))
+                query = query.where(SessionRow.caller_id.like(_ending(caller), escape="\\"))
             return query
 
         async with self.sessions() as db:
@@ -68,6 +76,50 @@ class PanelStore(StoreBase):
         async with self.sessions() as db:
             rows = (await db.execute(query.order_by(TurnRow.id).limit(limit))).scalars()
             return [_record(TurnRecord, row) for row in rows]
+
+    async def life_runs_page(
+        self, *, persona: str | None = None, activity: str | None = None, status: str | None = None,
+        limit: int = 20, offset: int = 0,
+    ) -> tuple[list[LifeRunRecord], int]:  # fmt: skip
+        """A page of the execution log, newest first, and how many runs match in all."""
+
+        def matching(query: Select) -> Select:  # type: ignore[type-arg]
+            for column, value in ((LifeRunRow.persona, persona), (LifeRunRow.activity, activity),
+                                  (LifeRunRow.status, status)):  # fmt: skip
+                if value:
+                    query = query.where(column == value)
+            return query
+
+        async with self.sessions() as db:
+            total = (await db.execute(matching(select(func.count()).select_from(LifeRunRow)))).scalar_one()
+            query = matching(select(LifeRunRow)).order_by(LifeRunRow.triggered_at.desc(), LifeRunRow.id.desc())
+            rows = (await db.execute(query.limit(limit).offset(offset))).scalars()
+            return [_record(LifeRunRecord, row) for row in rows], int(total)
+
+    async def posts_page(
+        self, *, persona: str | None = None, status: str | None = None, limit: int = 20, offset: int = 0
+    ) -> tuple[list[PostRecord], int]:
+        def matching(query: Select) -> Select:  # type: ignore[type-arg]
+            if persona:
+                query = query.where(PostRow.persona == persona)
+            if status:
+                query = query.where(PostRow.status == status)
+            return query
+
+        async with self.sessions() as db:
+            total = (await db.execute(matching(select(func.count()).select_from(PostRow)))).scalar_one()
+            query = matching(select(PostRow)).order_by(PostRow.created_at.desc(), PostRow.id.desc())
+            rows = (await db.execute(query.limit(limit).offset(offset))).scalars()
+            return [_record(PostRecord, row) for row in rows], int(total)
+
+    async def journal_days(self, persona: str, *, limit: int = 30) -> list[tuple[str, int]]:
+        """The days a persona wrote in its journal, newest first, with how many entries each."""
+        async with self.sessions() as db:
+            query = (
+                select(JournalRow.day, func.count()).where(JournalRow.persona == persona).group_by(JournalRow.day)
+                .order_by(JournalRow.day.desc()).limit(limit)
+            )  # fmt: skip
+            return [(day, int(n)) for day, n in (await db.execute(query)).all()]
 
     async def audit(self, actor: str, role: str, action: str, subject: str, detail: str = "") -> None:
         """Record an operator's action on a person's data. `subject` must already be masked."""
