@@ -33,7 +33,7 @@ class Events:
 
 
 EVENTS = [
-    {"seq": 1, "type": "session.started", "at": "2026-01-01T00:00:00Z", "agent": "Riley", "caller_id": "c1"},
+    {"seq": 1, "type": "session.started", "at": "2026-01-01T00:00:00Z", "agent": "Riley", "caller_id": "+14155550100"},
     {"seq": 2, "type": "process.failed", "at": "2026-01-01T00:00:01Z", "error": "line one\nline two"},
 ]
 
@@ -86,7 +86,8 @@ def test_events_arrive_in_the_format_the_panel_reads(panel: tuple[str, Events]) 
     first, *events = blocks(text)
     assert first == {"retry": "2000"}
     assert [(e["id"], e["event"]) for e in events] == [("1", "session.started"), ("2", "process.failed")]
-    assert [json.loads(e["data"]) for e in events] == EVENTS  # a newline inside an event stays inside its JSON
+    # a newline inside an event stays inside its JSON; the caller's number is masked
+    assert [json.loads(e["data"]) for e in events] == [{**EVENTS[0], "caller_id": "+1415•••0100"}, EVENTS[1]]
 
 
 def test_a_reconnecting_client_resumes_after_its_last_event_id(panel: tuple[str, Events]) -> None:

@@ -734,16 +734,16 @@ class Orchestrator:
         here = ray.get_runtime_context().get_node_id()
         if self.own_id:
             self.node_of[(self.own_id, 0)] = here
-        children = [c for c in self.supervisor.children.values() if c.handle is not None]
-        unknown = [c for c in children if (c.process_id, c.generation) not in self.node_of]
+        actors = {(c.process_id, c.generation): c.handle for c in self.supervisor.children.values() if c.handle}
+        actors.update({(pid, 0): handle for pid, handle in self.keeper.pool})  # the warm pool's, unbound
 
-        async def ask(child: Child) -> None:
+        async def ask(key: tuple[str, int], handle: Any) -> None:
             with contextlib.suppress(Exception):
-                answer = await asyncio.wait_for(child.handle.ping.remote(), 1.0)
-                self.node_of[(child.process_id, child.generation)] = answer["node"]
+                answer = await asyncio.wait_for(handle.ping.remote(), 1.0)
+                self.node_of[key] = answer["node"]
 
-        await asyncio.gather(*(ask(c) for c in unknown))
-        live = {(c.process_id, c.generation) for c in children} | {(self.own_id or "", 0)}
+        await asyncio.gather(*(ask(key, h) for key, h in actors.items() if key not in self.node_of))
+        live = set(actors) | {(self.own_id or "", 0)}
         for key in [k for k in self.node_of if k not in live]:
             del self.node_of[key]  # bounded by the live actors
         return {pid: node for (pid, _), node in self.node_of.items()}

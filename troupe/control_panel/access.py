@@ -31,6 +31,7 @@ DOCS = ("/docs", "/redoc", "/openapi.json")
 COMPLETIONS = ("/v1/chat/completions", "/chat/completions", "/v1/models", "/models", "/v1/elevenlabs-llm")
 PANEL = ("/api/", "/internal/", "/metrics")
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
+ADMIN_ONLY = ("/api/audit",)  # who revealed or forgot whom: for admins, not for the operators it audits
 
 COOKIE = "troupe_session"
 COOKIE_ROLES: tuple[Role, ...] = ("admin", "operator")  # who may sign in to the panel
@@ -48,6 +49,8 @@ def roles_for(path: str) -> tuple[Role, ...] | None:
         return None
     if path.startswith(COMPLETIONS):
         return ("admin", "client", "platform")
+    if path.startswith(ADMIN_ONLY):
+        return ("admin",)
     if path.startswith(PANEL):
         return ("admin", "operator")
     # docs, and any other path (a 404 is for those who may look)

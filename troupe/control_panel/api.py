@@ -66,15 +66,24 @@ def uptime_text(seconds: float) -> str:
     return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def process_json(info: ProcessInfo) -> dict[str, Any]:
+def masks(request: Request) -> bool:
+    """Whether the contract's plain answers mask callers for this key: an operator's do; an admin's (and an
+    --insecure door's) are the contract's own, for scripts. The panel's pages mask for everyone, and a
+    number is shown there only through the audited reveal."""
+    key = getattr(request.state, "principal", None)
+    return key is not None and key.role != "admin"
+
+
+def process_json(info: ProcessInfo, masked: bool = True) -> dict[str, Any]:
     m = info.metrics
+    shown = MASK if masked else str  # a session's name and task name its caller
     return {
         "id": info.id,
         "kind": info.kind,
         "agent": info.agent,
-        "name": MASK(info.name),  # a session's name and task name its caller: a number is masked
+        "name": shown(info.name),
         "status": info.status,
-        "task": MASK(info.task),
+        "task": shown(info.task),
         "parent_id": info.parent_id,
         "started_at": info.started_at.isoformat().replace("+00:00", "Z"),
         "ended_at": info.ended_at.isoformat().replace("+00:00", "Z") if info.ended_at else None,
@@ -148,14 +157,18 @@ EVENTS_POLL_S = 0.5
 
 
 @router.get("/api/events")
-async def events(request: Request, gateway: GatewayDep, since: int = 0) -> EventSourceResponse:
-    """Server-sent events: what happens in the company, live (process and session lifecycle, tools...).
-    A reconnecting client's Last-Event-ID resumes after that event."""
+async def events(request: Request, gateway: GatewayDep, since: int = 0, masked: bool = False) -> EventSourceResponse:
+    """Server-sent events: what happens in the company, live (process and session lifecycle, tools...),
+    each typed by `group` and `level`. A reconnecting client's Last-Event-ID resumes after that event.
+    Callers are masked with `masked=true` (the panel asks it) and always for an operator's key."""
     last = request.headers.get("last-event-id")
-    return event_stream(gateway.orchestrator, int(last) if last and last.isdigit() else since)
+    cursor = int(last) if last and last.isdigit() else since
+    return event_stream(gateway.orchestrator, cursor, masked=masked or masks(request))
 
 
-def event_stream(orchestrator: Any, cursor: int, *, ping_s: float = EVENTS_PING_S) -> EventSourceResponse:
+def event_stream(
+    orchestrator: Any, cursor: int, *, ping_s: float = EVENTS_PING_S, masked: bool = True
+) -> EventSourceResponse:
     """The orchestrator's events after `cursor` as an SSE stream, by sse-starlette: its keep-alive pings,
     and the stream (with its polling) ended when the client goes. One `id`, `event` and `data` line per
     event, blocks split by a bare newline, as the panel's reader expects."""
@@ -167,7 +180,8 @@ def event_stream(orchestrator: Any, cursor: int, *, ping_s: float = EVENTS_PING_
             found = await orchestrator.events_since.remote(cursor)
             for item in found:
                 cursor = item["seq"]
-                yield {"id": str(cursor), "event": item["type"], "data": json.dumps(event_json(item))}
+                shown = event_json(item) if masked else item
+                yield {"id": str(cursor), "event": item["type"], "data": json.dumps(shown)}
             if not found:
                 await asyncio.sleep(EVENTS_POLL_S)
 
@@ -218,7 +232,7 @@ async def processes(
     with the node it runs on), searchable by id, name and task with `q`."""
     found = await gateway.orchestrator.list_processes.remote(status=status, agent=agent, kind=kind)
     if limit is None:
-        return [process_json(p) for p in found]
+        return [process_json(p, masks(request)) for p in found]
     if q:
         needle = q.lower()
         found = [p for p in found if needle in f"{p.id} {MASK(p.name)} {MASK(p.task)}".lower()]
@@ -268,7 +282,7 @@ async def process_tree(request: Request, gateway: GatewayDep) -> dict[str, Any]:
          "task": MASK(p.task), "status": p.status, "error": MASK(p.error) if p.error else None}
         for p in found if p.id in wanted
     ]  # fmt: skip
-    return {"nodes": sorted(by_node.values(), key=lambda n: (n["name"] != "unknown", n["name"])), "spawn_tree": spawn}
+    return {"nodes": sorted(by_node.values(), key=lambda n: (n["name"] == "unknown", n["name"])), "spawn_tree": spawn}
 
 
 @router.get("/api/processes/{process_id}")
@@ -277,7 +291,8 @@ async def process(request: Request, gateway: GatewayDep, process_id: str) -> dic
     if found is None:
         raise NotFound(f"No process {process_id!r}.", param="process_id")
     info, children = found
-    return {**process_json(info), "children": [process_json(c) for c in children]}
+    masked = masks(request)
+    return {**process_json(info, masked), "children": [process_json(c, masked) for c in children]}
 
 
 @router.get("/api/sessions")
@@ -287,7 +302,8 @@ async def sessions(
 ) -> Any:  # fmt: skip
     """The live sessions: the contract's plain array, or with `limit` a page (most recently active
     first), by persona, status and caller (the whole id, or the last digits a masked number shows).
-    A caller's id is masked either way; the conversation view reveals it, audited."""
+    A page masks callers' ids (the conversation view reveals one, audited); so does the plain array for
+    an operator's key."""
     found = await gateway.orchestrator.list_sessions.remote()
     name = gateway.catalog.get(persona).name if persona else None
     found = [
@@ -295,9 +311,10 @@ async def sessions(
         if (name is None or s.agent == name) and (status is None or s.status == status)
         and (not caller or caller_matches(s.caller_id, caller))
     ]  # fmt: skip
+    masked = limit is not None or masks(request)
     rows = [
         {
-            "caller_id": mask_caller(s.caller_id),
+            "caller_id": mask_caller(s.caller_id) if masked else s.caller_id,
             "process_id": s.process_id,
             "agent": s.agent,
             "status": s.status,
@@ -702,6 +719,9 @@ async def forget_caller(request: Request, gateway: GatewayDep, caller: CallerId)
     if await _known_of(await gateway.store(), caller) is None:
         raise NotFound("troupe knows nothing of that caller.", param="caller")
     deleted = await gateway.orchestrator.forget_caller.remote(caller)
+    actor, role = _principal(request)
+    counts = ", ".join(f"{n} {kind}" for kind, n in deleted.items() if n)
+    await (await gateway.store()).audit(actor, role, "forget", mask_caller(caller) or "", detail=counts)
     for persona in gateway.catalog:
         gateway.client.forget(caller, persona.name)  # the door's copies of their sessions go too
     return {"caller": mask_caller(caller), "deleted": deleted}
@@ -720,7 +740,7 @@ def _principal(request: Request) -> tuple[str, str]:
 async def me(request: Request) -> dict[str, Any]:
     """Who the panel is signed in as, and what that role may do there."""
     name, role = _principal(request)
-    return {"name": name, "role": role, "may": {"reveal": True, "forget": role == "admin", "schedules": True}}
+    return {"name": name, "role": role, "may": {"reveal": True, "forget": True, "audit": role == "admin"}}
 
 
 def _conversation_json(row: SessionRecord) -> dict[str, Any]:
