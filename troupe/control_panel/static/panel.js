@@ -67,13 +67,13 @@ async function overview() {
     const share = p.budget_usd ? Math.min(100, 100 * p.spent_usd / p.budget_usd) : 0;
     const m = memories[i];
     const layers = m ? Object.entries(m.stats).map(([layer, n]) => `<span data-layer="${esc(layer)}">${esc(layer)} ${n.live}</span>`).join(" · ") : "";
-    const recent = m ? m.recent.items.map((x) => `<li title="${esc(x.content)}"><span class="tag">${esc(x.layer)}</span>${esc(x.content)}</li>`).join("") : "";
+    const recent = m ? m.recent.items.map((x) => `<li title="${esc(x.content)}"><span class="tag">${esc(x.layer)}</span>${x.superseded_by ? `<s>${esc(x.content)}</s>` : esc(x.content)}</li>`).join("") : "";
     return `<div class="persona" data-persona="${esc(p.name)}"><b>${esc(p.name)}</b> <span class="status ${p.active ? "running" : "pending"}">${p.active ? "live" : "idle"}</span>
       <div class="role">${esc(p.role)}</div>
       <div class="bar ${share >= 100 ? "over" : ""}"><span style="width:${share}%"></span></div>
       <div class="role">${money(p.spent_usd)} of $${p.budget_usd.toFixed(2)}</div>
       <div class="counts"><span data-count="sessions">${sessions[i].total}</span> live sessions</div>
-      <div class="counts">memory: ${layers}</div><ul>${recent}</ul></div>`;
+      <div class="memory">memory: ${layers}<ul>${recent}</ul></div></div>`;
   }).join("");
   void live;
   await charts();
@@ -81,14 +81,14 @@ async function overview() {
 
 const plots = {};
 window.troupeCharts = plots;  // for the browser test: each chart's drawn data
-function plot(name, xs, series, total) {
+function plot(name, xs, series, total, legend = true) {
   const box = document.querySelector(`[data-chart="${name}"]`);
   const el = box.querySelector(".plot");
   const t = box.querySelector(".total");
   t.textContent = total.text; t.dataset.value = total.value;
   const data = [xs, ...series.map((s) => s.values)];
   const opts = {
-    width: Math.max(200, el.clientWidth), height: 150, legend: {show: true, live: false},
+    width: Math.max(200, el.clientWidth), height: legend ? 150 : 175, legend: {show: legend, live: false},
     axes: [{stroke: "#8a93a6", grid: {stroke: "#262b36"}}, {stroke: "#8a93a6", grid: {stroke: "#262b36"}, size: 50}],
     series: [{}, ...series.map((s, i) => ({label: s.label, stroke: s.colour || COLOURS[i % COLOURS.length], width: 1.5,
                                           dash: s.dash, spanGaps: false}))],
@@ -111,8 +111,10 @@ async function charts() {
     ...names.map((n, i) => ({label: `${n} p50`, colour: COLOURS[i % COLOURS.length], values: s.points.map((p) => p.ttft_p50_ms[n] ?? null)})),
     ...names.map((n, i) => ({label: `${n} p95`, colour: COLOURS[i % COLOURS.length], dash: [4, 4], values: s.points.map((p) => p.ttft_p95_ms[n] ?? null)})),
   ];
-  const p50s = Object.entries(s.totals.ttft_p50_ms).filter(([, v]) => v != null);
-  plot("ttft", xs, ttft, {text: p50s.map(([n, v]) => `${n} ${Math.round(v)}`).join(" · ") || "no turns", value: JSON.stringify(s.totals.ttft_p50_ms)});
+  const p50s = Object.entries(s.totals.ttft_p50_ms).filter(([, v]) => v != null).sort((a, b) => b[1] - a[1]);
+  const slowest = p50s.length ? `slowest p50 ${esc(p50s[0][0])} ${Math.round(p50s[0][1])} ms · p95 dashed` : "no turns";
+  plot("ttft", xs, ttft, {text: slowest, value: JSON.stringify(s.totals.ttft_p50_ms)}, false);
+  $("persona-key").innerHTML = names.map((n, i) => `<span style="color:${COLOURS[i % COLOURS.length]}">■</span> ${esc(n)}`).join(" &nbsp;");
   plot("turns", xs, [{label: "turns/min", values: s.points.map((p) => p.turns / perMinute)}],
        {text: `${s.totals.turns} turns`, value: s.totals.turns});
   const codes = Object.keys(s.totals.errors).sort();
@@ -121,7 +123,7 @@ async function charts() {
                                   : [{label: "errors", values: s.points.map(() => 0)}],
        {text: `${errors} errors`, value: errors});
   const cost = sum(Object.values(s.totals.cost_usd));
-  plot("cost", xs, byPersona("cost_usd"), {text: `${money(cost)} · ${sum(Object.values(s.totals.tokens))} tokens`, value: cost.toFixed(6)});
+  plot("cost", xs, byPersona("cost_usd"), {text: `${money(cost)} · ${sum(Object.values(s.totals.tokens))} tokens`, value: cost.toFixed(6)}, false);
   $("budgets").innerHTML = names.map((n) => {
     const budget = s.budgets[n] || 0, spent = s.spent_usd[n] || 0, share = budget ? Math.min(100, 100 * spent / budget) : 0;
     return `<div data-budget="${esc(n)}"><span>${esc(n)}</span><div class="bar ${share >= 100 ? "over" : ""}"><span style="width:${share}%"></span></div><span>${money(spent)} of $${budget.toFixed(2)}</span></div>`;
@@ -159,6 +161,7 @@ async function conversationsView() {
 }
 
 let shownConversation = null;
+const revealed = new Map();  // numbers revealed in this page's life (each reveal audited), never stored
 async function showConversation(id, quiet = false) {
   const answer = await send(`/api/conversations/${encodeURIComponent(id)}`);
   if (!answer.ok) { if (!quiet) $("conversation").innerHTML = `<p class="empty">${esc(answer.body.error?.message || "not found")}</p>`; return; }
@@ -175,8 +178,9 @@ async function showConversation(id, quiet = false) {
     }).join("");
     return `<div class="turn" data-turn="${i}"><div class="figures">turn ${i + 1} · ${clock(t.at)} · ${figures}${t.interrupted ? '<span class="badge cut">interrupted</span>' : ""}${t.error_code ? `<span class="badge err">${esc(t.error_code)}</span>` : ""}</div>${messages}</div>`;
   }).join("");
-  $("conversation").innerHTML = `<div><b id="conversation-caller">${esc(c.caller)}</b> with ${esc(c.persona)} <span class="status ${esc(c.status)}">${esc(c.status)}</span>
-    <button id="reveal">Reveal number</button> ${c.status === "active" ? `<button data-end="${esc(c.session_id)}">End</button>` : ""}</div>
+  const shown = revealed.get(c.session_id);
+  $("conversation").innerHTML = `<div><b id="conversation-caller">${esc(shown || c.caller)}</b> with ${esc(c.persona)} <span class="status ${esc(c.status)}">${esc(c.status)}</span>
+    <button id="reveal" ${shown ? "disabled" : ""}>Reveal number</button> ${c.status === "active" ? `<button data-end="${esc(c.session_id)}">End</button>` : ""}</div>
     <div class="from">${when(c.started_at)} · ${c.turns.length} turns · ${c.totals.input_tokens + c.totals.output_tokens} tokens · ${money(c.totals.cost_usd)} · ${c.totals.interrupted} interrupted${c.earlier_messages ? ` · ${c.earlier_messages} earlier messages not shown` : ""}</div>
     ${c.summary ? `<p class="from">${esc(c.summary)}</p>` : ""}${turns || '<p class="empty">no turns kept</p>'}`;
   $("reveal").onclick = () => reveal(c.session_id);
@@ -185,7 +189,7 @@ async function showConversation(id, quiet = false) {
 async function reveal(id) {
   if (!confirm("Reveal this caller's full number? The reveal is recorded in the audit log under your key's name.")) return;
   const answer = await send(`/api/conversations/${encodeURIComponent(id)}/reveal`, {method: "POST"});
-  if (answer.ok) { $("conversation-caller").textContent = answer.body.caller_id; $("reveal").disabled = true; }
+  if (answer.ok) { revealed.set(id, answer.body.caller_id); $("conversation-caller").textContent = answer.body.caller_id; $("reveal").disabled = true; }
 }
 
 async function endConversation(id) {
@@ -245,13 +249,14 @@ async function lifeView() {
 }
 
 function goalsHtml(g) {
-  const risky = new Set((g.at_risk || []).map((r) => r.id || r.goal || r.title || r));
-  const items = (g.goals || []).map((x) => {
-    const id = x.id || x.title;
-    const risk = risky.has(id) ? " risk" : "";
-    return `<li class="goal${risk}">${esc(x.title || x.id)}${x.deadline ? ` <span class="dim">by ${esc(x.deadline)}</span>` : ""}${x.progress != null ? ` <span class="dim">${esc(x.progress)}%</span>` : ""}${risk ? ' <span class="badge cut">at risk</span>' : ""}</li>`;
-  }).join("");
-  return `<ul>${items || '<li class="empty">no goals</li>'}</ul>`;
+  // what is at risk first (the life loop's flags: a project past due, a key result behind), then the rest
+  const flags = (g.flags || []).map((f) => `<li class="goal risk" data-flag="${esc(f.kind)}"><span class="badge cut">${esc(f.kind.replace("_", " "))}</span> ${esc(f.text)}</li>`).join("");
+  const objectives = (g.objectives || []).map((o) => `<li><b>${esc(o.title)}</b><ul>${o.key_results.map((kr) =>
+    `<li>${esc(kr.description)} <span class="dim">${esc(kr.current)} of ${esc(kr.target)} ${esc(kr.unit)} · ${Math.round(100 * kr.progress)}%</span></li>`).join("")}</ul></li>`).join("");
+  const projects = (g.projects || []).map((p) => `<li>${esc(p.name)} <span class="status ${esc(p.status)}">${esc(p.status)}</span> <span class="dim">${esc(p.priority || "")}${p.due ? " · due " + esc(p.due) : ""}</span></li>`).join("");
+  return `<p class="dim">${esc(g.quarter || "")} · ${esc(g.mission || "")}</p>
+    <h3 class="dim">At risk</h3><ul id="at-risk">${flags || '<li class="empty">nothing at risk</li>'}</ul>
+    <h3 class="dim">Objectives</h3><ul>${objectives}</ul><h3 class="dim">Projects</h3><ul>${projects}</ul>`;
 }
 
 async function journal() {
