@@ -355,7 +355,8 @@ async function refresh() {
   running = VIEWS[view]().catch(() => {}).finally(() => { running = null; if (again) { again = false; refreshSoon(); } });
 }
 let pending = null;
-function refreshSoon() { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 400); }
+// at most one refresh of the view a second and a half, however busy the company is
+function refreshSoon() { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 1500); }
 
 // Server-sent events read with fetch (the session cookie travels with it).
 async function listen() {
