@@ -159,6 +159,8 @@ def test_every_list_is_a_page_with_its_total_and_the_contract_arrays_stay(door: 
     # pool churn is its own group, so the feed can leave it out
     groups = {g: get(door, "/api/events/log", group=g, limit=1).json()["total"] for g in ("conversation", "pool")}
     assert groups["conversation"] >= 3 and groups["pool"] >= 1
+    tony = get(door, "/api/events/log", persona="tony", limit=200).json()["items"]
+    assert tony and all(e["agent"] == "Tony" for e in tony)
     tree = get(door, "/api/processes/tree").json()
     kinds = {kind for node in tree["nodes"] for kind in node["kinds"]}
     assert {"orchestrator", "persona", "life_loop"} <= kinds and tree["nodes"][0]["name"].startswith("head")

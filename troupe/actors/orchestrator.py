@@ -720,9 +720,11 @@ class Orchestrator:
         return self.registry.events_since(seq, limit)
 
     async def recent_events(
-        self, groups: tuple[str, ...] = (), type_prefix: str = "", limit: int = 50, offset: int = 0
+        self, groups: tuple[str, ...] = (), type_prefix: str = "", limit: int = 50, offset: int = 0, agent: str = ""
     ) -> tuple[list[dict[str, Any]], int]:
-        return self.registry.recent_events(groups=groups, type_prefix=type_prefix, limit=limit, offset=offset)
+        return self.registry.recent_events(
+            groups=groups, type_prefix=type_prefix, agent=agent, limit=limit, offset=offset
+        )
 
     async def audited(self, action: str, actor: str, subject: str) -> None:
         """An operator's action on a person's data, in the live feed (the store keeps the audit log)."""

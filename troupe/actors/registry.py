@@ -198,12 +198,15 @@ class Registry:
         return [e for e in self.events if e["seq"] > seq][:limit]
 
     def recent_events(
-        self, *, groups: Collection[str] = (), type_prefix: str = "", limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
-        """The event log newest first, of the given groups (all when none) and types starting with
-        `type_prefix`: a page of it and how many match (the log keeps the last EVENT_LOG)."""
+        self, *, groups: Collection[str] = (), type_prefix: str = "", agent: str = "", limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+        """The event log newest first, of the given groups (all when none), types starting with
+        `type_prefix` and `agent` (any when ""): a page of it and how many match (the log keeps the last
+        EVENT_LOG)."""
         found = [e for e in reversed(self.events)
-                 if (not groups or e["group"] in groups) and e["type"].startswith(type_prefix)]  # fmt: skip
+                 if (not groups or e["group"] in groups) and e["type"].startswith(type_prefix)
+                 and (not agent or e.get("agent") == agent)]  # fmt: skip
         return found[offset : offset + limit], len(found)
 
 

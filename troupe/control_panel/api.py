@@ -199,14 +199,16 @@ def event_json(item: dict[str, Any]) -> dict[str, Any]:
 @router.get("/api/events/log")
 async def event_log(
     request: Request, gateway: GatewayDep, group: Annotated[list[str] | None, Query(max_length=len(GROUPS))] = None,
-    type: Search = None, limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50, offset: Offset = 0,
+    type: Search = None, persona: str | None = None, limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 50,
+    offset: Offset = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """The recent event log (the orchestrator keeps the last 2,000), newest first, by group (conversation,
-    life, process, pool, audit) and type prefix (e.g. `process.`), a page at a time."""
+    life, process, pool, audit), type prefix (e.g. `process.`) and persona, a page at a time."""
     unknown = [g for g in group or () if g not in GROUPS]
     if unknown:
         raise Unprocessable(f"Unknown group {unknown[0]!r}; one of {', '.join(GROUPS)}.", param="group")
-    found, total = await gateway.orchestrator.recent_events.remote(tuple(group or ()), type or "", limit, offset)
+    name = gateway.catalog.get(persona).name if persona else ""
+    found, total = await gateway.orchestrator.recent_events.remote(tuple(group or ()), type or "", limit, offset, name)
     return page_of([event_json(e) for e in found], total, offset)
 
 

@@ -327,8 +327,8 @@ async function memoryView() {
 // ---------------------------------------------------------------- events and audit
 async function eventsView() {
   const [page, ...counts] = await Promise.all([
-    api(`/api/events/log?${q({limit: 50, offset: offsets.events || 0})}&${[...groupsOn].map((g) => "group=" + g).join("&")}`),
-    ...GROUPS.map((g) => api(`/api/events/log?group=${g}&limit=1`))]);
+    api(`/api/events/log?${q({persona: $("event-persona").value, limit: 50, offset: offsets.events || 0})}&${[...groupsOn].map((g) => "group=" + g).join("&")}`),
+    ...GROUPS.map((g) => api(`/api/events/log?${q({group: g, persona: $("event-persona").value, limit: 1})}`))]);
   $("groups").innerHTML = GROUPS.map((g, i) => `<span class="chip ${groupsOn.has(g) ? "on" : ""}" data-group="${g}">${g}<span class="n">${counts[i].total}</span></span>`).join("");
   $("eventlog").innerHTML = page.items.map(eventLine).join("") || '<li class="empty">no events in these groups</li>';
   pager("events", {...page, items: page.items}, eventsView);
@@ -427,6 +427,7 @@ $("window").onchange = charts;
 $("life-persona").onchange = () => { offsets.runs = offsets.posts = 0; lifeView(); };
 $("memory-persona").onchange = () => { offsets.memory = 0; memoryView(); };
 $("journal-day").onchange = journal;
+$("event-persona").onchange = () => { offsets.events = 0; eventsView(); };
 $("run-now").onclick = async () => {
   await send(`/internal/life/trigger?${q({activity: $("run-activity").value, persona: $("life-persona").value})}`, {method: "POST"});
   refreshSoon();
