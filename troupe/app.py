@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from troupe.clients.openai_api import error_json
 from troupe.config.settings import Settings
-from troupe.control_panel import api
+from troupe.control_panel import api, conversations_api, life_api, memory_api
 from troupe.control_panel.access import Door
 from troupe.control_panel.limits import RateLimited
 from troupe.core.errors import TroupeError
@@ -39,6 +39,9 @@ def create_routes(gateway: Gateway) -> FastAPI:
     app.include_router(elevenlabs.router)
     app.include_router(slack.router)
     app.include_router(api.router)
+    app.include_router(conversations_api.router)
+    app.include_router(life_api.router)
+    app.include_router(memory_api.router)
 
     @app.exception_handler(TroupeError)
     async def troupe_error(request: Request, exc: TroupeError) -> JSONResponse:

@@ -1,17 +1,14 @@
-"""Probes and the control-panel API: /health, /ready, /api/status, /api/processes, /api/sessions,
-/api/personas (with their life and memory), and what troupe knows of a caller, in the contract's shapes."""
+"""Probes and the control panel's own API: /health, /ready, /metrics, /api/status, /api/personas,
+/api/processes (and by node), /api/sessions, the event stream and log, the charts' series, signing in,
+and the page with its static files, in the contract's shapes."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
-import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
@@ -21,57 +18,34 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from sse_starlette import EventSourceResponse
 
 from troupe.control_panel.access import COOKIE, COOKIE_LIFETIME_S, COOKIE_ROLES, cookie_for
+from troupe.control_panel.answers import (
+    PAGE_MAX,
+    Limit,
+    NotFound,
+    Offset,
+    Search,
+    Unprocessable,
+    caller_matches,
+    masks,
+    page_of,
+    principal_of,
+    stamp,
+)
 from troupe.control_panel.metrics import render
-from troupe.core.errors import InvalidRequest, TroupeError
+from troupe.core.errors import TroupeError
 from troupe.core.events import GROUPS
 from troupe.core.logs import MASK, mask_caller
 from troupe.core.messages import ProcessInfo
-from troupe.core.schedule import ACTIVITIES, validate
-from troupe.integrations.door import Gateway, GatewayDep
+from troupe.integrations.door import GatewayDep
 from troupe.integrations.tickets import TTL_S
-from troupe.life import goals as goals_file
-from troupe.store import SELF, CallerRecord, MemoryBlockRow, MemoryRecord, SessionRecord, Store
-from troupe.store.memory import LAYERS
 
 router = APIRouter()
-log = logging.getLogger(__name__)
-
-
-class NotFound(TroupeError):
-    status = 404
-    type = "invalid_request_error"
-    code = "not_found"
-
-
-PAGE_MAX = 200  # items one page of any list may hold
-OFFSET_MAX = 10**9  # past any store's size, and within the 64-bit integer the database takes
-Limit = Annotated[int | None, Query(ge=1, le=PAGE_MAX, description="page size; with it the answer is a page")]
-Offset = Annotated[int, Query(ge=0, le=OFFSET_MAX)]
-Search = Annotated[str | None, Query(max_length=200)]
-
-
-def page_of(items: list[Any], total: int, offset: int) -> dict[str, Any]:
-    """One page in the panel's shape: its items, how many match in all, and whether more follow."""
-    return {"items": items, "total": total, "offset": offset, "has_more": offset + len(items) < total}
-
-
-def caller_matches(caller_id: str, search: str) -> bool:
-    """The panel's caller search: the whole id, or its ending (the digits a masked number shows)."""
-    return caller_id == search or (len(search) >= 4 and caller_id.endswith(search))
 
 
 def uptime_text(seconds: float) -> str:
     s = int(seconds)
     hours, minutes, secs = s // 3600, s % 3600 // 60, s % 60
     return f"{hours}h{minutes}m{secs}s" if hours else f"{minutes}m{secs}s" if minutes else f"{secs}s"
-
-
-def masks(request: Request) -> bool:
-    """Whether the contract's plain answers mask callers for this key: an operator's do; an admin's (and an
-    --insecure door's) are the contract's own, for scripts. The panel's pages mask for everyone, and a
-    number is shown there only through the audited reveal."""
-    key = getattr(request.state, "principal", None)
-    return key is not None and key.role != "admin"
 
 
 def process_json(info: ProcessInfo, masked: bool = True) -> dict[str, Any]:
@@ -85,8 +59,8 @@ def process_json(info: ProcessInfo, masked: bool = True) -> dict[str, Any]:
         "status": info.status,
         "task": shown(info.task),
         "parent_id": info.parent_id,
-        "started_at": info.started_at.isoformat().replace("+00:00", "Z"),
-        "ended_at": info.ended_at.isoformat().replace("+00:00", "Z") if info.ended_at else None,
+        "started_at": stamp(info.started_at),
+        "ended_at": stamp(info.ended_at),
         "restarts": info.restarts,
         "error": info.error,
         "metrics": {
@@ -153,6 +127,8 @@ async def personas(request: Request, gateway: GatewayDep) -> list[dict[str, Any]
 
 
 EVENTS_PING_S = 15.0  # a keep-alive comment this often, so proxies do not close an idle stream
+
+
 EVENTS_POLL_S = 0.5
 
 
@@ -320,8 +296,8 @@ async def sessions(
             "process_id": s.process_id,
             "agent": s.agent,
             "status": s.status,
-            "started_at": _stamp(s.started_at),
-            "last_active_at": _stamp(s.last_active_at),
+            "started_at": stamp(s.started_at),
+            "last_active_at": stamp(s.last_active_at),
             "session_id": s.session_id,
         }
         for s in sorted(found, key=lambda s: s.last_active_at, reverse=limit is not None)
@@ -332,7 +308,11 @@ async def sessions(
 
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
 PAGE = STATIC / "index.html"
+
+
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".txt": "text/plain; charset=utf-8", "": "text/plain; charset=utf-8"}  # fmt: skip
 
@@ -406,506 +386,11 @@ async def end_session(request: Request, gateway: GatewayDep, caller_id: str, per
     return {"caller_id": caller_id, "persona": name, "ended": True, "summary": summary}
 
 
-@router.get("/internal/life/trigger", operation_id="life_trigger_get")
-@router.post("/internal/life/trigger", operation_id="life_trigger_post")
-async def life_trigger(
-    request: Request, gateway: GatewayDep, activity: str | None = None, persona: str | None = None
-) -> Any:
-    executives = [p.name for p in gateway.catalog.executives()]
-    if not activity:
-        return JSONResponse(
-            {
-                "error": "Missing 'activity' query parameter",
-                "activities": list(ACTIVITIES),
-                "personas": executives,
-                "examples": [
-                    "/internal/life/trigger?activity=post&persona=Tony",
-                    "/internal/life/trigger?activity=post (triggers all personas)",
-                ],
-            },
-            status_code=400,
-        )
-    if activity not in ACTIVITIES:
-        raise InvalidRequest(f"Unknown activity {activity!r}; one of {', '.join(ACTIVITIES)}.", param="activity")
-    if persona:
-        name = gateway.catalog.get(persona).name
-        if name not in executives:
-            raise NotFound(f"{name} has no life loop (only executives do).", param="persona")
-        result = await gateway.orchestrator.trigger.remote(name, activity)
-        return {"persona": name, "activity": activity, "result": result}
-    results = await asyncio.gather(*(gateway.orchestrator.trigger.remote(n, activity) for n in executives))
-    return {"activity": activity, "results": dict(zip(executives, results, strict=True))}
-
-
-# ---------------------------------------------------------------------- life: schedules, journal, goals, posts
-
-
-class Unprocessable(TroupeError):
-    status = 422
-    type = "invalid_request_error"
-    code = "invalid_value"
-
-
-class ScheduleChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    cron_expression: str | None = Field(default=None, max_length=120)
-    is_paused: bool | None = None
-
-
-def _stamp(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _schedule_json(entry: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **entry,
-        "next_trigger_at": _stamp(entry["next_trigger_at"]),
-        "last_triggered_at": _stamp(entry["last_triggered_at"]),
-    }
-
-
-def _schedule_of(gateway: Gateway, schedule_id: str) -> tuple[str, str]:
-    """'tony.news' -> ('Tony', 'news'), or 404 naming what is unknown."""
-    key, _, activity = schedule_id.partition(".")
-    executives = {p.key: p.name for p in gateway.catalog.executives()}
-    if key not in executives or activity not in ACTIVITIES:
-        raise NotFound(
-            f"No schedule {schedule_id!r}; ids are <persona>.<activity>, e.g. 'tony.news'.", param="schedule_id"
-        )
-    return executives[key], activity
-
-
-@router.get("/api/schedules")
-async def schedules(request: Request, gateway: GatewayDep, persona: str | None = None) -> dict[str, Any]:
-    name = gateway.catalog.get(persona).name if persona else None
-    found = await gateway.orchestrator.schedules.remote(name)
-    return {"schedules": [_schedule_json(entry) for entry in found]}
-
-
-@router.get("/api/schedules/{schedule_id}/executions")
-async def schedule_executions(
-    request: Request, gateway: GatewayDep, schedule_id: str, limit: int = 50
-) -> dict[str, Any]:
-    persona, activity = _schedule_of(gateway, schedule_id)
-    store = await gateway.store()
-    runs = await store.life_runs(persona, activity, limit=max(1, min(limit, 500)))
-    return {
-        "schedule_id": schedule_id,
-        "executions": [
-            {
-                "triggered_at": _stamp(run.triggered_at),
-                "finished_at": _stamp(run.finished_at),
-                "slot": _stamp(run.slot),
-                "status": run.status,
-                "output_summary": run.output[:500],
-                "process_id": run.process_id,
-            }
-            for run in runs
-        ],
-    }
-
-
-@router.patch("/api/schedules/{schedule_id}")
-async def change_schedule(
-    request: Request, gateway: GatewayDep, schedule_id: str, change: ScheduleChange
-) -> dict[str, Any]:
-    persona, activity = _schedule_of(gateway, schedule_id)
-    if change.cron_expression is None and change.is_paused is None:
-        raise Unprocessable("Nothing to change: send cron_expression and/or is_paused.", param="body")
-    if change.cron_expression is not None:
-        problem = validate(" ".join(change.cron_expression.split()))
-        if problem:
-            raise Unprocessable(f"Invalid cron_expression: {problem}", param="cron_expression")
-    result = await gateway.orchestrator.update_schedule.remote(
-        persona, activity, change.cron_expression, change.is_paused
-    )
-    return _schedule_json(result)
-
-
-@router.get("/api/personas/{name}/journal")
-async def journal(request: Request, gateway: GatewayDep, name: str, date: str | None = None) -> dict[str, Any]:
-    persona = gateway.catalog.get(name)
-    if date is None:
-        date = dt.datetime.now(ZoneInfo(persona.timezone)).date().isoformat()
-    try:
-        day = dt.date.fromisoformat(date).isoformat()
-    except ValueError:
-        raise InvalidRequest(f"date must be YYYY-MM-DD, got {date!r}.", param="date") from None
-    store = await gateway.store()
-    entries = await store.journal(persona.name, day)
-    markdown = f"# {persona.name}'s journal, {day}\n\n" + "\n\n".join(e.text for e in entries) if entries else ""
-    return {
-        "persona": persona.name,
-        "date": day,
-        "entries": [{"created_at": _stamp(e.created_at), "text": e.text} for e in entries],
-        "markdown": markdown,
-    }
-
-
-@router.get("/api/personas/{name}/goals")
-async def goals(request: Request, gateway: GatewayDep, name: str) -> dict[str, Any]:
-    persona = gateway.catalog.get(name)
-    path = goals_file.goals_path(gateway.settings.goals_dir, persona.key)
-    if not path.exists():
-        raise NotFound(f"{persona.name} has no goals file.", param="name")
-    try:
-        loaded = goals_file.load_goals(path)
-    except goals_file.GoalsFileError as exc:
-        raise Unprocessable(str(exc), param="goals") from None
-    today = dt.datetime.now(ZoneInfo(persona.timezone)).date()
-    return {"persona": persona.name, **goals_file.to_dict(loaded, goals_file.at_risk(loaded, today))}
-
-
-@router.get("/api/posts")
-async def posts(
-    request: Request, gateway: GatewayDep, persona: str | None = None, status: str | None = None, limit: int = 50,
-    offset: Annotated[int | None, Query(ge=0, le=OFFSET_MAX, description="with it, the answer is also a page")] = None,
-) -> Any:  # fmt: skip
-    name = gateway.catalog.get(persona).name if persona else None
-    store = await gateway.store()
-    total = None
-    if offset is None:
-        found = await store.posts(name, status=status, limit=max(1, min(limit, 500)))
-    else:
-        found, total = await store.posts_page(persona=name, status=status, limit=max(1, min(limit, 500)), offset=offset)
-    shown = {
-        "posts": [
-            {
-                "id": p.id,
-                "persona": p.persona,
-                "text": p.text,
-                "status": p.status,
-                "delivered_to": [t for t in p.delivered_targets.split(",") if t],
-                "pending": [t for t in p.pending_targets.split(",") if t],
-                "attempts": p.attempts,
-                "last_error": p.last_error or None,
-                "created_at": _stamp(p.created_at),
-                "delivered_at": _stamp(p.delivered_at),
-            }
-            for p in found
-        ]
-    }
-    if total is None:
-        return shown
-    return {**shown, **page_of(shown["posts"], total, offset or 0)}
-
-
-# ---------------------------------------------------------------------- memory: a persona's, and a caller's
-
-MEMORY_PAGE_MAX = 100  # entries one page of a persona's memories may hold
-CALLER_LIST_MAX = 100  # entries of each kind the caller view lists (its counts say how many there are)
-CallerId = Annotated[str, PathParam(max_length=200)]
-
-
-def _subject_shown(subject: str) -> str:
-    """A persona's own subjects as they are; a caller's id masked (a phone number is never echoed)."""
-    if subject == SELF or subject.startswith("life:"):
-        return subject
-    return mask_caller(subject) or ""
-
-
-def _memory_json(memory: MemoryRecord) -> dict[str, Any]:
-    return {
-        "id": memory.id,
-        "persona": memory.persona,
-        "layer": memory.layer,
-        "kind": memory.kind,
-        "subject": _subject_shown(memory.subject),
-        "content": MASK(memory.content),  # what a caller said may hold a phone number too
-        "source": MASK(memory.source),
-        "channel": memory.channel,
-        "importance": round(memory.importance, 3),
-        "created_at": _stamp(memory.created_at),
-        "superseded_by": memory.superseded_by,
-        "superseded_at": _stamp(memory.superseded_at),
-    }
-
-
-@router.get("/api/personas/{name}/memory")
-async def persona_memory(
-    request: Request, gateway: GatewayDep, name: str, layer: str | None = None,
-    caller: Annotated[str | None, Query(max_length=200)] = None, limit: int = 20, offset: int = 0,
-) -> dict[str, Any]:  # fmt: skip
-    """A persona's memory by layer (live and superseded), its core blocks, and a page of its memories,
-    newest first (about one caller, with `caller`)."""
-    persona = gateway.catalog.get(name)
-    if layer is not None and layer not in LAYERS:
-        raise Unprocessable(f"Unknown layer {layer!r}; one of {', '.join(LAYERS)}.", param="layer")
-    limit, offset = max(0, min(limit, MEMORY_PAGE_MAX)), max(0, min(offset, OFFSET_MAX))
-    store = await gateway.store()
-    stats = await store.memory_counts(persona.name, caller)
-    found = await store.memories_of(persona.name, caller, layer=layer, limit=limit, offset=offset) if limit else []
-    total = sum(n["live"] + n["superseded"] for key, n in stats.items() if layer is None or key == layer)
-    return {
-        "persona": persona.name,
-        "stats": stats,
-        "core_block": {
-            "persona": MASK(await store.memory_block(persona.name, SELF)),
-            "caller": MASK(await store.memory_block(persona.name, caller)) if caller else None,
-        },
-        "recent": {
-            "items": [_memory_json(m) for m in found],
-            "total": total,
-            "has_more": offset + len(found) < total,
-        },
-    }
-
-
-@dataclass(frozen=True)
-class Known:
-    """What the store holds of a caller, beyond the memories themselves."""
-
-    counts: dict[str, dict[str, int]]  # memories by layer: live and superseded
-    blocks: list[MemoryBlockRow]
-    caller: CallerRecord | None
-    last_persona: str | None  # None: no session of theirs was ever kept
-
-
-async def _known_of(store: Store, caller: str) -> Known | None:
-    """What the store holds of `caller`, or None when it holds nothing at all."""
-    if caller == SELF or caller.startswith("life:"):  # a persona's own memories: forgetting them is no privacy act
-        raise Unprocessable(f"{caller!r} is a persona's own memory, not a caller.", param="caller")
-    known = Known(
-        counts=await store.memory_counts(None, caller),
-        blocks=await store.memory_blocks(subject=caller),
-        caller=await store.get_caller(caller),
-        last_persona=await store.latest_persona(caller),
-    )
-    memories = sum(n["live"] + n["superseded"] for n in known.counts.values())
-    if known.caller is None and known.last_persona is None and not known.blocks and not memories:
-        return None
-    return known
-
-
-@router.get("/api/callers/{caller}/memory")
-async def caller_memory(request: Request, gateway: GatewayDep, caller: CallerId) -> dict[str, Any]:
-    """What troupe knows of one person, across personas, with where each piece came from: profile facts
-    (live, and the corrected ones with what replaced them and when), episodes, core blocks and counts."""
-    store = await gateway.store()
-    known = await _known_of(store, caller)
-    if known is None:
-        raise NotFound("troupe knows nothing of that caller.", param="caller")
-    profile = await store.memories_of(None, caller, layer="profile", limit=CALLER_LIST_MAX)
-    by_id = {m.id: m for m in profile}
-    history = []
-    for old in (m for m in profile if m.superseded_by is not None):
-        new = by_id.get(old.superseded_by or 0)
-        replaced = {"id": old.superseded_by, "content": MASK(new.content) if new else None,
-                    "source": MASK(new.source) if new else None}  # fmt: skip
-        history.append({**_memory_json(old), "replaced_by": replaced})
-    episodes = await store.memories_of(None, caller, layer="episode", live=True, limit=CALLER_LIST_MAX)
-    knowledge = await store.memories_of(None, caller, layer="knowledge", live=True, limit=CALLER_LIST_MAX)
-    row = known.caller
-    return {
-        "caller": mask_caller(caller),
-        "first_seen_at": _stamp(row.first_seen_at) if row else None,
-        "last_seen_at": _stamp(row.last_seen_at) if row else None,
-        "last_spoke_with": known.last_persona,
-        "counts": {**known.counts, "core_blocks": len(known.blocks)},
-        "profile": {"live": [_memory_json(m) for m in profile if m.superseded_by is None], "history": history},
-        "episodes": [_memory_json(m) for m in episodes],
-        "knowledge": [_memory_json(m) for m in knowledge],
-        "core_blocks": [
-            {"persona": b.persona, "content": MASK(b.content), "updated_at": _stamp(b.updated_at)} for b in known.blocks
-        ],
-    }
-
-
-@router.delete("/api/callers/{caller}")
-async def forget_caller(request: Request, gateway: GatewayDep, caller: CallerId) -> dict[str, Any]:
-    """Delete a person's data everywhere (an operator's action; the orchestrator records it as the event
-    `caller.forgotten`): their live sessions end unsummarised, and what the store held of them goes."""
-    if await _known_of(await gateway.store(), caller) is None:
-        raise NotFound("troupe knows nothing of that caller.", param="caller")
-    deleted = await gateway.orchestrator.forget_caller.remote(caller)
-    actor, role = _principal(request)
-    counts = ", ".join(f"{n} {kind}" for kind, n in deleted.items() if n)
-    await (await gateway.store()).audit(actor, role, "forget", mask_caller(caller) or "", detail=counts)
-    for persona in gateway.catalog:
-        gateway.client.forget(caller, persona.name)  # the door's copies of their sessions go too
-    return {"caller": mask_caller(caller), "deleted": deleted}
-
-
-# ---------------------------------------------------------------------- conversations, kept: the panel's view
-
-
-def _principal(request: Request) -> tuple[str, str]:
-    """Who is asking: the key's name and role (never the key)."""
-    key = getattr(request.state, "principal", None)
-    return (key.name, key.role) if key is not None else ("insecure", "admin")
-
-
 @router.get("/api/me")
 async def me(request: Request) -> dict[str, Any]:
     """Who the panel is signed in as, and what that role may do there."""
-    name, role = _principal(request)
+    name, role = principal_of(request)
     return {"name": name, "role": role, "may": {"reveal": True, "forget": True, "audit": role == "admin"}}
-
-
-def _conversation_json(row: SessionRecord) -> dict[str, Any]:
-    return {
-        "session_id": row.id,
-        "caller": mask_caller(row.caller_id),
-        "persona": row.persona,
-        "status": row.status,
-        "turns": row.turns,
-        "started_at": _stamp(row.started_at),
-        "last_active_at": _stamp(row.last_active_at),
-        "ended_at": _stamp(row.ended_at),
-        "summary": MASK(row.summary) if row.summary else None,
-    }
-
-
-@router.get("/api/conversations")
-async def conversations(
-    request: Request, gateway: GatewayDep, persona: str | None = None,
-    status: Annotated[str | None, Query(pattern="^(active|ended)$")] = None, caller: Search = None,
-    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 20, offset: Offset = 0,
-) -> dict[str, Any]:  # fmt: skip
-    """Kept conversations, live and ended, the most recently active first, a page at a time: by persona,
-    status and caller (the whole id, or the last digits a masked number shows)."""
-    name = gateway.catalog.get(persona).name if persona else None
-    store = await gateway.store()
-    search = caller if caller and (len(caller) >= 4 or caller.startswith(("+", "slack", "anon"))) else None
-    if caller and search is None:
-        raise Unprocessable("Search for a caller by their whole id or at least its last 4 characters.", param="caller")
-    found, total = await store.conversations(persona=name, status=status, caller=search, limit=limit, offset=offset)
-    return page_of([_conversation_json(r) for r in found], total, offset)
-
-
-def _tool_calls_shown(raw: str | None) -> list[dict[str, Any]]:
-    if not raw:
-        return []
-    try:
-        calls = json.loads(raw)
-    except ValueError:
-        return []
-    return [{"id": c.get("id"), "name": c.get("name") or c.get("function", {}).get("name"),
-             "arguments": MASK(str(c.get("arguments") or c.get("function", {}).get("arguments") or ""))}
-            for c in calls if isinstance(c, dict)]  # fmt: skip
-
-
-SessionId = Annotated[str, PathParam(max_length=64)]
-
-
-async def _kept(gateway: Gateway, session_id: str) -> SessionRecord:
-    store = await gateway.store()
-    row = await store.get_session(session_id)
-    if row is None:
-        raise NotFound(f"No conversation {session_id!r}.", param="session_id")
-    return row
-
-
-@router.get("/api/conversations/{session_id}")
-async def conversation(request: Request, gateway: GatewayDep, session_id: SessionId) -> dict[str, Any]:
-    """One conversation turn by turn: what was said, the tools called, tokens, cost and timing, and
-    whether the reply was cut off. Numbers in it are masked."""
-    row = await _kept(gateway, session_id)
-    store = await gateway.store()
-    messages, figures, earlier = await store.transcript(session_id)
-    by_turn = {t.turn_id: t for t in figures}
-    turns: list[dict[str, Any]] = []
-    for m in messages:
-        if not turns or turns[-1]["turn_id"] != m.turn_id or (m.role == "user" and turns[-1]["has_reply"]):
-            t = by_turn.get(m.turn_id or "")
-            turns.append({
-                "turn_id": m.turn_id, "at": _stamp(t.at if t else m.created_at), "messages": [], "has_reply": False,
-                "ttft_ms": t.ttft_ms if t else None, "duration_ms": t.duration_ms if t else None,
-                "input_tokens": t.input_tokens if t else None, "output_tokens": t.output_tokens if t else None,
-                "tool_calls": t.tool_calls if t else None, "cost_usd": round(t.cost_usd, 6) if t else None,
-                "interrupted": t.interrupted if t else False, "error_code": t.error_code if t else None,
-            })  # fmt: skip
-        turn = turns[-1]
-        turn["has_reply"] = turn["has_reply"] or m.role == "assistant"
-        turn["interrupted"] = turn["interrupted"] or m.interrupted
-        turn["messages"].append({
-            "role": m.role, "content": MASK(m.content) if m.content else m.content, "name": m.name,
-            "tool_calls": _tool_calls_shown(m.tool_calls), "tool_call_id": m.tool_call_id,
-            "interrupted": m.interrupted, "created_at": _stamp(m.created_at),
-        })  # fmt: skip
-    for turn in turns:
-        del turn["has_reply"]
-    kept = [t for t in figures if t.turn_id not in {turn["turn_id"] for turn in turns}]
-    for t in kept:  # a turn that failed before any message was kept still shows, with its error
-        turns.append({"turn_id": t.turn_id, "at": _stamp(t.at), "messages": [], "ttft_ms": t.ttft_ms,
-                      "duration_ms": t.duration_ms, "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
-                      "tool_calls": t.tool_calls, "cost_usd": round(t.cost_usd, 6), "interrupted": t.interrupted,
-                      "error_code": t.error_code})  # fmt: skip
-    turns.sort(key=lambda t: t["at"] or "")
-    totals = {
-        "input_tokens": sum(t.input_tokens for t in figures), "output_tokens": sum(t.output_tokens for t in figures),
-        "cost_usd": round(sum(t.cost_usd for t in figures), 6),
-        "interrupted": sum(1 for t in turns if t["interrupted"]),
-    }  # fmt: skip
-    return {**_conversation_json(row), "earlier_messages": earlier, "totals": totals, "turns": turns}
-
-
-@router.post("/api/conversations/{session_id}/reveal")
-async def reveal(request: Request, gateway: GatewayDep, session_id: SessionId) -> dict[str, Any]:
-    """The caller's full id (a phone number unmasked), for an operator who must call them back: an
-    audited action, kept in the audit log with who asked, and shown in the live feed."""
-    row = await _kept(gateway, session_id)
-    actor, role = _principal(request)
-    shown = mask_caller(row.caller_id) or ""
-    store = await gateway.store()
-    await store.audit(actor, role, "reveal", shown, detail=f"conversation {session_id} with {row.persona}")
-    await gateway.orchestrator.audited.remote("reveal", actor, shown)
-    log.info("caller revealed", extra={"event": "audit.reveal", "actor": actor, "session_id": session_id})
-    return {"session_id": session_id, "caller_id": row.caller_id, "audited": True}
-
-
-@router.post("/api/conversations/{session_id}/end")
-async def end_conversation(request: Request, gateway: GatewayDep, session_id: SessionId) -> dict[str, Any]:
-    """End a live conversation (summarised, as when its caller hangs up)."""
-    row = await _kept(gateway, session_id)
-    if row.status != "active":
-        raise NotFound(f"Conversation {session_id!r} has ended already.", param="session_id")
-    summary = await gateway.orchestrator.end_session.remote(row.caller_id, row.persona)
-    gateway.client.forget(row.caller_id, row.persona)
-    return {"session_id": session_id, "ended": summary is not None, "summary": MASK(summary) if summary else None}
-
-
-@router.get("/api/audit")
-async def audit_log(
-    request: Request, gateway: GatewayDep, limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 20, offset: Offset = 0
-) -> dict[str, Any]:
-    """Who revealed or forgot whom, newest first (subjects masked)."""
-    store = await gateway.store()
-    found, total = await store.audit_log(limit=limit, offset=offset)
-    items = [{"at": _stamp(a.at), "actor": a.actor, "role": a.role, "action": a.action, "subject": a.subject,
-              "detail": a.detail} for a in found]  # fmt: skip
-    return page_of(items, total, offset)
-
-
-@router.get("/api/runs")
-async def runs(
-    request: Request, gateway: GatewayDep, persona: str | None = None, activity: str | None = None,
-    status: Annotated[str | None, Query(pattern="^(completed|failed|skipped)$")] = None,
-    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 20, offset: Offset = 0,
-) -> dict[str, Any]:  # fmt: skip
-    """The life loops' execution log, newest first, a page at a time, by persona, activity and status."""
-    name = gateway.catalog.get(persona).name if persona else None
-    if activity is not None and activity not in ACTIVITIES:
-        raise Unprocessable(f"Unknown activity {activity!r}; one of {', '.join(ACTIVITIES)}.", param="activity")
-    store = await gateway.store()
-    found, total = await store.life_runs_page(persona=name, activity=activity, status=status, limit=limit,
-                                               offset=offset)  # fmt: skip
-    items = [{"persona": r.persona, "activity": r.activity, "status": r.status, "triggered_at": _stamp(r.triggered_at),
-              "finished_at": _stamp(r.finished_at), "slot": _stamp(r.slot), "output_summary": MASK(r.output[:500]),
-              "process_id": r.process_id} for r in found]  # fmt: skip
-    return page_of(items, total, offset)
-
-
-@router.get("/api/personas/{name}/journal/days")
-async def journal_days(request: Request, gateway: GatewayDep, name: str) -> dict[str, Any]:
-    """The days a persona wrote in its journal, newest first (the last 30), with their entry counts."""
-    persona = gateway.catalog.get(name)
-    store = await gateway.store()
-    days = await store.journal_days(persona.name)
-    return {"persona": persona.name, "days": [{"date": day, "entries": n} for day, n in days]}
 
 
 @router.get("/api/series")
