@@ -142,6 +142,7 @@ def test_every_list_is_a_page_with_its_total_and_the_contract_arrays_stay(door: 
     assert get(door, "/api/processes", limit=1000).status_code == 422
     assert get(door, "/api/events/log", group="nonsense").status_code == 422
     assert isinstance(get(door, "/api/sessions").json(), list)
+    assert {p["name"]: p["live_sessions"] for p in get(door, "/api/personas").json()}["Tony"] == 3
     sessions = get(door, "/api/sessions", limit=2).json()
     assert sessions["total"] == 3 and len(sessions["items"]) == 2 and sessions["has_more"]
     assert get(door, "/api/runs", limit=5).json() == {"items": [], "total": 0, "offset": 0, "has_more": False}

@@ -231,6 +231,9 @@ def test_the_panel_over_a_day_of_life(start_runtime: Any, browser: Any, tmp_path
         page.wait_for_selector("#conversations tbody tr:has-text('+1415•••9999')", timeout=WAIT)
         assert "+14155559999" not in page.content()
         page.wait_for_selector("#feed li:has-text('session.started')", state="attached", timeout=WAIT)
+        open_view(page, "overview")
+        page.wait_for_selector(".persona[data-persona='Jordan'] [data-count='sessions']:text('1')", timeout=WAIT)
+        snap(page, "overview-live")
 
 
 def _parse(stamp: str) -> Any:

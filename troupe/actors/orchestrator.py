@@ -686,6 +686,7 @@ class Orchestrator:
             uptime_s=time.time() - self.started,
             process_count=len(alive),
             session_count=len(self.keeper.directory),
+            sessions_by_persona=dict(Counter(slot.persona for slot in self.keeper.directory)),
             pool_size=len(self.keeper.pool),
             personas=tuple(self.catalog.names()),
             executives=tuple(p.name for p in self.catalog.executives()),

@@ -121,6 +121,7 @@ async def personas(request: Request, gateway: GatewayDep) -> list[dict[str, Any]
                 layer.name: {"version": layer.version, "token_estimate": layer.token_estimate} for layer in p.layers
             },
             "active": p.name in status.active_personas,
+            "live_sessions": status.sessions_by_persona.get(p.name, 0),
         }
         for p in gateway.catalog
     ]

@@ -285,6 +285,7 @@ class OrchestratorStatus(_Frozen):
     uptime_s: float
     process_count: int  # running or pending
     session_count: int
+    sessions_by_persona: dict[str, int] = {}  # live sessions of each persona
     pool_size: int
     personas: tuple[str, ...]
     executives: tuple[str, ...]

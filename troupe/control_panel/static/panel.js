@@ -59,10 +59,7 @@ async function overview() {
   const [status, all] = await Promise.all([api("/api/status"), api("/api/personas")]);
   $("summary").textContent = `up ${status.uptime} · ${status.process_count} live processes · ${status.session_count} live sessions`;
   const executives = all.filter((p) => p.kind === "executive");
-  const [memories, live] = await Promise.all([
-    Promise.all(executives.map((p) => api(`/api/personas/${encodeURIComponent(p.name)}/memory?limit=3`).catch(() => null))),
-    api(`/api/sessions?limit=1`).catch(() => null)]);
-  const sessions = await Promise.all(executives.map((p) => api(`/api/sessions?${q({persona: p.name, limit: 1})}`).catch(() => ({total: 0}))));
+  const memories = await Promise.all(executives.map((p) => api(`/api/personas/${encodeURIComponent(p.name)}/memory?limit=3`).catch(() => null)));
   $("personas").innerHTML = executives.map((p, i) => {
     const share = p.budget_usd ? Math.min(100, 100 * p.spent_usd / p.budget_usd) : 0;
     const m = memories[i];
@@ -72,10 +69,9 @@ async function overview() {
       <div class="role">${esc(p.role)}</div>
       <div class="bar ${share >= 100 ? "over" : ""}"><span style="width:${share}%"></span></div>
       <div class="role">${money(p.spent_usd)} of $${p.budget_usd.toFixed(2)}</div>
-      <div class="counts"><span data-count="sessions">${sessions[i].total}</span> live sessions</div>
+      <div class="counts"><span data-count="sessions">${p.live_sessions}</span> live sessions</div>
       <div class="memory">memory: ${layers}<ul>${recent}</ul></div></div>`;
   }).join("");
-  void live;
   await charts();
 }
 
