@@ -109,7 +109,7 @@ async def schedule_executions(
                 "finished_at": stamp(run.finished_at),
                 "slot": stamp(run.slot),
                 "status": run.status,
-                "output_summary": run.output[:500],
+                "output_summary": MASK(run.output[:500]),
                 "process_id": run.process_id,
             }
             for run in runs
@@ -145,11 +145,12 @@ async def journal(request: Request, gateway: GatewayDep, name: str, date: str | 
         raise InvalidRequest(f"date must be YYYY-MM-DD, got {date!r}.", param="date") from None
     store = await gateway.store()
     entries = await store.journal(persona.name, day)
-    markdown = f"# {persona.name}'s journal, {day}\n\n" + "\n\n".join(e.text for e in entries) if entries else ""
+    texts = [MASK(e.text) for e in entries]  # what a persona wrote may quote a caller's number
+    markdown = f"# {persona.name}'s journal, {day}\n\n" + "\n\n".join(texts) if entries else ""
     return {
         "persona": persona.name,
         "date": day,
-        "entries": [{"created_at": stamp(e.created_at), "text": e.text} for e in entries],
+        "entries": [{"created_at": stamp(e.created_at), "text": text} for e, text in zip(entries, texts, strict=True)],
         "markdown": markdown,
     }
 
@@ -185,7 +186,7 @@ async def posts(
             {
                 "id": p.id,
                 "persona": p.persona,
-                "text": p.text,
+                "text": MASK(p.text),
                 "status": p.status,
                 "delivered_to": [t for t in p.delivered_targets.split(",") if t],
                 "pending": [t for t in p.pending_targets.split(",") if t],
