@@ -152,6 +152,30 @@ async def test_recall_filters_by_subject_and_ranks_by_query(store: Store) -> Non
     assert newest[0].content == "Dana prefers morning calls"
 
 
+async def test_recall_finds_a_second_fact_through_the_first_and_keeps_one_copy_of_the_same_words(
+    store: Store,
+) -> None:
+    caller = "+14155550177"
+    facts = [
+        "The caller is spending Thanksgiving at their mother's this year.",
+        "The caller's mum retired to Lisbon.",
+        "The caller drives a Volvo XC60.",
+        "The caller's dentist appointment is on July 23.",
+        "The caller's team has grown to 12 people.",
+        "The caller is trying to cut down on sugar.",
+        "The caller likes to keep calls short on Mondays.",
+        "The caller likes to keep calls short on Mondays.",  # said again on a later call
+    ]
+    for fact in facts:
+        await store.add_memory("Tony", caller, fact, kind="fact")
+    question = "Which city am I in over Thanksgiving?"
+    found = [m.content for m in await store.recall("Tony", subject=caller, query=question, limit=3)]
+    assert found[0] == "The caller is spending Thanksgiving at their mother's this year."
+    assert "The caller's mum retired to Lisbon." in found  # the city is in a fact the question never names
+    mondays = await store.recall("Tony", subject=caller, query="When do I like calls kept short?", limit=8)
+    assert [m.content for m in mondays].count("The caller likes to keep calls short on Mondays.") == 1
+
+
 async def test_processes_upsert_and_spend(store: Store) -> None:
     info = ProcessInfo(id="a1b2c3d4", kind="session", agent="Tony", name="tony-x", status="running")
     await store.save_process(info)

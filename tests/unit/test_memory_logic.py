@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from troupe.core import extraction
-from troupe.core.recall import Candidate, rank, search_words
+from troupe.core.recall import Candidate, follow_up, rank, search_words
 from troupe.life.consolidation import core_block
 from troupe.store import MemoryRecord
 
@@ -48,6 +48,25 @@ def test_relevance_outweighs_recency_and_importance_breaks_ties() -> None:
     a = Candidate(3, NOW, 0.2, similarity=0.6)
     b = Candidate(4, NOW, 0.9, similarity=0.6)
     assert rank([a, b], NOW, used_text=False, used_vector=True) == [4, 3]
+
+
+def test_a_fact_about_the_caller_comes_before_a_call_summary_that_is_as_near() -> None:
+    summary = Candidate(1, NOW, 0.5, similarity=0.6, layer="episode")
+    fact = Candidate(2, NOW - timedelta(days=1), 0.5, similarity=0.55, layer="profile")
+    assert rank([summary, fact], NOW, used_text=False, used_vector=True) == [2, 1]
+    far_fact = Candidate(3, NOW, 0.5, similarity=0.2, layer="profile")
+    assert rank([summary, far_fact], NOW, used_text=False, used_vector=True) == [1, 3]  # relevance still rules
+
+
+def test_the_second_hop_lifts_what_lies_near_the_best_memory_and_keeps_the_best_first() -> None:
+    at_mothers = Candidate(1, NOW, 0.5, similarity=0.7)  # "spending Thanksgiving at their mother's"
+    lisbon = Candidate(2, NOW, 0.5, similarity=0.15)  # "their mother lives in Lisbon": far from the question
+    noise = Candidate(3, NOW, 0.5, similarity=0.3)
+    first = rank([at_mothers, lisbon, noise], NOW, used_text=False, used_vector=True)
+    assert first == [1, 3, 2]
+    near_best = {1: 1.0, 2: 0.65, 3: 0.1}
+    assert follow_up(first, [at_mothers, lisbon, noise], near_best, NOW, used_text=False, used_vector=True) == [1, 2, 3]
+    assert follow_up([], [], {}, NOW, used_text=False, used_vector=True) == []
 
 
 def test_search_words_drop_the_words_every_question_has() -> None:

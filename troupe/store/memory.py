@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
-from troupe.core.recall import Candidate, cosine_top, rank, search_words
+from troupe.core.recall import FOLLOW_UPS, Candidate, cosine_top, follow_up, rank, search_words
 from troupe.store.embedding import Embedder, embedder, from_bytes, loaded, to_bytes
 from troupe.store.engine import StoreBase
 from troupe.store.records import MemoryRecord, _record
@@ -94,6 +94,8 @@ def _recall(
     words = search_words(query or "") if mode in ("hybrid", "text") else []
     text_hits = _text_hits(conn, persona, subject, words, SEARCH_DEPTH) if words else {}
     near: dict[int, float] = {}
+    ids: list[int] = []
+    matrix = np.zeros((0, 0), dtype=np.float32)
     if vector is not None and mode in ("hybrid", "vector"):
         ids, matrix = _vectors(conn, persona, subject)
         near = dict(cosine_top(vector, ids, matrix, SEARCH_DEPTH))
@@ -119,11 +121,35 @@ def _recall(
             importance=row.importance,
             text_score=text_hits.get(row.id, 0.0),
             similarity=near.get(row.id, 0.0),
+            layer=row.layer,
         )
         for row in rows.values()
     ]
-    order = rank(candidates, _now(), used_text=bool(text_hits), used_vector=bool(near))
-    return [rows[i] for i in order[:limit]]
+    now, searched = _now(), {"used_text": bool(text_hits), "used_vector": bool(near)}
+    order = rank(candidates, now, **searched)
+    row_of = {memory_id: k for k, memory_id in enumerate(ids)}
+    if order and order[0] in row_of:
+        # the second hop: what lies near the best memory, some of it found by neither search
+        near_best = dict(cosine_top(matrix[row_of[order[0]]], ids, matrix, FOLLOW_UPS + 1))
+        if more := set(near_best) - set(rows):
+            stmt = select(*_COLUMNS).where(MemoryRow.id.in_(more))
+            if layers:
+                stmt = stmt.where(MemoryRow.layer.in_(layers))
+            for row in conn.execute(stmt).all():
+                rows[row.id] = row
+                candidates.append(Candidate(id=row.id, created_at=_utc(row.created_at) or now,
+                                            importance=row.importance, layer=row.layer))  # fmt: skip
+        order = follow_up(order, candidates, near_best, now, **searched)
+    kept: list[Any] = []
+    said: set[str] = set()
+    for memory_id in order:  # the same words kept twice (two calls said the same) take one place, not two
+        content = " ".join(rows[memory_id].content.lower().split())
+        if content not in said:
+            said.add(content)
+            kept.append(rows[memory_id])
+        if len(kept) == limit:
+            break
+    return kept
 
 
 def _add(conn: Connection, values: dict[str, Any], supersedes: int | None) -> Any:
