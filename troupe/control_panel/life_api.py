@@ -26,6 +26,7 @@ from troupe.core.logs import MASK
 from troupe.core.schedule import ACTIVITIES, validate
 from troupe.integrations.door import Gateway, GatewayDep
 from troupe.life import goals as goals_file
+from troupe.store import LifeRunRecord
 
 router = APIRouter()
 
@@ -101,19 +102,18 @@ async def schedule_executions(
     persona, activity = _schedule_of(gateway, schedule_id)
     store = await gateway.store()
     runs = await store.life_runs(persona, activity, limit=max(1, min(limit, 500)))
+    return {"schedule_id": schedule_id, "executions": [_run_json(run) for run in runs]}
+
+
+def _run_json(run: LifeRunRecord) -> dict[str, Any]:
+    """One run of the execution log; its output masked (a persona's words may quote a caller's number)."""
     return {
-        "schedule_id": schedule_id,
-        "executions": [
-            {
-                "triggered_at": stamp(run.triggered_at),
-                "finished_at": stamp(run.finished_at),
-                "slot": stamp(run.slot),
-                "status": run.status,
-                "output_summary": MASK(run.output[:500]),
-                "process_id": run.process_id,
-            }
-            for run in runs
-        ],
+        "triggered_at": stamp(run.triggered_at),
+        "finished_at": stamp(run.finished_at),
+        "slot": stamp(run.slot),
+        "status": run.status,
+        "output_summary": MASK(run.output[:500]),
+        "process_id": run.process_id,
     }
 
 
@@ -216,9 +216,7 @@ async def runs(
     store = await gateway.store()
     found, total = await store.life_runs_page(persona=name, activity=activity, status=status, limit=limit,
                                                offset=offset)  # fmt: skip
-    items = [{"persona": r.persona, "activity": r.activity, "status": r.status, "triggered_at": stamp(r.triggered_at),
-              "finished_at": stamp(r.finished_at), "slot": stamp(r.slot), "output_summary": MASK(r.output[:500]),
-              "process_id": r.process_id} for r in found]  # fmt: skip
+    items = [{"persona": r.persona, "activity": r.activity, **_run_json(r)} for r in found]
     return page_of(items, total, offset)
 
 
