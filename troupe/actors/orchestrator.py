@@ -731,9 +731,11 @@ class Orchestrator:
         """An operator's action on a person's data, in the live feed (the store keeps the audit log)."""
         self.registry.emit(f"audit.{action}", actor=actor, subject=subject)
 
-    async def process_nodes(self) -> dict[str, str]:
-        """The Ray node each live supervised actor runs on, by process id (the orchestrator's too). Each
-        actor is asked once per incarnation; one that does not answer within a second is left out."""
+    async def process_nodes(self) -> dict[str, dict[str, str]]:
+        """The Ray node each live supervised actor runs on, by process id (the orchestrator's too), as the
+        panel shows it: the id's first 12 characters and 'head' or 'worker' with its address ('gone' for a
+        node Ray no longer has). Each actor is asked once per incarnation; one that does not answer within
+        a second is left out."""
         here = ray.get_runtime_context().get_node_id()
         if self.own_id:
             self.node_of[(self.own_id, 0)] = here
@@ -749,16 +751,12 @@ class Orchestrator:
         live = set(actors) | {(self.own_id or "", 0)}
         for key in [k for k in self.node_of if k not in live]:
             del self.node_of[key]  # bounded by the live actors
-        return {pid: node for (pid, _), node in self.node_of.items()}
-
-    async def node_names(self) -> dict[str, str]:
-        """Ray's nodes by id: 'head' or 'worker', with the address, as the panel shows them."""
-        head = ray.get_runtime_context().get_node_id()
-        return {
-            n["NodeID"]: f"{'head' if n['NodeID'] == head else 'worker'} {n.get('NodeManagerAddress', '')}".strip()
+        names = {
+            n["NodeID"]: f"{'head' if n['NodeID'] == here else 'worker'} {n.get('NodeManagerAddress', '')}".strip()
             for n in ray.nodes()
             if n.get("Alive")
         }
+        return {pid: {"id": node[:12], "name": names.get(node, "gone")} for (pid, _), node in self.node_of.items()}
 
     async def ping(self) -> bool:
         return True

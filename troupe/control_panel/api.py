@@ -216,16 +216,9 @@ async def processes(
         needle = q.lower()
         found = [p for p in found if needle in f"{p.id} {MASK(p.name)} {MASK(p.task)}".lower()]
     chosen = list(reversed(found))[offset : offset + limit]
-    nodes = await gateway.orchestrator.process_nodes.remote()
-    names = await gateway.orchestrator.node_names.remote()
-    items = [{**process_json(p), "node": _node_shown(nodes.get(p.id), names)} for p in chosen]
+    nodes = await gateway.orchestrator.process_nodes.remote()  # none for one finished or not answering
+    items = [{**process_json(p), "node": nodes.get(p.id)} for p in chosen]
     return page_of(items, len(found), offset)
-
-
-def _node_shown(node: str | None, names: dict[str, str]) -> dict[str, str] | None:
-    if node is None:
-        return None  # finished, or not answering just now
-    return {"id": node[:12], "name": names.get(node, "gone")}
 
 
 @router.get("/api/processes/tree")
@@ -234,15 +227,13 @@ async def process_tree(request: Request, gateway: GatewayDep) -> dict[str, Any]:
     delegated tasks (every task and its parent chain, finished ones included while the registry keeps them)."""
     found: list[ProcessInfo] = await gateway.orchestrator.list_processes.remote()
     nodes = await gateway.orchestrator.process_nodes.remote()
-    names = await gateway.orchestrator.node_names.remote()
+    unknown = {"id": "unknown", "name": "unknown"}
     by_node: dict[str, dict[str, Any]] = {}
     for p in found:
         if p.status not in ("running", "pending"):
             continue
-        node = nodes.get(p.id)
-        key = node[:12] if node else "unknown"
-        entry = by_node.setdefault(key, {"node": key, "name": names.get(node, "unknown") if node else "unknown",
-                                         "kinds": {}})  # fmt: skip
+        node = nodes.get(p.id, unknown)
+        entry = by_node.setdefault(node["id"], {"node": node["id"], "name": node["name"], "kinds": {}})
         kind = entry["kinds"].setdefault(p.kind, {"count": 0, "restarts": 0, "last_error": None})
         kind["count"] += 1
         kind["restarts"] += p.restarts
@@ -261,7 +252,8 @@ async def process_tree(request: Request, gateway: GatewayDep) -> dict[str, Any]:
          "task": MASK(p.task), "status": p.status, "error": MASK(p.error) if p.error else None}
         for p in found if p.id in wanted
     ]  # fmt: skip
-    return {"nodes": sorted(by_node.values(), key=lambda n: (n["name"] == "unknown", n["name"])), "spawn_tree": spawn}
+    shown = sorted(by_node.values(), key=lambda n: (n["name"] in ("unknown", "gone"), n["name"]))
+    return {"nodes": shown, "spawn_tree": spawn}
 
 
 @router.get("/api/processes/{process_id}")
