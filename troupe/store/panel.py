@@ -5,8 +5,9 @@ charts' feed), and the audit log of what operators did to a person's data; the P
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import delete, func, select
 
 from troupe.store.engine import StoreBase
 from troupe.store.records import (
@@ -16,10 +17,12 @@ from troupe.store.records import (
     PostRecord,
     SessionRecord,
     TurnRecord,
+    _Record,
     _record,
 )
 from troupe.store.schema import AuditRow, JournalRow, LifeRunRow, MessageRow, PostRow, SessionRow, TurnRow, _now
 
+R = TypeVar("R", bound=_Record)  # the record a page is made of
 TRANSCRIPT_MAX = 2000  # messages one conversation view holds (the oldest beyond it are counted, not sent)
 AUDIT_KEEP = 100_000  # audit rows kept; older ones go as new ones come (a bound, not a retention policy)
 
@@ -36,21 +39,11 @@ class PanelStore(StoreBase):
     ) -> tuple[list[SessionRecord], int]:  # fmt: skip
         """A page of kept conversations, the most recently active first, and how many match in all.
         `caller` matches a caller id that is it or ends with it (the last digits of a number)."""
-
-        def matching(query: Select) -> Select:  # type: ignore[type-arg]
-            if persona:
-                query = query.where(SessionRow.persona == persona)
-            if status:
-                query = query.where(SessionRow.status == status)
-            if caller:
-                query = query.where(SessionRow.caller_id.like(_ending(caller), escape="\\"))
-            return query
-
-        async with self.sessions() as db:
-            total = (await db.execute(matching(select(func.count()).select_from(SessionRow)))).scalar_one()
-            query = matching(select(SessionRow)).order_by(SessionRow.last_active_at.desc(), SessionRow.id)
-            rows = (await db.execute(query.limit(limit).offset(offset))).scalars()
-            return [_record(SessionRecord, row) for row in rows], int(total)
+        conditions = [SessionRow.persona == persona] if persona else []
+        conditions += [SessionRow.status == status] if status else []
+        conditions += [SessionRow.caller_id.like(_ending(caller), escape="\\")] if caller else []
+        order = (SessionRow.last_active_at.desc(), SessionRow.id)
+        return await self._page(SessionRow, SessionRecord, conditions, order, limit, offset)
 
     async def transcript(self, session_id: str) -> tuple[list[MessageRecord], list[TurnRecord], int]:
         """One conversation's messages in order (its newest TRANSCRIPT_MAX), its turns' figures, and how
@@ -82,35 +75,19 @@ class PanelStore(StoreBase):
         limit: int = 20, offset: int = 0,
     ) -> tuple[list[LifeRunRecord], int]:  # fmt: skip
         """A page of the execution log, newest first, and how many runs match in all."""
-
-        def matching(query: Select) -> Select:  # type: ignore[type-arg]
-            for column, value in ((LifeRunRow.persona, persona), (LifeRunRow.activity, activity),
-                                  (LifeRunRow.status, status)):  # fmt: skip
-                if value:
-                    query = query.where(column == value)
-            return query
-
-        async with self.sessions() as db:
-            total = (await db.execute(matching(select(func.count()).select_from(LifeRunRow)))).scalar_one()
-            query = matching(select(LifeRunRow)).order_by(LifeRunRow.triggered_at.desc(), LifeRunRow.id.desc())
-            rows = (await db.execute(query.limit(limit).offset(offset))).scalars()
-            return [_record(LifeRunRecord, row) for row in rows], int(total)
+        chosen = ((LifeRunRow.persona, persona), (LifeRunRow.activity, activity), (LifeRunRow.status, status))
+        conditions = [column == value for column, value in chosen if value]
+        order = (LifeRunRow.triggered_at.desc(), LifeRunRow.id.desc())
+        return await self._page(LifeRunRow, LifeRunRecord, conditions, order, limit, offset)
 
     async def posts_page(
         self, *, persona: str | None = None, status: str | None = None, limit: int = 20, offset: int = 0
     ) -> tuple[list[PostRecord], int]:
-        def matching(query: Select) -> Select:  # type: ignore[type-arg]
-            if persona:
-                query = query.where(PostRow.persona == persona)
-            if status:
-                query = query.where(PostRow.status == status)
-            return query
-
-        async with self.sessions() as db:
-            total = (await db.execute(matching(select(func.count()).select_from(PostRow)))).scalar_one()
-            query = matching(select(PostRow)).order_by(PostRow.created_at.desc(), PostRow.id.desc())
-            rows = (await db.execute(query.limit(limit).offset(offset))).scalars()
-            return [_record(PostRecord, row) for row in rows], int(total)
+        """A page of posts, newest first, and how many match in all."""
+        chosen = ((PostRow.persona, persona), (PostRow.status, status))
+        conditions = [column == value for column, value in chosen if value]
+        order = (PostRow.created_at.desc(), PostRow.id.desc())
+        return await self._page(PostRow, PostRecord, conditions, order, limit, offset)
 
     async def journal_days(self, persona: str, *, limit: int = 30) -> list[tuple[str, int]]:
         """The days a persona wrote in its journal, newest first, with how many entries each."""
@@ -133,7 +110,14 @@ class PanelStore(StoreBase):
             await db.commit()
 
     async def audit_log(self, *, limit: int = 50, offset: int = 0) -> tuple[list[AuditRecord], int]:
+        return await self._page(AuditRow, AuditRecord, [], (AuditRow.id.desc(),), limit, offset)
+
+    async def _page(
+        self, row: type[Any], record: type[R], conditions: list[Any], order: tuple[Any, ...], limit: int, offset: int
+    ) -> tuple[list[R], int]:
+        """A page of `row`'s table where every condition holds, in `order`, as records, and how many rows
+        hold in all."""
         async with self.sessions() as db:
-            total = (await db.execute(select(func.count()).select_from(AuditRow))).scalar_one()
-            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit).offset(offset)
-            return [_record(AuditRecord, row) for row in (await db.execute(query)).scalars()], int(total)
+            total = (await db.execute(select(func.count()).select_from(row).where(*conditions))).scalar_one()
+            query = select(row).where(*conditions).order_by(*order).limit(limit).offset(offset)
+            return [_record(record, found) for found in (await db.execute(query)).scalars()], int(total)
