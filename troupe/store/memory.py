@@ -110,35 +110,30 @@ def _recall(
             stmt = stmt.where(MemoryRow.layer.in_(layers))
         stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(limit)
         return list(conn.execute(stmt).all())
-    stmt = select(*_COLUMNS).where(MemoryRow.id.in_(wanted))
-    if layers:
-        stmt = stmt.where(MemoryRow.layer.in_(layers))
-    rows = {row.id: row for row in conn.execute(stmt).all()}
-    candidates = [
-        Candidate(
-            id=row.id,
-            created_at=_utc(row.created_at) or _now(),
-            importance=row.importance,
-            text_score=text_hits.get(row.id, 0.0),
-            similarity=near.get(row.id, 0.0),
-            layer=row.layer,
-        )
-        for row in rows.values()
-    ]
     now, searched = _now(), {"used_text": bool(text_hits), "used_vector": bool(near)}
+    rows: dict[int, Any] = {}
+    candidates: list[Candidate] = []
+
+    def take(found: set[int]) -> None:
+        """Read these memories (of the layers asked for) and make each a candidate with its scores."""
+        stmt = select(*_COLUMNS).where(MemoryRow.id.in_(found))
+        if layers:
+            stmt = stmt.where(MemoryRow.layer.in_(layers))
+        for row in conn.execute(stmt).all():
+            rows[row.id] = row
+            candidates.append(Candidate(
+                id=row.id, created_at=_utc(row.created_at) or now, importance=row.importance,
+                text_score=text_hits.get(row.id, 0.0), similarity=near.get(row.id, 0.0), layer=row.layer,
+            ))  # fmt: skip
+
+    take(wanted)
     order = rank(candidates, now, **searched)
     row_of = {memory_id: k for k, memory_id in enumerate(ids)}
     if order and order[0] in row_of:
         # the second hop: what lies near the best memory, some of it found by neither search
         near_best = dict(cosine_top(matrix[row_of[order[0]]], ids, matrix, FOLLOW_UPS + 1))
         if more := set(near_best) - set(rows):
-            stmt = select(*_COLUMNS).where(MemoryRow.id.in_(more))
-            if layers:
-                stmt = stmt.where(MemoryRow.layer.in_(layers))
-            for row in conn.execute(stmt).all():
-                rows[row.id] = row
-                candidates.append(Candidate(id=row.id, created_at=_utc(row.created_at) or now,
-                                            importance=row.importance, layer=row.layer))  # fmt: skip
+            take(more)
         order = follow_up(order, candidates, near_best, now, **searched)
     kept: list[Any] = []
     said: set[str] = set()
