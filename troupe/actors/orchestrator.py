@@ -55,25 +55,27 @@ ORCHESTRATOR_NAME = "orchestrator"
 
 
 class NodeRing:
-    """The cluster's live nodes, taken in turn: each new actor goes on the next one, so a cluster's
-    actors are spread evenly (Ray's own SPREAD is best effort, and left 4 of 4 sessions on one of two
-    nodes). The list is read from Ray at most every few seconds; on one node it says nothing."""
+    """The cluster's live nodes, taken in turn by each kind of actor: a kind's next actor goes on the
+    next node, so every kind is spread evenly (Ray's own SPREAD is best effort, and left 4 of 4 sessions
+    on one of two nodes). The turn is per kind: with one turn for all, a start-up that made a session
+    and a life loop by turns put every session on one node. The list is read from Ray at most every few
+    seconds; on one node it says nothing."""
 
     REFRESH_S = 5.0
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.read_at = float("-inf")
-        self.turn = 0
+        self.turns: Counter[str] = Counter()
 
-    def next(self) -> str | None:
+    def next(self, kind: str) -> str | None:
         if time.monotonic() - self.read_at > self.REFRESH_S:
             self.ids = sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
             self.read_at = time.monotonic()
         if len(self.ids) < 2:
             return None
-        self.turn += 1
-        return self.ids[self.turn % len(self.ids)]
+        self.turns[kind] += 1
+        return self.ids[self.turns[kind] % len(self.ids)]
 
 
 AFTER_DEATH_S = 60.0  # how long after an actor died new ones are placed on the orchestrator's node
@@ -290,15 +292,15 @@ class Orchestrator:
         self.model_failure = state.reason if state.status == "failed" else None
         return handle
 
-    def placed(self) -> dict[str, Any]:
-        """Options that put the next actor on the next node in turn (spread), or Ray's default (pack).
+    def placed(self, kind: str) -> dict[str, Any]:
+        """Options that put the next actor of a kind on the next node in turn (spread), or Ray's default (pack).
         For a while after any actor died, new ones go on this node instead: the death may have been a
         node's, which Ray takes tens of seconds to notice, and an actor held to a dead node never starts."""
         if self.nodes is None:
             return {}
         if time.monotonic() - self.registry.last_death_at < AFTER_DEATH_S:
             return self.here()
-        node = self.nodes.next()
+        node = self.nodes.next(kind)
         # While starting, an actor is held to its node: a soft affinity let Ray put 5 of 5 personas on one
         # node of two while the nodes were busy starting workers. Later it is soft, so an actor meant for
         # a node that died before Ray noticed starts elsewhere rather than waiting on it for good.
@@ -318,7 +320,7 @@ class Orchestrator:
             try:
                 # a restart goes on this node (the head): the node its last one was on may be the
                 # one that died, and Ray may take a while yet to know that
-                placement = self.placed() if name not in self.made else self.here()
+                placement = self.placed(name.split("-")[0]) if name not in self.made else self.here()
                 self.made.add(name)
                 return cls.options(name=name, namespace=self.settings.namespace, **placement).remote(*args)
             except ValueError:
@@ -357,7 +359,7 @@ class Orchestrator:
         return handle
 
     async def _make_session(self) -> Any:
-        handle = SessionActor.options(**self.placed()).remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
+        handle = SessionActor.options(**self.placed("session")).remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
         await handle.warm.remote()
         return handle
 
@@ -538,7 +540,7 @@ class Orchestrator:
         try:
             if self.registry.spend.get(definition.name, 0.0) >= definition.budget_usd:
                 raise BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
-            handle = TaskActor.options(**self.placed()).remote(  # type: ignore[attr-defined]
+            handle = TaskActor.options(**self.placed("task")).remote(  # type: ignore[attr-defined]
                 self.settings, self.catalog, definition.name, self.registry.spend.get(definition.name, 0.0)
             )
             self.registry.set_status(pid, "running")
