@@ -14,8 +14,9 @@ SQLite in a temporary directory; PostgreSQL too when --postgres or $TROUPE_TEST_
 server (a throwaway database there, dropped after). --quick: 10,000 memories only. Offline. About five
 minutes on 2 cores with both databases.
 
-numpy's BLAS runs on one thread, as in troupe's Ray actors (Ray sets OMP_NUM_THREADS=1 for an actor
-of num_cpus=0): the bench starts itself again with OMP_NUM_THREADS=1 unless it is set.
+The embedder runs ONNX Runtime on one thread, as in troupe's actors; numpy's BLAS (the vector scan)
+runs on one thread too, as in troupe's Ray actors (Ray sets OMP_NUM_THREADS=1 for an actor of
+num_cpus=0): the bench starts itself again with OMP_NUM_THREADS=1 unless it is set.
 """
 
 from __future__ import annotations

@@ -175,8 +175,8 @@ def _erase_caller(conn: Connection, caller_id: str) -> dict[str, int]:
 class MemoryStore(StoreBase):
     async def _embed(self, texts: list[str], inline: bool = False) -> list[np.ndarray] | None:
         """Vectors for `texts`, or None without the model. `inline`: on the event loop itself, for a
-        query on a caller's path: a forward pass is a hundred short numpy calls, and run in a thread each
-        waits for the loop to hand the GIL back (up to 5 ms a time), which made ~10 ms of work ~100 ms."""
+        query on a caller's path (one short text, a few ms): a thread hop would add the wait for the
+        loop to hand the GIL back to each of the tokenizer's and the model's calls."""
         model: Embedder | None = embedder() if loaded() else await asyncio.to_thread(embedder)
         if model is None:
             return None
