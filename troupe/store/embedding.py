@@ -11,6 +11,7 @@ Where the weights are not installed, `embedder()` is None and recall runs on ful
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -145,28 +146,38 @@ def cache_dir() -> Path:
 
 def _graph_file(model_dir: Path) -> Path | bytes:
     """The graph on disk, written on first use (its weights in `<name>.data` beside it); or, where the
-    cache directory cannot be written, the graph itself as bytes (each process then holds its own copy)."""
+    cache directory cannot be written, the graph itself as bytes (each process then holds its own copy).
+    One process of a machine builds it (about 2 s and 400 MB at its peak) while the others wait for it
+    on a lock: a fresh node's session actors all reach their first recall together."""
     weights = model_dir / "model.safetensors"
     made = weights.stat()
     name = f"minilm-l6-v{GRAPH_VERSION}-{made.st_size}-{int(made.st_mtime)}"
     folder = cache_dir()
-    path = folder / f"{name}.onnx"
-    if path.exists() and (folder / f"{name}.data").exists():
+    path, data = folder / f"{name}.onnx", folder / f"{name}.data"
+    if path.exists() and data.exists():
         return path
-    from onnx import save_model
-    from safetensors.numpy import load_file
-
-    model = _Graph(load_file(str(weights))).model()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as work:  # a whole graph, or none: two builders never mix
-            save_model(model, f"{work}/{name}.onnx", save_as_external_data=True, location=f"{name}.data")
-            os.replace(f"{work}/{name}.data", folder / f"{name}.data")
-            os.replace(f"{work}/{name}.onnx", path)
-        return path
+        with open(folder / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists() and data.exists():  # built while this process waited
+                return path
+            from onnx import save_model
+
+            with tempfile.TemporaryDirectory(dir=folder) as work:  # a whole graph, or none
+                save_model(_build(weights), f"{work}/{name}.onnx", save_as_external_data=True, location=data.name)
+                os.replace(f"{work}/{data.name}", data)
+                os.replace(f"{work}/{name}.onnx", path)
+            return path
     except OSError as error:
         log.warning("cannot keep the embedding graph in %s (%s); this process holds its own copy", folder, error)
-        return bytes(model.SerializeToString())
+        return bytes(_build(weights).SerializeToString())
+
+
+def _build(weights: Path) -> Any:
+    from safetensors.numpy import load_file
+
+    return _Graph(load_file(str(weights))).model()
 
 
 class Embedder:
