@@ -134,3 +134,59 @@ async def test_seen_events_stay_bounded_when_many_arrive(url: str) -> None:
         assert await store.claim_event("vapi", "end-of-call:399") is False  # the newest are still known
     finally:
         await store.close()
+
+
+async def test_history_past_its_days_is_swept_and_no_budget_forgets_what_it_spent(url: str) -> None:
+    """Turn figures, finished process rows, life runs and articles read older than the kept days go; the
+    fresh ones, a process still running however old, and the conversation itself stay; each agent's
+    spend is the same after the sweep as before it, sweep after sweep."""
+    from sqlalchemy import func, insert, select
+
+    from troupe.store.schema import LifeRunRow, MessageRow, NewsReadRow, ProcessRow, TurnRow
+
+    store = await Store.open(url, options=StoreOptions(history_keep_days=30))
+    old, fresh = _now() - timedelta(days=40), _now() - timedelta(days=1)
+
+    def process(pid: str, agent: str, cost: float, started: Any, ended: Any) -> dict[str, Any]:
+        status = "completed" if ended else "running"
+        return {"id": pid, "kind": "session", "agent": agent, "status": status, "started_at": started,
+                "ended_at": ended, "estimated_cost": cost}  # fmt: skip
+
+    try:
+        session = (await store.create_session("+14155550100", "Tony", "p-old")).id
+        await store.append_messages(session, [ChatMessage(role="user", content="hello from March")])
+        async with store.engine.begin() as conn:
+            await conn.execute(insert(ProcessRow), [
+                process("p-old", "Tony", 2.0, old, old), process("p-new", "Tony", 1.0, fresh, fresh),
+                process("p-live", "Tony", 0.5, old, None), process("p-maya", "Maya", 4.0, old, old),
+            ])  # fmt: skip
+            await conn.execute(insert(TurnRow), [
+                {"session_id": session, "turn_id": "t1", "persona": "Tony", "at": old},
+                {"session_id": session, "turn_id": "t2", "persona": "Tony", "at": fresh},
+            ])  # fmt: skip
+            await conn.execute(insert(LifeRunRow), [
+                {"persona": "Tony", "activity": "news", "status": "completed", "triggered_at": when}
+                for when in (old, fresh)
+            ])  # fmt: skip
+            await conn.execute(insert(NewsReadRow), [
+                {"persona": "Tony", "item_id": f"item-{n}", "title": "A", "url": "https://a.test/", "read_at": when}
+                for n, when in enumerate((old, fresh))
+            ])  # fmt: skip
+        before = await store.spend_by_agent()
+        assert before == {"Tony": 3.5, "Maya": 4.0}
+        gone = await store.sweep_history()
+        assert gone == {"turns": 1, "processes": 2, "life_runs": 1, "news_read": 1}
+        assert await store.spend_by_agent() == before  # carried over, not forgotten
+        async with store.engine.connect() as conn:
+            kept = set((await conn.execute(select(ProcessRow.id))).scalars())
+            assert kept == {"p-new", "p-live"}
+            assert (await conn.execute(select(func.count()).select_from(MessageRow))).scalar_one() == 1
+            assert (await conn.execute(select(TurnRow.turn_id))).scalars().all() == ["t2"]
+        # a second sweep, weeks on: the newer rows go too, and the carried spend adds up
+        assert await store.sweep_history(now=_now() + timedelta(days=60)) == {
+            "turns": 1, "processes": 1, "life_runs": 1, "news_read": 1
+        }  # fmt: skip
+        assert await store.spend_by_agent() == before
+        assert await store.sweep_history() == {"turns": 0, "processes": 0, "life_runs": 0, "news_read": 0}
+    finally:
+        await store.close()

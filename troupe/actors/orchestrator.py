@@ -82,6 +82,7 @@ AFTER_DEATH_S = 60.0  # how long after an actor died new ones are placed on the 
 CHART_EVERY_S = 10.0  # how often the charts take in new turns and sample the gauges
 TURNS_READ = 5000  # turns read from the store at a time
 DEDUP_COUNT_EVERY_S = 60.0  # how often the de-duplication tables are counted (for status and /metrics)
+HISTORY_SWEEP_EVERY_S = 3600.0  # how often history older than TROUPE_HISTORY_KEEP_DAYS is swept away
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
@@ -103,6 +104,7 @@ class Orchestrator:
         self.made: set[str] = set()  # the named actors made so far (a second one is a restart)
         self.dedup_rows: dict[str, int] = {}  # de-duplication tables' sizes, counted now and then
         self.dedup_counted_at = float("-inf")
+        self.history_swept_at = float("-inf")  # the first sweep comes with the first housekeeping
         self.node_of: dict[tuple[str, int], str] = {}  # (process id, incarnation) -> Ray node id
         self.series = Series()  # the panel's charts: a day of minutes, fed from the store's turns
         self.turn_cursor = 0  # the last turn counted into the series
@@ -468,6 +470,10 @@ class Orchestrator:
                 if time.monotonic() - self.dedup_counted_at > DEDUP_COUNT_EVERY_S and self.store is not None:
                     self.dedup_rows = await self.store.deduplication_sizes()
                     self.dedup_counted_at = time.monotonic()
+                if time.monotonic() - self.history_swept_at > HISTORY_SWEEP_EVERY_S and self.store is not None:
+                    self.history_swept_at = time.monotonic()
+                    if gone := {name: n for name, n in (await self.store.sweep_history()).items() if n}:
+                        log.info("history past %g days swept: %s", self.settings.history_keep_days, gone)
             except Exception:
                 log.exception("housekeeping failed")
 

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     seen_events_max_rows: int = Field(
         default=500_000, ge=1000, description="Most seen event ids kept; past it the oldest are forgotten early."
     )
+    history_keep_days: float = Field(
+        default=30.0,
+        ge=1,
+        description="Days kept of each turn's figures, finished process rows, life runs and articles read "
+        "(conversations, memories, journals and posts are kept until a caller is forgotten).",
+    )
 
     # --- personas
     personas_dir: Path | None = Field(default=None, description="Persona files; default: the shipped ones.")

@@ -45,6 +45,7 @@ class StoreOptions:
     application_name: str = "troupe"  # what pg_stat_activity shows for this process's connections
     seen_events_ttl_s: float = 86_400.0
     seen_events_max_rows: int = 500_000
+    history_keep_days: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings, role: str) -> StoreOptions:
@@ -56,6 +57,7 @@ class StoreOptions:
             application_name=f"troupe-{role}"[:63],
             seen_events_ttl_s=settings.seen_events_ttl_s,
             seen_events_max_rows=settings.seen_events_max_rows,
+            history_keep_days=settings.history_keep_days,
         )
 
 

@@ -1,16 +1,27 @@
 """Budget events (a scope's limit reached) and seen events, which de-duplicate webhook deliveries
-across restarts and expire (a retention and a bounded size); the EventStore mixin of Store."""
+across restarts and expire (a retention and a bounded size), and the sweep that keeps history for a
+while, not for ever; the EventStore mixin of Store."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from troupe.store.engine import StoreBase
 from troupe.store.records import BudgetEventRecord, _record
-from troupe.store.schema import BudgetEventRow, CallIdRow, NewsReadRow, SeenEventRow, _now
+from troupe.store.schema import (
+    BudgetEventRow,
+    CallIdRow,
+    LifeRunRow,
+    NewsReadRow,
+    ProcessRow,
+    SeenEventRow,
+    SpendCarriedRow,
+    TurnRow,
+    _now,
+)
 
 SWEEP_EVERY = 1000  # claims between one process's sweeps of old seen events (fewer when the cap is small)
 
@@ -81,3 +92,35 @@ class EventStore(StoreBase):
                 name: int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
                 for name, table in tables.items()
             }
+
+    async def sweep_history(self, now: datetime | None = None) -> dict[str, int]:
+        """Forget history older than TROUPE_HISTORY_KEEP_DAYS: each turn's figures (the charts read the
+        last day), finished process rows (their spend is carried over first, so no budget forgets it),
+        life runs and the articles read. Conversations, memories, journals and posts are kept; a
+        person's go with `forget_caller`. Returns how many rows of each went."""
+        cutoff = (now or _now()) - timedelta(days=self.options.history_keep_days)
+        finished = ProcessRow.ended_at.is_not(None) & (ProcessRow.ended_at < cutoff)
+        async with self.engine.begin() as conn:
+            spent = await conn.execute(
+                select(ProcessRow.agent, func.sum(ProcessRow.estimated_cost)).where(finished).group_by(ProcessRow.agent)
+            )
+            carried = {agent: float(total or 0.0) for agent, total in spent if total}
+            if carried:
+                rows = await conn.execute(select(SpendCarriedRow.agent).where(SpendCarriedRow.agent.in_(carried)))
+                known = {row[0] for row in rows}
+                for agent, cost in carried.items():
+                    if agent in known:
+                        await conn.execute(
+                            update(SpendCarriedRow)
+                            .where(SpendCarriedRow.agent == agent)
+                            .values(estimated_cost=SpendCarriedRow.estimated_cost + cost)
+                        )
+                    else:
+                        await conn.execute(insert(SpendCarriedRow).values(agent=agent, estimated_cost=cost))
+            gone = {
+                "turns": await conn.execute(delete(TurnRow).where(TurnRow.at < cutoff)),
+                "processes": await conn.execute(delete(ProcessRow).where(finished)),
+                "life_runs": await conn.execute(delete(LifeRunRow).where(LifeRunRow.triggered_at < cutoff)),
+                "news_read": await conn.execute(delete(NewsReadRow).where(NewsReadRow.read_at < cutoff)),
+            }
+        return {name: int(result.rowcount or 0) for name, result in gone.items()}

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from troupe.core.messages import ProcessInfo, ProcessMetrics
 from troupe.store.engine import StoreBase
-from troupe.store.schema import ProcessRow, _now, _utc
+from troupe.store.schema import ProcessRow, SpendCarriedRow, _now, _utc
 
 
 def _process_info(row: ProcessRow) -> ProcessInfo:
@@ -75,8 +75,12 @@ class ProcessStore(StoreBase):
             return [_process_info(row) for row in (await db.execute(query)).scalars()]
 
     async def spend_by_agent(self) -> dict[str, float]:
+        """Each agent's spend for good: its process rows, and what rows swept away by age carried over."""
         async with self.sessions() as db:
             rows = await db.execute(
                 select(ProcessRow.agent, func.sum(ProcessRow.estimated_cost)).group_by(ProcessRow.agent)
             )
-            return {agent: float(total or 0.0) for agent, total in rows}
+            spend = {agent: float(total or 0.0) for agent, total in rows}
+            for row in (await db.execute(select(SpendCarriedRow))).scalars():
+                spend[row.agent] = spend.get(row.agent, 0.0) + row.estimated_cost
+            return spend

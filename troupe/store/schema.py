@@ -186,6 +186,15 @@ class ProcessRow(Base):
     estimated_cost: Mapped[float] = mapped_column(Float, default=0.0)
     cost_known: Mapped[bool] = mapped_column(Boolean, default=True)
     tokens_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (Index("ix_processes_ended", "ended_at"),)  # finished rows go by age
+
+
+class SpendCarriedRow(Base):
+    """What an agent spent in process rows since swept away by age, so its budget still counts it."""
+
+    __tablename__ = "spend_carried"
+    agent: Mapped[str] = mapped_column(String(40), primary_key=True)
+    estimated_cost: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class LifeRunRow(Base):
@@ -199,7 +208,10 @@ class LifeRunRow(Base):
     process_id: Mapped[str | None] = mapped_column(String(16))
     triggered_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
     finished_at: Mapped[datetime | None] = mapped_column(Stamp)
-    __table_args__ = (UniqueConstraint("persona", "activity", "slot", name="uq_life_runs_slot"),)
+    __table_args__ = (
+        UniqueConstraint("persona", "activity", "slot", name="uq_life_runs_slot"),
+        Index("ix_life_runs_triggered", "triggered_at"),
+    )
 
 
 class ScheduleRow(Base):
@@ -222,6 +234,7 @@ class NewsReadRow(Base):
     take: Mapped[str] = mapped_column(Text, default="")
     score: Mapped[float] = mapped_column(Float, default=0.0)
     read_at: Mapped[datetime] = mapped_column(Stamp, default=_now)
+    __table_args__ = (Index("ix_news_read_at", "read_at"),)
 
 
 class PostRow(Base):
