@@ -68,6 +68,14 @@ def _text_hits(conn: Connection, persona: str, subject: str | None, words: list[
     return {int(row[0]): float(row[1]) for row in conn.execute(text(sql), params)}
 
 
+def _has_live(conn: Connection, persona: str, subject: str) -> bool:
+    """Whether the subject has any live memory of the persona's (by the recall index, one row at most)."""
+    stmt = select(MemoryRow.id).where(
+        MemoryRow.persona == persona, MemoryRow.subject == subject, MemoryRow.superseded_by.is_(None)
+    )
+    return conn.execute(stmt.limit(1)).first() is not None
+
+
 def _vectors(conn: Connection, persona: str, subject: str | None) -> tuple[list[int], np.ndarray]:
     """The embeddings of the subject's live memories (an exact scan: recall is scoped to one subject)."""
     stmt = select(MemoryRow.id, MemoryRow.embedding).where(
@@ -173,15 +181,13 @@ def _erase_caller(conn: Connection, caller_id: str) -> dict[str, int]:
 
 
 class MemoryStore(StoreBase):
-    async def _embed(self, texts: list[str], inline: bool = False) -> list[np.ndarray] | None:
-        """Vectors for `texts`, or None without the model. `inline`: on the event loop itself, for a
-        query on a caller's path (one short text, a few ms): a thread hop would add the wait for the
-        loop to hand the GIL back to each of the tokenizer's and the model's calls."""
+    async def _embed(self, texts: list[str]) -> list[np.ndarray] | None:
+        """Vectors for `texts`, or None without the model. In a thread: the model runs in one native
+        call that lets go of the GIL, so the event loop goes on streaming other callers' replies
+        meanwhile (a query is a few ms of one core)."""
         model: Embedder | None = embedder() if loaded() else await asyncio.to_thread(embedder)
         if model is None:
             return None
-        if inline:
-            return list(model.embed(texts))
         return list(await asyncio.to_thread(model.embed, texts))
 
     async def add_memory(
@@ -226,10 +232,13 @@ class MemoryStore(StoreBase):
         mode: Mode = "hybrid",
     ) -> list[MemoryRecord]:
         """Live memories of `persona` (about `subject`, in `layers`), best for `query` first; without a
-        query, newest first. Superseded memories are never recalled."""
+        query, newest first. Superseded memories are never recalled. A person with no memories yet (most
+        first-time callers) costs one indexed read: their words are not embedded."""
+        if subject is not None and not await self._read(_has_live, persona, subject):
+            return []
         vector = None
         if query and mode in ("hybrid", "vector"):
-            vectors = await self._embed([query], inline=True)
+            vectors = await self._embed([query])
             vector = vectors[0] if vectors else None
         found = await self._read(_recall, persona, subject, query, vector, limit, layers, mode)
         return [_record(MemoryRecord, row) for row in found]
