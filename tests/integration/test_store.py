@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -150,6 +151,29 @@ async def test_recall_filters_by_subject_and_ranks_by_query(store: Store) -> Non
     assert "Dana likes the new brand" not in {m.content for m in ranked}  # Maya's memory, not Tony's
     newest = await store.recall("Tony", subject="+1555", limit=1)
     assert newest[0].content == "Dana prefers morning calls"
+
+
+async def test_a_caller_with_no_memories_is_recalled_without_embedding_their_words(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first-time caller's turn costs one read, not an embedding; once they have a memory, their words
+    are embedded and it is found; once they are erased, nothing is found."""
+    embedded: list[list[str]] = []
+    real = store._embed
+
+    async def counted(texts: list[str]) -> Any:
+        embedded.append(texts)
+        return await real(texts)
+
+    monkeypatch.setattr(store, "_embed", counted)
+    assert await store.recall("Tony", subject="+14155550188", query="what is my daughter called?") == []
+    assert embedded == []
+    await store.add_memory("Tony", "+14155550188", "The caller's daughter is called Maya.", kind="fact")
+    found = await store.recall("Tony", subject="+14155550188", query="what is my daughter called?")
+    assert [m.content for m in found] == ["The caller's daughter is called Maya."]
+    assert embedded == [["The caller's daughter is called Maya."], ["what is my daughter called?"]]
+    await store.erase_caller("+14155550188")
+    assert await store.recall("Tony", subject="+14155550188", query="what is my daughter called?") == []
 
 
 async def test_recall_finds_a_second_fact_through_the_first_and_keeps_one_copy_of_the_same_words(

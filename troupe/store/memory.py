@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 LAYERS = ("profile", "episode", "knowledge")
 LAYER_OF_KIND = {"summary": "episode", "reflection": "knowledge", "fact": "profile", "note": "profile"}
 SEARCH_DEPTH = 24  # candidates each search brings before ranking
+REMEMBERED_KEPT = 10_000  # (persona, subject) pairs a process remembers having memories
 Mode = Literal["hybrid", "text", "vector", "newest"]
 _COLUMNS = [column for column in MemoryRow.__table__.c if column.name != "embedding"]  # what a record holds
 
@@ -181,6 +183,26 @@ def _erase_caller(conn: Connection, caller_id: str) -> dict[str, int]:
 
 
 class MemoryStore(StoreBase):
+    _remembered: OrderedDict[tuple[str, str], None] | None = None  # (persona, subject) seen with memories
+
+    async def _remembers(self, persona: str, subject: str) -> bool:
+        """Whether the persona has live memories of the subject. A yes is kept (the most recent
+        REMEMBERED_KEPT), so a caller with memories pays no read for it on later turns; at worst a
+        forgotten caller's words are embedded once more for nothing. A no is asked again each time, since
+        another process may have written their first memory since."""
+        if self._remembered is None:
+            self._remembered = OrderedDict()
+        key = (persona, subject)
+        if key in self._remembered:
+            self._remembered.move_to_end(key)
+            return True
+        if not await self._read(_has_live, persona, subject):
+            return False
+        self._remembered[key] = None
+        if len(self._remembered) > REMEMBERED_KEPT:
+            self._remembered.popitem(last=False)
+        return True
+
     async def _embed(self, texts: list[str]) -> list[np.ndarray] | None:
         """Vectors for `texts`, or None without the model. In a thread: the model runs in one native
         call that lets go of the GIL, so the event loop goes on streaming other callers' replies
@@ -234,7 +256,7 @@ class MemoryStore(StoreBase):
         """Live memories of `persona` (about `subject`, in `layers`), best for `query` first; without a
         query, newest first. Superseded memories are never recalled. A person with no memories yet (most
         first-time callers) costs one indexed read: their words are not embedded."""
-        if subject is not None and not await self._read(_has_live, persona, subject):
+        if subject is not None and not await self._remembers(persona, subject):
             return []
         vector = None
         if query and mode in ("hybrid", "vector"):
@@ -355,4 +377,7 @@ class MemoryStore(StoreBase):
         """Delete a person's data everywhere (messages, sessions, memories with their vectors and full-text
         entries, core blocks, call ids, the caller row) in one transaction; returns what went, by kind."""
         counts: dict[str, int] = await self._write(_erase_caller, caller_id)
+        if self._remembered:
+            for key in [key for key in self._remembered if key[1] == caller_id]:
+                del self._remembered[key]
         return counts
