@@ -5,8 +5,10 @@ while, not for ever; the EventStore mixin of Store."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from troupe.store.engine import StoreBase
@@ -104,19 +106,15 @@ class EventStore(StoreBase):
             spent = await conn.execute(
                 select(ProcessRow.agent, func.sum(ProcessRow.estimated_cost)).where(finished).group_by(ProcessRow.agent)
             )
-            carried = {agent: float(total or 0.0) for agent, total in spent if total}
+            carried = [{"agent": agent, "estimated_cost": float(total)} for agent, total in spent if total]
             if carried:
-                rows = await conn.execute(select(SpendCarriedRow.agent).where(SpendCarriedRow.agent.in_(carried)))
-                known = {row[0] for row in rows}
-                for agent, cost in carried.items():
-                    if agent in known:
-                        await conn.execute(
-                            update(SpendCarriedRow)
-                            .where(SpendCarriedRow.agent == agent)
-                            .values(estimated_cost=SpendCarriedRow.estimated_cost + cost)
-                        )
-                    else:
-                        await conn.execute(insert(SpendCarriedRow).values(agent=agent, estimated_cost=cost))
+                # both dialects spell the upsert alike
+                dialect: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+                upsert = dialect.insert(SpendCarriedRow).values(carried)
+                await conn.execute(upsert.on_conflict_do_update(
+                    index_elements=["agent"],
+                    set_={"estimated_cost": SpendCarriedRow.estimated_cost + upsert.excluded.estimated_cost},
+                ))  # fmt: skip
             gone = {
                 "turns": await conn.execute(delete(TurnRow).where(TurnRow.at < cutoff)),
                 "processes": await conn.execute(delete(ProcessRow).where(finished)),
