@@ -274,3 +274,26 @@ async def test_the_model_sees_the_whole_window_though_a_turn_carries_only_its_in
     shown_after = [(m.role, m.content) for m in model.requests[-1].messages]
     assert [c for r, c in shown_after if r == "user"] == ["message 0", "message 1", "message 2", "message 3"]
     assert shown_after[0] == shown[0]
+
+
+async def test_a_pooled_actor_that_serves_caller_after_caller_holds_one_watch(runtime: Any) -> None:
+    """The orchestrator watches a session actor for each caller it takes. A watch ends with its caller:
+    an actor that had served a thousand callers would otherwise hold a thousand calls, and take no more."""
+    client = runtime.client()
+    served: dict[Any, int] = {}
+    handles: dict[Any, Any] = {}
+    for n in range(6):
+        caller = f"one-after-another-{n}"
+        assert (await say(runtime, caller, "hello", client=client))[-1].kind == "done"
+        handle = client.leases[(caller, "tony")].handle
+        served[handle._actor_id] = served.get(handle._actor_id, 0) + 1
+        handles[handle._actor_id] = handle
+        await runtime.orchestrator.end_session.remote(caller, "tony")  # its actor goes back to the pool
+        client.forget(caller, "tony")
+    assert max(served.values()) >= 2, "no actor was taken again from the pool"
+    for actor_id, handle in handles.items():
+        try:
+            answer = await handle.ping.remote()
+        except RayActorError:
+            continue  # stopped as a surplus of the pool
+        assert answer["watchers"] <= 1, f"an actor that served {served[actor_id]} callers holds {answer['watchers']}"

@@ -19,16 +19,35 @@ from troupe.core.supervision import Policy
 
 
 class FakeActor:
-    """An actor handle whose `watch.remote()` returns when the test says it died."""
+    """An actor handle whose `watch.remote()` calls return when the test says it died (each call is a
+    future of its own, as each Ray call is; `pending` are those neither answered nor cancelled)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.died: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.watch = SimpleNamespace(remote=lambda: self.died)
+        self.calls: list[asyncio.Future[None]] = []
+        self.dead = False
+        self.watch = SimpleNamespace(remote=self._watch)
+
+    def _watch(self) -> asyncio.Future[None]:
+        self.calls.append(asyncio.get_running_loop().create_future())
+        if self.dead:  # a call to an actor that has died fails at once
+            self._fail(self.calls[-1])
+        return self.calls[-1]
+
+    @property
+    def pending(self) -> int:
+        return sum(not call.done() for call in self.calls)
 
     def die(self) -> None:
-        self.died.set_exception(RayActorError())
-        self.died.exception()  # retrieved: an actor nobody watches dies quietly
+        self.dead = True
+        for call in self.calls:
+            if not call.done():
+                self._fail(call)
+
+    @staticmethod
+    def _fail(call: asyncio.Future[None]) -> None:
+        call.set_exception(RayActorError())
+        call.exception()  # retrieved: an actor nobody watches dies quietly
 
 
 class Actors:
@@ -179,6 +198,21 @@ async def test_a_child_stopped_on_purpose_is_not_restarted(registry: Registry, k
     assert len(flagged_actors.made) == 1 and len(unwatched_actors.made) == 1
     assert flagged.generation == 0 and unwatched.generation == 0
     assert "process.died" not in event_types(registry)
+
+
+async def test_an_actor_let_go_and_watched_again_holds_one_watch_call(registry: Registry, killed: list[Any]) -> None:
+    """A pooled session actor is watched for each caller it takes and let go after each: every watch
+    call ends with its watch, or the actor would hold one more call a caller (up to Ray's 1,000)."""
+    supervisor = make(registry, killed)
+    actor = FakeActor("pooled")
+    for caller in range(5):
+        child = Child(process_id=f"s{caller}", group="sessions", policy=Policy(), factory=Actors("s"), handle=actor)
+        supervisor.watch(child, lambda generation: asyncio.sleep(0))
+        assert actor.pending == 1
+        supervisor.unwatch(child)
+        await settle()
+        assert actor.pending == 0
+    assert len(actor.calls) == 5
 
 
 async def test_a_custom_on_death_gets_the_generation_that_died(registry: Registry, killed: list[Any]) -> None:

@@ -39,6 +39,7 @@ class ActorBase:
         self._store: Store | None = None
         self._store_lock = asyncio.Lock()
         self._forever = asyncio.Event()
+        self._watchers = 0  # supervisors' calls waiting on `watch` (one at a time, whoever holds the actor)
         # this process's log lines name its kind and its troupe process id (a pooled session's changes)
         logs.identify(logs.kind_of(type(self).__name__), lambda: getattr(self, "process_id", None))
         logs.MASK.add(logs.secret_values(settings))
@@ -52,9 +53,14 @@ class ActorBase:
         return self._store
 
     async def watch(self) -> None:
-        await self._forever.wait()
+        self._watchers += 1
+        try:
+            await self._forever.wait()
+        finally:
+            self._watchers -= 1
 
     async def ping(self) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         node = ray.get_runtime_context().get_node_id()
-        return {"pid": os.getpid(), "max_rss_mb": round(usage.ru_maxrss / 1024, 1), "node": node}
+        return {"pid": os.getpid(), "max_rss_mb": round(usage.ru_maxrss / 1024, 1), "node": node,
+                "watchers": self._watchers}  # fmt: skip

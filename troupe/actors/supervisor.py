@@ -5,6 +5,7 @@ registry, how many actors may start at once, and hooks for kinds that restart or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ class Child:
     generation: int = 0
     restart_times: list[float] = field(default_factory=list)
     watcher: asyncio.Task[None] | None = None
+    watching: Any = None  # the pending `watch()` call on the actor (an ObjectRef), cancelled with the watch
     stopping: bool = False
 
 
@@ -101,9 +103,11 @@ class Supervisor:
         generation = child.generation
         handle = child.handle
 
+        call = child.watching = handle.watch.remote()
+
         async def watcher() -> None:
             try:
-                await handle.watch.remote()
+                await call
             except RayActorError:
                 pass
             except asyncio.CancelledError:
@@ -122,6 +126,15 @@ class Supervisor:
         child.stopping = True
         if child.watcher:
             child.watcher.cancel()
+        # the call itself waits on the actor until it dies: an actor let go and taken again (a pooled
+        # session serves caller after caller) would otherwise hold one more call a binding, and an async
+        # actor takes at most 1,000 at once
+        call, child.watching = child.watching, None
+        if isinstance(call, ray.ObjectRef):
+            with contextlib.suppress(Exception):  # an actor gone already has nothing to cancel
+                ray.cancel(call)
+        elif isinstance(call, asyncio.Future):
+            call.cancel()
 
     async def _on_death(self, child: Child) -> None:
         now = time.monotonic()
