@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 PASSTHROUGH = str(ROOT / "bench" / "passthrough.py")
 COMPLETIONS = "/v1/chat/completions"
+POOL_SIZE = re.compile(r"^troupe_session_pool_size (\S+)$", re.MULTILINE)
 BODY = {"model": "tony", "stream": True, "messages": [{"role": "user", "content": "Give me a status update."}]}
 TEXT = re.compile(r'"content":\s*"[^"]')  # a delta that carries text, however the JSON is spaced
 TROUPE_ENV = {"OPENAI_API_KEY": "bench", "TROUPE_MODEL": "gpt-4o-mini", "TROUPE_RATE_LIMIT_PER_MINUTE": "0",
@@ -88,6 +89,27 @@ async def one(client: httpx.AsyncClient, url: str, caller: str | None) -> tuple[
     return (first or end) - began, end - began
 
 
+async def pool_settled(client: httpx.AsyncClient, url: str, steady_s: float = 3.0, limit_s: float = 90.0) -> float:
+    """Wait until troupe's warm pool has stopped growing (its size and process count the same for
+    `steady_s`): after a burst of new callers it starts actors up to the new demand, each a process
+    start (about 2 s of CPU here), and a pass measured meanwhile measures the start-ups. Seconds
+    waited; 0 for a door with no /api/status (a pass-through)."""
+    metrics_url = url.removesuffix(COMPLETIONS) + "/metrics"
+    began = time.monotonic()
+    last, since = None, began
+    while time.monotonic() - began < limit_s:
+        response = await client.get(metrics_url)
+        now = POOL_SIZE.search(response.text) if response.status_code == 200 else None
+        if now is None:
+            return 0.0
+        if now[1] != last:
+            last, since = now[1], time.monotonic()
+        elif time.monotonic() - since >= steady_s:
+            break
+        await asyncio.sleep(0.5)
+    return time.monotonic() - began
+
+
 def client(concurrency: int) -> httpx.AsyncClient:
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     return httpx.AsyncClient(timeout=30, limits=limits)
@@ -121,6 +143,9 @@ async def load(url: str, concurrency: int, requests: int, settle: float, identif
         warm_until = time.monotonic() + PASS_LIMIT_S / 2
         await asyncio.gather(*(warm_up(http, w, warm_until) for w in range(concurrency)))
         await asyncio.sleep(settle)
+        waited = await pool_settled(http, url)
+        if waited > settle + 5:
+            print(f"  (the warm pool grew for {waited:.0f} s after the warm-up; measured after)", flush=True)
         if failures:
             print(f"  ({len(failures)} warm-up streams failed, retried for up to {PASS_LIMIT_S / 2:g} s; "
                   f"first: {failures[0]})", flush=True)  # fmt: skip

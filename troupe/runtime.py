@@ -35,6 +35,7 @@ from troupe.core.errors import ConfigError, TroupeError, TroupeUnavailable
 from troupe.core.logs import bind_context
 from troupe.core.messages import (
     Done,
+    DoorName,
     Failed,
     OrchestratorStatus,
     TurnAck,
@@ -317,14 +318,21 @@ class SessionCopy:
         self.pending = None
 
 
-def this_actor() -> Any:
-    """The handle of the actor this code runs in (a Serve door replica), or None in a driver."""
+def this_door() -> DoorName | None:
+    """The name of the actor this code runs in (a Serve door replica, which Serve names), or None in a
+    driver or an unnamed actor."""
     try:
-        return ray.get_runtime_context().current_actor
+        context = ray.get_runtime_context()
+        name = context.get_actor_name()
     except (RuntimeError, RaySystemError):
         return None
+    if not name:
+        return None
+    # Ray Serve names its replicas in a namespace of its own (ray.serve._private.constants.SERVE_NAMESPACE)
+    return DoorName(name=name, namespace=SERVE_NAMESPACE if name.startswith("SERVE_REPLICA::") else context.namespace)
 
 
+SERVE_NAMESPACE = "serve"
 RECALLED_LAYERS = ("profile", "episode")  # a caller's facts and past conversations (not the persona's own life)
 RECALL_TIMEOUT_S = 1.0
 RECALL_TOKENS = 600  # recalled memories' share of a turn's prompt, at most
@@ -359,7 +367,7 @@ class SessionClient:
         # copy has no way to know it is behind before its turn goes to the model. Then every turn is
         # prepared by the session, which holds the transcript.
         self.builds_turns = settings.door == "uvicorn" or settings.door_replicas == 1
-        self.door = this_actor()  # a session waiting on a turn this door opened can tell if the door died
+        self.door = this_door()  # a session waiting on a turn this door opened can tell if the door died
 
     async def store(self) -> Store:
         if self._store is None:

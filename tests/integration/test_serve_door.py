@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,11 +20,14 @@ import httpx
 import openai
 import psutil
 import pytest
+import ray
 from ray import serve
 
 from tests.integration.conftest import make_settings, wait_until_up, write_script
+from troupe.actors.session import door_alive
 from troupe.app import serve_with_ray
-from troupe.runtime import Runtime
+from troupe.core.messages import DoorName
+from troupe.runtime import Runtime, this_door
 from troupe.testing.loopback import free_port
 
 SERVE_KEY = "serve-key-0123456789abcdef"
@@ -209,3 +213,25 @@ def test_two_door_replicas_serve_one_callers_conversation_in_turn(tmp_path: Path
             proc.wait(90)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@serve.deployment
+class NameProbe:
+    def __call__(self, request: Any) -> Any:
+        return this_door()
+
+
+def test_a_session_can_tell_a_live_door_replica_from_a_dead_one_by_its_name(serve_door: str) -> None:
+    """A session holds the name of the replica whose turn is open, not its handle (which would load
+    Ray Serve into every session process), and still learns when that replica is gone."""
+    door = serve.run(NameProbe.bind(), name="probe", route_prefix="/probe").remote(None).result()
+    try:
+        assert isinstance(door, DoorName) and door.name.startswith("SERVE_REPLICA::")
+        assert asyncio.run(door_alive(door))
+        ray.kill(ray.get_actor(door.name, namespace=door.namespace), no_restart=True)
+        deadline = time.monotonic() + 30
+        while asyncio.run(door_alive(door)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not asyncio.run(door_alive(door))
+    finally:
+        serve.delete("probe")

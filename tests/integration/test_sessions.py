@@ -20,7 +20,7 @@ from tests.integration.test_runtime import processes, say, text_of, wait_for
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME
 from troupe.app import Gateway, create_app
 from troupe.core.chat import ChatMessage
-from troupe.core.messages import TurnRequest
+from troupe.core.messages import DoorName, TurnRequest
 from troupe.store import Store
 from troupe.testing.fake_openai import Behaviour, FakeOpenAIServer
 from troupe.testing.loopback import serving
@@ -187,12 +187,14 @@ async def test_a_turn_whose_door_died_does_not_hold_up_the_callers_next_turn(run
     client = runtime.client()
     assert (await say(runtime, "+14155550350", "hello", client=client))[-1].kind == "done"
     lease = client.leases[("+14155550350", "tony")]
-    replica = DoorReplica.remote()  # type: ignore[attr-defined]
+    # a session knows the replica by its name (Serve names its replicas), as `this_door` gives it
+    replica = DoorReplica.options(name="door-replica-350").remote()  # type: ignore[attr-defined]
     await replica.ready.remote()
+    door = DoorName(name="door-replica-350", namespace=ray.get_runtime_context().namespace)
     request = TurnRequest(
         caller_id="+14155550350", persona="Tony", messages=(ChatMessage(role="user", content="are you there?"),)
     )
-    plan = await lease.handle.prepare.remote(request, replica)
+    plan = await lease.handle.prepare.remote(request, door)
     assert plan.turn_id
     ray.kill(replica, no_restart=True)
     started = asyncio.get_running_loop().time()

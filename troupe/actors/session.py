@@ -28,6 +28,7 @@ from troupe.core.errors import BudgetExceeded
 from troupe.core.logs import bind_context
 from troupe.core.messages import (
     Allowance,
+    DoorName,
     Failed,
     MetricsDelta,
     TurnAck,
@@ -74,6 +75,20 @@ def for_session(messages: tuple[ChatMessage, ...], *, one_turn: bool) -> tuple[C
     return ((ChatMessage(role="system", content=system),) if system else ()) + added
 
 
+async def door_alive(door: DoorName) -> bool:
+    """False only when the door replica is known dead; one that does not answer in a moment may be
+    busy or on a node Ray has not yet given up on, so it counts as alive. (Looking it up loads its
+    class, Ray Serve's, into this process: a cost paid only when a turn is left open.)"""
+    try:
+        handle = await asyncio.to_thread(ray.get_actor, door.name, namespace=door.namespace)
+        await asyncio.wait_for(handle.__ray_ready__.remote(), OPENER_CHECK_S)
+    except (RayActorError, ValueError):  # dead, or its name went with it
+        return False
+    except Exception:
+        return True
+    return True
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class SessionActor(ActorBase):
     def __init__(self, settings: Settings, catalog: PersonaCatalog, orchestrator: Any) -> None:
@@ -100,7 +115,7 @@ class SessionActor(ActorBase):
         self.turn_lock = asyncio.Lock()
         self._turn_id: str | None = None
         self._open: asyncio.Future[None] | None = None
-        self._opener: Any = None  # the door replica that opened the turn in flight, if it is an actor
+        self._opener: DoorName | None = None  # the door replica that opened the turn in flight, if an actor
         self._opening: asyncio.Future[None] | None = None  # the session's row being written
         self._input: tuple[ChatMessage, ...] = ()  # the open turn's input, written with its reply
         self._prompt: tuple[tuple[Any, ...], str, str] | None = None  # (what went in, the prompt, its context)
@@ -225,12 +240,12 @@ class SessionActor(ActorBase):
             self._prompt = (key, prompt, f"{self._bind_nonce}:{self._contexts}")
         return self._prompt[1], self._prompt[2]
 
-    async def prepare(self, request: TurnRequest, door: Any = None) -> TurnPlan | Failed:
+    async def prepare(self, request: TurnRequest, door: DoorName | None = None) -> TurnPlan | Failed:
         """Open a turn: take the caller's new input into the transcript and hand the door the assembled
         request in one reply. The door streams from the model itself and closes the turn with `finish`,
         which writes the input and the reply in one statement (if this actor dies first, the door writes
-        both). Turns of one caller run one at a time. `door`: the handle of the door replica opening the
-        turn, when it is an actor; if it dies mid-turn, the caller's next turn need not wait for it."""
+        both). Turns of one caller run one at a time. `door`: the door replica opening the turn, when it is
+        an actor; if it dies mid-turn, the caller's next turn need not wait for it."""
         attributes = {"troupe.persona": request.persona}
         with tracing.span("session.prepare", parent=request.trace, kind=SpanKind.SERVER, attributes=attributes) as span:
             plan = await self._prepare(request, door)
@@ -238,7 +253,7 @@ class SessionActor(ActorBase):
                 tracing.failed(span, plan.code)
             return plan
 
-    async def _prepare(self, request: TurnRequest, door: Any = None) -> TurnPlan | Failed:
+    async def _prepare(self, request: TurnRequest, door: DoorName | None = None) -> TurnPlan | Failed:
         async with self.turn_lock:
             if not self._serves(request):
                 # the door held a handle to an actor since released (and perhaps given to someone else)
@@ -321,17 +336,7 @@ class SessionActor(ActorBase):
         self._close_turn()
 
     async def _opener_alive(self) -> bool:
-        """False only when the turn's door replica is known dead; an actor that does not answer in a
-        moment may be busy or on a node Ray has not yet given up on, so it counts as alive."""
-        if self._opener is None:
-            return True
-        try:
-            await asyncio.wait_for(self._opener.__ray_ready__.remote(), OPENER_CHECK_S)
-        except RayActorError:
-            return False
-        except Exception:
-            return True
-        return True
+        return self._opener is None or await door_alive(self._opener)
 
     def _close_turn(self) -> None:
         if self._open is not None and not self._open.done():

@@ -109,6 +109,15 @@ class SessionInfo(_Frozen):
     session_id: str = ""  # the kept conversation's id: the panel's handle on it (its caller is masked)
 
 
+class DoorName(_Frozen):
+    """A door replica by its Ray actor name, which a session looks up only to ask whether that replica
+    lives. Not its handle: unpickling a Serve replica's handle makes the process import Ray Serve
+    (about 0.5 s of CPU), and every session actor would, at its first turn."""
+
+    name: str
+    namespace: str
+
+
 class TurnRequest(_Frozen):
     """One caller turn. `messages` is what the client sent (OpenAI style); the session keeps its own
     durable transcript and uses the client's last user message (or tool results) as the new input."""
