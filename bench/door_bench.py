@@ -90,10 +90,10 @@ async def one(client: httpx.AsyncClient, url: str, caller: str | None) -> tuple[
 
 
 async def pool_settled(client: httpx.AsyncClient, url: str, steady_s: float = 3.0, limit_s: float = 90.0) -> float:
-    """Wait until troupe's warm pool has stopped growing (its size and process count the same for
+    """Wait until troupe's warm pool has stopped growing (`troupe_session_pool_size` the same for
     `steady_s`): after a burst of new callers it starts actors up to the new demand, each a process
-    start (about 2 s of CPU here), and a pass measured meanwhile measures the start-ups. Seconds
-    waited; 0 for a door with no /api/status (a pass-through)."""
+    start (about 2 s of CPU here), and a pass measured meanwhile measures the start-ups. Returns how
+    long the pool kept changing, in seconds; 0 for a door with no such metric (a pass-through)."""
     metrics_url = url.removesuffix(COMPLETIONS) + "/metrics"
     began = time.monotonic()
     last, since = None, began
@@ -107,7 +107,7 @@ async def pool_settled(client: httpx.AsyncClient, url: str, steady_s: float = 3.
         elif time.monotonic() - since >= steady_s:
             break
         await asyncio.sleep(0.5)
-    return time.monotonic() - began
+    return since - began
 
 
 def client(concurrency: int) -> httpx.AsyncClient:
@@ -143,9 +143,8 @@ async def load(url: str, concurrency: int, requests: int, settle: float, identif
         warm_until = time.monotonic() + PASS_LIMIT_S / 2
         await asyncio.gather(*(warm_up(http, w, warm_until) for w in range(concurrency)))
         await asyncio.sleep(settle)
-        waited = await pool_settled(http, url)
-        if waited > settle + 5:
-            print(f"  (the warm pool grew for {waited:.0f} s after the warm-up; measured after)", flush=True)
+        if (grew := await pool_settled(http, url)) > 1:
+            print(f"  (the warm pool grew for {grew:.0f} s after the warm-up; measured after)", flush=True)
         if failures:
             print(f"  ({len(failures)} warm-up streams failed, retried for up to {PASS_LIMIT_S / 2:g} s; "
                   f"first: {failures[0]})", flush=True)  # fmt: skip

@@ -328,11 +328,10 @@ def this_door() -> DoorName | None:
         return None
     if not name:
         return None
-    # Ray Serve names its replicas in a namespace of its own (ray.serve._private.constants.SERVE_NAMESPACE)
     return DoorName(name=name, namespace=SERVE_NAMESPACE if name.startswith("SERVE_REPLICA::") else context.namespace)
 
 
-SERVE_NAMESPACE = "serve"
+SERVE_NAMESPACE = "serve"  # where Ray Serve names its replicas (ray.serve._private.constants.SERVE_NAMESPACE)
 RECALLED_LAYERS = ("profile", "episode")  # a caller's facts and past conversations (not the persona's own life)
 RECALL_TIMEOUT_S = 1.0
 RECALL_TOKENS = 600  # recalled memories' share of a turn's prompt, at most
