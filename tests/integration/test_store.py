@@ -200,6 +200,47 @@ async def test_recall_finds_a_second_fact_through_the_first_and_keeps_one_copy_o
     assert [m.content for m in mondays].count("The caller likes to keep calls short on Mondays.") == 1
 
 
+async def test_recall_answers_the_question_in_the_callers_words_not_their_aside(store: Store) -> None:
+    caller = "+14155550155"
+    for fact in [
+        "The caller has a beagle called Juniper.",
+        "The caller's niece Ines is getting married in February.",
+        "The caller's niece Nadia is getting married in September.",
+        "The caller drives a Volvo XC60.",
+        "The caller is allergic to shellfish.",
+        "The caller's team has grown to 12 people.",
+        "The caller's sister moved to Lisbon last year.",
+        "The caller is learning Spanish on their commute.",
+    ]:
+        await store.add_memory("Tony", caller, fact, kind="fact")
+    words = "My niece is over and she keeps asking about the wedding. What's my dog called again?"
+    found = await store.recall("Tony", subject=caller, query=words, limit=1)
+    assert [m.content for m in found] == ["The caller has a beagle called Juniper."]
+
+
+async def test_a_correction_is_found_by_the_words_of_the_fact_it_corrected(store: Store) -> None:
+    """ "What does my son do at weekends?" is near "he plays soccer every weekend", not near "he is all
+    about the cello now": the correction is found through what it corrected, and only it is recalled."""
+    caller = "+14155550166"
+    first = await store.add_memory("Tony", caller, "The caller's son Kofi plays soccer every weekend.", kind="fact")
+    for fact in [
+        "The caller drives a Volvo XC60.",
+        "The caller's daughter Priya started piano lessons this term.",
+        "The caller's team has grown to 12 people.",
+        "The caller is training for a half marathon.",
+        "The caller's nephew Theo plays cricket at school.",
+        "The caller spends Saturdays at the garden centre.",
+        "The caller is learning Spanish on their commute.",
+        "The caller never misses a match when Arsenal play.",
+    ]:
+        await store.add_memory("Tony", caller, fact, kind="fact")
+    fix = "Update: Kofi has stopped all that; these days he is all about the cello."
+    await store.add_memory("Tony", caller, fix, kind="fact", supersedes=first.id)
+    found = await store.recall("Tony", subject=caller, query="What does my son get up to at weekends?", limit=3)
+    assert found[0].content == fix
+    assert first.id not in {m.id for m in found}
+
+
 async def test_processes_upsert_and_spend(store: Store) -> None:
     info = ProcessInfo(id="a1b2c3d4", kind="session", agent="Tony", name="tony-x", status="running")
     await store.save_process(info)

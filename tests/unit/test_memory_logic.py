@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
+
 from troupe.core import extraction
-from troupe.core.recall import Candidate, follow_up, rank, search_words
+from troupe.core.recall import (
+    Candidate,
+    centred_top,
+    cosine_top,
+    follow_up,
+    question_of,
+    rank,
+    search_words,
+    shared_words,
+)
 from troupe.life.consolidation import core_block
 from troupe.store import MemoryRecord
 
@@ -69,8 +80,64 @@ def test_the_second_hop_lifts_what_lies_near_the_best_memory_and_keeps_the_best_
     assert follow_up([], [], {}, NOW, used_text=False, used_vector=True) == []
 
 
+def test_the_second_hop_lifts_what_shares_the_best_memorys_rarer_words() -> None:
+    leave = Candidate(1, NOW, 0.5, similarity=0.6)  # "their business partner starts parental leave in May"
+    named = Candidate(2, NOW, 0.5, similarity=0.1)  # "the caller's business partner is Helen Brooks"
+    noise = Candidate(3, NOW, 0.5, similarity=0.2)
+    first = rank([leave, named, noise], NOW, used_text=False, used_vector=True)
+    assert first == [1, 3, 2]
+    shared = {2: 4.0, 3: 0.5}
+    assert follow_up(
+        first, [leave, named, noise], {}, NOW, used_text=False, used_vector=True, words_of_best=shared
+    ) == [1, 2, 3]
+
+
+def test_shared_words_count_a_rare_word_over_a_common_one() -> None:
+    others = {
+        2: "The caller's business partner is Helen Brooks.",
+        3: "The caller asked for the wifi details for visitors in May.",
+        4: "The caller asked for a refund.",
+        5: "The caller asked about opening hours.",
+    }
+    scores = shared_words("The caller's business partner starts parental leave in May; the caller asked.", others)
+    assert max(scores, key=lambda i: scores[i]) == 2
+    assert scores[2] > scores[3] > scores[4]  # "may" and "asked" against "asked" alone
+    assert shared_words("Mailers and boxes", {1: "They buy a mailer and a box."}) == shared_words(
+        "Mailers and boxes", {1: "They buy mailers and boxes."}
+    )  # a plural meets its singular
+
+
+def test_the_centred_hop_sees_past_what_every_memory_shares() -> None:
+    common = np.array([1.0, 0.0, 0.0, 0.0])  # "The caller ...", in every memory alike
+    vectors = [common + np.array(v) for v in ([0, 1, 0, 0], [0, 0.8, 0.6, 0], [0, 0, 1, 0], [0, 0, 0, 1])]
+    vectors += [common + np.array([0, 0, 0.5, 0.5])] * 6
+    matrix = np.stack([v / np.linalg.norm(v) for v in vectors])
+    ids = list(range(10, 20))
+    centred = dict(centred_top(0, ids, matrix, 10))
+    assert max((i for i in ids if i != 10), key=lambda i: centred[i]) == 11
+    assert centred[11] - centred[12] > 0.5  # plain cosines: 0.9 and 0.5, and none of the rest below 0.5
+    assert dict(centred_top(0, ids[:3], matrix[:3], 3)) == dict(cosine_top(matrix[0], ids[:3], matrix[:3], 3))
+
+
+def test_a_correction_is_as_near_as_what_it_corrected() -> None:
+    matrix = np.eye(3, dtype=np.float32)
+    query = np.array([0.0, 0.0, 1.0], dtype=np.float32)
+    assert cosine_top(query, [1, 2, 3], matrix, 1) == [(3, 1.0)]
+    also = {1: np.array([[0.0, 0.0, 1.0]]), 99: np.array([[0.0, 0.0, 1.0]])}  # 1 corrects a nearer one; 99 is gone
+    assert [i for i, _ in cosine_top(query, [1, 2, 3], matrix, 2, also=also)] == [1, 3]
+
+
+def test_recall_searches_for_the_question_in_the_callers_words() -> None:
+    assert (
+        question_of("Hi again. Sorry, silly question. What's my dog called? My niece asked.") == "What's my dog called?"
+    )
+    assert question_of("Is it Tuesday? And when is the deadline?") == "Is it Tuesday? And when is the deadline?"
+    assert question_of("I'm at my mother's for Thanksgiving.") == "I'm at my mother's for Thanksgiving."
+
+
 def test_search_words_drop_the_words_every_question_has() -> None:
     assert search_words("What was the name of my daughter, do you remember?") == ["name", "daughter"]
+    assert search_words("The caller's daughter") == ["daughter"]  # every memory of a person names them so
 
 
 def test_a_core_block_holds_the_most_important_facts_that_fit() -> None:

@@ -16,7 +16,18 @@ from typing import Any, Literal
 import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
-from troupe.core.recall import FOLLOW_UPS, Candidate, cosine_top, follow_up, rank, search_words
+from troupe.core.recall import (
+    FOLLOW_UP_WORDS,
+    FOLLOW_UPS,
+    Candidate,
+    centred_top,
+    cosine_top,
+    follow_up,
+    question_of,
+    rank,
+    search_words,
+    shared_words,
+)
 from troupe.store.embedding import Embedder, embedder, from_bytes, loaded, to_bytes
 from troupe.store.engine import StoreBase
 from troupe.store.records import MemoryRecord, _record
@@ -38,6 +49,7 @@ log = logging.getLogger(__name__)
 LAYERS = ("profile", "episode", "knowledge")
 LAYER_OF_KIND = {"summary": "episode", "reflection": "knowledge", "fact": "profile", "note": "profile"}
 SEARCH_DEPTH = 24  # candidates each search brings before ranking
+SHARED_WORDS_UP_TO = 2_000  # memories scanned beyond which the second hop goes by vectors alone (a persona-wide recall)
 REMEMBERED_KEPT = 10_000  # (persona, subject) pairs a process remembers having memories
 Mode = Literal["hybrid", "text", "vector", "newest"]
 _COLUMNS = [column for column in MemoryRow.__table__.c if column.name != "embedding"]  # what a record holds
@@ -78,17 +90,29 @@ def _has_live(conn: Connection, persona: str, subject: str) -> bool:
     return conn.execute(stmt.limit(1)).first() is not None
 
 
-def _vectors(conn: Connection, persona: str, subject: str | None) -> tuple[list[int], np.ndarray]:
-    """The embeddings of the subject's live memories (an exact scan: recall is scoped to one subject)."""
-    stmt = select(MemoryRow.id, MemoryRow.embedding).where(
-        MemoryRow.persona == persona, MemoryRow.superseded_by.is_(None), MemoryRow.embedding.is_not(None)
-    )
+def _scanned(conn: Connection, persona: str, subject: str | None) -> tuple[list[Any], dict[int, np.ndarray]]:
+    """The subject's live memories with their embeddings, whole (an exact scan: recall is scoped to one
+    subject, and reading them whole spares reading the candidates again); and, by the live memory that
+    corrects them, the embeddings of those it superseded."""
+    stmt = select(*_COLUMNS, MemoryRow.embedding).where(MemoryRow.persona == persona, MemoryRow.embedding.is_not(None))
     if subject is not None:
         stmt = stmt.where(MemoryRow.subject == subject)
-    rows = conn.execute(stmt).all()
-    if not rows:
-        return [], np.zeros((0, 0), dtype=np.float32)
-    return [int(r[0]) for r in rows], np.stack([from_bytes(r[1] or b"") for r in rows])
+    live: list[Any] = []
+    next_of: dict[int, int] = {}
+    vector_of: dict[int, np.ndarray] = {}
+    for row in conn.execute(stmt):
+        if row.superseded_by is None:
+            live.append(row)
+        else:
+            next_of[row.id] = row.superseded_by
+            vector_of[row.id] = from_bytes(row.embedding or b"")
+    corrected: dict[int, list[np.ndarray]] = {}
+    for old_id, vector in vector_of.items():
+        head, steps = next_of[old_id], 0
+        while head in next_of and steps < len(next_of):  # a correction corrected again: its newest
+            head, steps = next_of[head], steps + 1
+        corrected.setdefault(head, []).append(vector)
+    return live, {head: np.stack(vectors) for head, vectors in corrected.items()}
 
 
 def _recall(
@@ -104,11 +128,17 @@ def _recall(
     words = search_words(query or "") if mode in ("hybrid", "text") else []
     text_hits = _text_hits(conn, persona, subject, words, SEARCH_DEPTH) if words else {}
     near: dict[int, float] = {}
-    ids: list[int] = []
+    rows: dict[int, Any] = {}
     matrix = np.zeros((0, 0), dtype=np.float32)
     if vector is not None and mode in ("hybrid", "vector"):
-        ids, matrix = _vectors(conn, persona, subject)
-        near = dict(cosine_top(vector, ids, matrix, SEARCH_DEPTH))
+        live, superseded = _scanned(conn, persona, subject)
+        rows = {row.id: row for row in live}
+        if rows:
+            matrix = np.stack([from_bytes(row.embedding or b"") for row in live])
+        # a correction is found by the words of what it corrected too ("what sport does my son play?" is
+        # as near "he plays soccer" as "he gave up soccer for tennis")
+        near = dict(cosine_top(vector, list(rows), matrix, SEARCH_DEPTH, also=superseded))
+    ids = list(rows)
     wanted = set(text_hits) | set(near)
     if mode == "newest" or not query or not wanted:
         if query and mode != "newest":
@@ -121,30 +151,33 @@ def _recall(
         stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).limit(limit)
         return list(conn.execute(stmt).all())
     now, searched = _now(), {"used_text": bool(text_hits), "used_vector": bool(near)}
-    rows: dict[int, Any] = {}
-    candidates: list[Candidate] = []
+    if unread := wanted - set(rows):  # full-text hits without an embedding
+        rows.update((row.id, row) for row in conn.execute(select(*_COLUMNS).where(MemoryRow.id.in_(unread))))
+    candidates: dict[int, Candidate] = {}
 
     def take(found: set[int]) -> None:
-        """Read these memories (of the layers asked for) and make each a candidate with its scores."""
-        stmt = select(*_COLUMNS).where(MemoryRow.id.in_(found))
-        if layers:
-            stmt = stmt.where(MemoryRow.layer.in_(layers))
-        for row in conn.execute(stmt).all():
-            rows[row.id] = row
-            candidates.append(Candidate(
-                id=row.id, created_at=_utc(row.created_at) or now, importance=row.importance,
-                text_score=text_hits.get(row.id, 0.0), similarity=near.get(row.id, 0.0), layer=row.layer,
-            ))  # fmt: skip
+        """Make these memories (of the layers asked for) candidates, with their scores."""
+        for memory_id in found - set(candidates):
+            row = rows[memory_id]
+            if not layers or row.layer in layers:
+                candidates[memory_id] = Candidate(
+                    id=row.id, created_at=_utc(row.created_at) or now, importance=row.importance,
+                    text_score=text_hits.get(row.id, 0.0), similarity=near.get(row.id, 0.0), layer=row.layer,
+                )  # fmt: skip
 
     take(wanted)
-    order = rank(candidates, now, **searched)
-    row_of = {memory_id: k for k, memory_id in enumerate(ids)}
-    if order and order[0] in row_of:
-        # the second hop: what lies near the best memory, some of it found by neither search
-        near_best = dict(cosine_top(matrix[row_of[order[0]]], ids, matrix, FOLLOW_UPS + 1))
-        if more := set(near_best) - set(rows):
-            take(more)
-        order = follow_up(order, candidates, near_best, now, **searched)
+    order = rank(candidates.values(), now, **searched)
+    if order and order[0] in near:
+        # the second hop: what lies near the best memory and what shares its rarer words, some of it found
+        # by neither search
+        best = order[0]
+        near_best = dict(centred_top(ids.index(best), ids, matrix, FOLLOW_UPS + 1))
+        words_of_best = {}
+        if mode == "hybrid" and len(ids) <= SHARED_WORDS_UP_TO:
+            words_of_best = shared_words(rows[best].content, {i: rows[i].content for i in ids if i != best})
+            words_of_best = dict(sorted(words_of_best.items(), key=lambda item: -item[1])[:FOLLOW_UP_WORDS])
+        take(set(near_best) | set(words_of_best))
+        order = follow_up(order, candidates.values(), near_best, now, **searched, words_of_best=words_of_best)
     kept: list[Any] = []
     said: set[str] = set()
     for memory_id in order:  # the same words kept twice (two calls said the same) take one place, not two
@@ -258,6 +291,7 @@ class MemoryStore(StoreBase):
         first-time callers) costs one indexed read: their words are not embedded."""
         if subject is not None and not await self._remembers(persona, subject):
             return []
+        query = question_of(query) if query else query
         vector = None
         if query and mode in ("hybrid", "vector"):
             vectors = await self._embed([query])
