@@ -224,9 +224,14 @@ async def test_a_caller_who_calls_straight_back_is_answered_every_time(runtime: 
 
 
 async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(runtime: Any) -> None:
+    """Its process dies: the personas it started die with it and are started again, while a caller's live
+    session outlives it (a detached actor), is taken back by the restarted orchestrator, and goes on."""
     client = runtime.client()
     assert (await say(runtime, "+14155550500", "I am Grace", client=client))[-1].kind == "done"
     before = {p.id for p in await processes(runtime, kind="persona")}
+    session_row = next(p for p in await processes(runtime, kind="session") if p.name.endswith("+14155550500"))
+    lease = client.leases[("+14155550500", "tony")]
+    actor_pid = (await lease.handle.ping.remote())["pid"]
     ray.kill(ray.get_actor(ORCHESTRATOR_NAME, namespace=runtime.settings.namespace), no_restart=False)
 
     async def recovered() -> Any:
@@ -245,6 +250,12 @@ async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(r
     lost = [p for p in found if p.id in before]
     assert lost and all(p.status == "failed" and "orchestrator restarted" in (p.error or "") for p in lost)
     assert len([p for p in found if p.status == "running"]) == 5
+    # the caller's session lived on in the same process, and the restarted orchestrator holds it again
+    assert (await lease.handle.ping.remote())["pid"] == actor_pid
+    assert client.leases[("+14155550500", "tony")] is lease  # the door never had to ask for another
+    sessions = {s.caller_id: s for s in await runtime.orchestrator.list_sessions.remote()}
+    assert sessions["+14155550500"].process_id == session_row.id
+    assert (await runtime.orchestrator.get_process.remote(session_row.id))[0].status == "running"
     store = await open_store(runtime)
     try:
         session = next(s for s in await store.list_sessions() if s.caller_id == "+14155550500")
@@ -252,6 +263,28 @@ async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(r
     finally:
         await store.close()
     assert said == ["I am Grace", "are you back?"]  # nothing acknowledged was lost
+
+
+def session_actor_names(namespace: str) -> set[str]:
+    return {
+        found["name"]
+        for found in ray.util.list_named_actors(all_namespaces=True)
+        if found["namespace"] == namespace and found["name"].startswith("session-")
+    }
+
+
+async def test_session_actors_stop_once_their_orchestrator_is_gone_for_good(runtime: Any) -> None:
+    """Session actors are detached (they outlive a restart of the orchestrator's process), so when the
+    orchestrator is stopped for good with nobody to stop them, they stop themselves: none is left behind."""
+    assert (await say(runtime, "+14155550600", "hello"))[-1].kind == "done"
+    names = session_actor_names(runtime.settings.namespace)
+    assert names  # the caller's, and the warm pool's
+    ray.kill(runtime.orchestrator, no_restart=True)
+
+    async def gone() -> bool:
+        return not session_actor_names(runtime.settings.namespace) & names
+
+    await wait_for(gone, within=90)
 
 
 async def test_the_model_sees_the_whole_window_though_a_turn_carries_only_its_input(runtime: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
+from uuid import uuid4
 
 import ray
 from ray.exceptions import RayActorError
@@ -83,6 +84,8 @@ CHART_EVERY_S = 10.0  # how often the charts take in new turns and sample the ga
 TURNS_READ = 5000  # turns read from the store at a time
 DEDUP_COUNT_EVERY_S = 60.0  # how often the de-duplication tables are counted (for status and /metrics)
 HISTORY_SWEEP_EVERY_S = 3600.0  # how often history older than TROUPE_HISTORY_KEEP_DAYS is swept away
+SESSION_ACTOR_PREFIX = "session-"  # session actors' names (detached: they outlive this process)
+TAKE_BACK_TIMEOUT_S = 5.0  # how long a restarted orchestrator waits for a surviving session to answer
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1000)  # type: ignore[call-overload]
@@ -168,6 +171,9 @@ class Orchestrator:
         self.registry.store = self.store
         await self.registry.rebuild()
         self.timings["store"] = time.perf_counter() - began
+        kept = await self._take_back_sessions() if self.recovering else 0
+        if not self.recovering:
+            self._stop_stray_sessions()
         self.own_id = self.registry.register(
             ProcessInfo(
                 id=new_process_id(),
@@ -189,7 +195,7 @@ class Orchestrator:
             # the personas, which would otherwise take both cores while callers wait for cold starts
             if model is None:
                 self.callers_served.set()
-            held = sum(1 for p in self.registry.lost if p.kind == "session" and p.agent != "pool")
+            held = sum(1 for p in self.registry.lost if p.kind == "session" and p.agent != "pool") - kept
             await self.keeper.fill_pool(max(1, min(held, self.settings.max_sessions)))
         personas = asyncio.ensure_future(asyncio.gather(*(
             self._supervise(
@@ -361,9 +367,56 @@ class Orchestrator:
         return handle
 
     async def _make_session(self) -> Any:
-        handle = SessionActor.options(**self.placed("session")).remote(self.settings, self.catalog, self.me)  # type: ignore[attr-defined]
+        # detached and named: a caller's conversation outlives this process, and a restarted orchestrator
+        # finds its session actors again by name (`_take_back_sessions`)
+        handle = SessionActor.options(  # type: ignore[attr-defined]
+            name=f"{SESSION_ACTOR_PREFIX}{uuid4().hex[:12]}", namespace=self.settings.namespace,
+            lifetime="detached", **self.placed("session"),
+        ).remote(self.settings, self.catalog, self.me)  # fmt: skip
         await handle.warm.remote()
         return handle
+
+    def _session_actor_names(self) -> list[str]:
+        """The named session actors alive in this troupe's namespace (those of a process that died too)."""
+        return [
+            found["name"]
+            for found in ray.util.list_named_actors(all_namespaces=True)
+            if found["namespace"] == self.settings.namespace and found["name"].startswith(SESSION_ACTOR_PREFIX)
+        ]
+
+    async def _take_back_sessions(self) -> int:
+        """After a restart: every session actor that outlived the old process is taken back (its caller
+        is served on, mid-conversation); free ones join the pool. Returns how many conversations were kept."""
+
+        async def ask(name: str) -> tuple[Any, dict[str, Any] | None] | None:
+            try:
+                handle = ray.get_actor(name, namespace=self.settings.namespace)
+            except ValueError:
+                return None  # gone since it was listed
+            try:
+                return handle, await asyncio.wait_for(handle.holds.remote(), TAKE_BACK_TIMEOUT_S)
+            except Exception:
+                kill_actor(handle)  # dying or stuck: not worth keeping
+                return None
+
+        kept = 0
+        for found in await asyncio.gather(*(ask(name) for name in self._session_actor_names())):
+            if found is not None:
+                handle, holds = found
+                definition = self.catalog.find(holds["persona"]) if holds else None
+                kept += self.keeper.adopt(handle, holds, definition) == "kept"
+        for info in self.registry.lost:
+            # (a row written before its actor took a caller says "pool" still: those kept are running)
+            if info.kind == "session" and info.agent == "pool" and info.id not in self.supervisor.children:
+                # a free actor has nothing to lose: those that lived on are in the pool under new rows
+                self.registry.set_status(info.id, "completed")
+        return kept
+
+    def _stop_stray_sessions(self) -> None:
+        """A fresh start: session actors of an orchestrator stopped for good before they noticed go now."""
+        for name in self._session_actor_names():
+            with contextlib.suppress(ValueError):
+                kill_actor(ray.get_actor(name, namespace=self.settings.namespace))
 
     # ------------------------------------------------------------------ registry
 
@@ -438,6 +491,9 @@ class Orchestrator:
     ) -> None:
         """A one-turn session has stored its turn: what it cost is counted, and its actor goes back to
         the pool."""
+        if not self.callers_served.is_set():
+            # restarted: the sessions that outlived the old process are being taken back, this one too
+            await asyncio.wait_for(self.callers_served.wait(), 120)
         if delta is not None and (delta != MetricsDelta() or error is not None):
             self.registry.report(process_id, delta, status, error)
         await self.keeper.turn_over(process_id, session_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections import deque
 from typing import Any
@@ -15,7 +16,7 @@ from uuid import uuid4
 
 import ray
 from opentelemetry.trace import SpanKind
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from troupe.actors.agent import exceeded_scope
 from troupe.actors.base import ActorBase
@@ -51,6 +52,8 @@ REPORT_EVERY_S = 2.0  # how stale a busy session's metrics on the control panel 
 DIGESTS = DigestCache()  # each persona's life digest, shared by the sessions this process holds in turn
 OPENER_CHECK_S = 2.0  # how often a turn waiting on an unfinished one asks whether that one's door is alive
 FINISHED_KEPT = 32  # turn ids remembered as finished, so a retried `finish` is not kept twice
+TURN_OVER_TRIES = 30  # a second apart: an orchestrator restarting takes a few seconds
+ORPHAN_CHECK_S = 15.0  # how often a session actor asks whether its orchestrator is gone for good
 
 
 def new_input(messages: tuple[ChatMessage, ...]) -> tuple[tuple[ChatMessage, ...], str | None]:
@@ -91,10 +94,15 @@ async def door_alive(door: DoorName) -> bool:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class SessionActor(ActorBase):
+    """Started detached and named (`session-…`), so a live conversation outlives its orchestrator's
+    process: a restarted orchestrator finds its session actors by name and asks each what it `holds`.
+    An actor whose orchestrator is gone for good stops itself (see `_outlive_check`)."""
+
     def __init__(self, settings: Settings, catalog: PersonaCatalog, orchestrator: Any) -> None:
         super().__init__(settings, catalog)
         self.orchestrator = orchestrator
         self.models = ModelFactory(settings)
+        self._orphan_check: asyncio.Task[None] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -142,7 +150,36 @@ class SessionActor(ActorBase):
         import troupe.clients.fake_model
         import troupe.clients.model_endpoint  # noqa: F401
 
+        if self._orphan_check is None:
+            self._orphan_check = asyncio.ensure_future(self._outlive_check())
         return await self.ping()
+
+    async def _outlive_check(self) -> None:
+        """Stop this process once the orchestrator is gone for good (killed for good, or its driver gone):
+        a detached actor would otherwise live on with nobody to hand it a caller. A call in flight when
+        the orchestrator died fails though Ray restarts it, so only a second failure, asked after the
+        first, counts; a restarting orchestrator holds a new call until it is back."""
+        failures = 0
+        while True:
+            await asyncio.sleep(ORPHAN_CHECK_S if failures == 0 else 2.0)
+            try:
+                await asyncio.wait_for(self.orchestrator.ping.remote(), ORPHAN_CHECK_S * 2)
+                failures = 0
+            except ActorDiedError:
+                failures += 1
+                if failures >= 2:
+                    log.warning("the orchestrator is gone for good: this session actor stops")
+                    os._exit(0)
+            except Exception:  # restarting, busy or unreachable for now: it may well come back
+                failures = 0
+
+    def holds(self) -> dict[str, Any] | None:
+        """What a restarted orchestrator needs to take this actor back: the conversation it is bound to
+        (None when it is free)."""
+        if self.persona is None or self.caller_id is None or self.session_id is None or self.process_id is None:
+            return None
+        return {"process_id": self.process_id, "caller_id": self.caller_id, "persona": self.persona.name,
+                "session_id": self.session_id, "one_turn": self.one_turn}  # fmt: skip
 
     @staticmethod
     async def _warm_digest(store: Any, persona: str) -> None:
@@ -426,7 +463,15 @@ class SessionActor(ActorBase):
             delta, error = self._unreported, self._unreported_error
             self._reset()
         status = "failed" if error is not None else "completed"
-        await self.orchestrator.turn_over.remote(process_id, session_id, delta, status, error)
+        for _ in range(TURN_OVER_TRIES):
+            try:
+                await self.orchestrator.turn_over.remote(process_id, session_id, delta, status, error)
+                return
+            except RayActorError:
+                # the orchestrator died with the call in flight: its restart takes this actor back, and
+                # what the turn cost is counted once the call gets through
+                await asyncio.sleep(1.0)
+        log.warning("a one-turn session could not hand its actor back")
 
     async def _settled(self) -> None:
         """The session's row is in the store (written behind a new conversation's first bind)."""

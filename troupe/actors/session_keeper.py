@@ -153,6 +153,34 @@ class SessionKeeper:
             f"{self.settings.max_sessions}). Try again in a few seconds."
         )
 
+    def adopt(self, handle: Any, holds: dict[str, Any] | None, definition: PersonaDef | None) -> str:
+        """A restarted orchestrator takes back a session actor that outlived the old one's process:
+        a free actor joins the pool; a bound one keeps its conversation (and its process id, so the
+        registry row it had is running again). Returns what became of it: "pooled", "kept" or "stopped"
+        (a second actor for a conversation another one holds, or a persona no longer known)."""
+        if holds is None:
+            self._pooled(handle)
+            return "pooled"
+        key = (holds["caller_id"], definition.key) if definition is not None else None
+        if key is None or self.directory.get(key) is not None:
+            self.kill(handle)
+            return "stopped"
+        pid: str = holds["process_id"]
+        label = "one turn" if holds["one_turn"] else "conversation"
+        if pid not in self.registry.processes:
+            self.registry.register(ProcessInfo(id=pid, kind="session", agent=holds["persona"],
+                name=f"{key[1]}-{key[0]}", task=f"{label.capitalize()} with {key[0]}"))  # fmt: skip
+        self.registry.set_status(pid, "running")
+        slot = SessionSlot(key[0], holds["persona"], pid, holds["session_id"], time.monotonic(),
+                           holds["one_turn"], key[1])  # fmt: skip
+        self.directory.add(key, slot)
+        child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self.make_session,
+                      handle=handle)  # fmt: skip
+        self.supervisor.children[pid] = child
+        self._watch(child, slot)
+        self.registry.emit("session.recovered", caller_id=key[0], agent=holds["persona"], process=pid)
+        return "kept"
+
     # ------------------------------------------------------------------ actors dying
 
     def _watch(self, child: Child, slot: SessionSlot) -> None:
