@@ -72,7 +72,7 @@ def test_a_fact_about_the_caller_comes_before_a_call_summary_that_is_as_near() -
 def test_the_second_hop_lifts_what_lies_near_the_best_memory_and_keeps_the_best_first() -> None:
     at_mothers = Candidate(1, NOW, 0.5, similarity=0.7)  # "spending Thanksgiving at their mother's"
     lisbon = Candidate(2, NOW, 0.5, similarity=0.15)  # "their mother lives in Lisbon": far from the question
-    noise = Candidate(3, NOW, 0.5, similarity=0.3)
+    noise = Candidate(3, NOW, 0.5, similarity=0.25)
     first = rank([at_mothers, lisbon, noise], NOW, used_text=False, used_vector=True)
     assert first == [1, 3, 2]
     near_best = {1: 1.0, 2: 0.65, 3: 0.1}

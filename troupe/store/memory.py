@@ -286,8 +286,9 @@ class MemoryStore(StoreBase):
         layers: Sequence[str] | None = None,
         mode: Mode = "hybrid",
     ) -> list[MemoryRecord]:
-        """Live memories of `persona` (about `subject`, in `layers`), best for `query` first; without a
-        query, newest first. Superseded memories are never recalled. A person with no memories yet (most
+        """Live memories of `persona` (about `subject`, in `layers`), best for `query` first (for the
+        questions in it, when it asks any); without a query, newest first. Superseded memories are never
+        recalled, though their words find the memory that corrected them. A person with no memories yet (most
         first-time callers) costs one indexed read: their words are not embedded."""
         if subject is not None and not await self._remembers(persona, subject):
             return []
