@@ -171,7 +171,7 @@ async def test_a_caller_with_no_memories_is_recalled_without_embedding_their_wor
     await store.add_memory("Tony", "+14155550188", "The caller's daughter is called Maya.", kind="fact")
     found = await store.recall("Tony", subject="+14155550188", query="what is my daughter called?")
     assert [m.content for m in found] == ["The caller's daughter is called Maya."]
-    assert embedded == [["The caller's daughter is called Maya."], ["what is my daughter called?"]]
+    assert embedded == [["my daughter is called Maya."], ["what is my daughter called?"]]  # as the caller says it
     await store.erase_caller("+14155550188")
     assert await store.recall("Tony", subject="+14155550188", query="what is my daughter called?") == []
 
@@ -239,6 +239,27 @@ async def test_a_correction_is_found_by_the_words_of_the_fact_it_corrected(store
     found = await store.recall("Tony", subject=caller, query="What does my son get up to at weekends?", limit=3)
     assert found[0].content == fix
     assert first.id not in {m.id for m in found}
+
+
+async def test_a_fact_is_found_by_a_question_asked_in_the_callers_own_voice(store: Store) -> None:
+    """Facts are kept as "the caller never takes meetings before 9:30", asked for as "how early can you
+    book me in?": embedded in the caller's voice ("I never take meetings before 9:30"), the fact is found."""
+    caller = "+14155550144"
+    for fact in [
+        "The caller never takes meetings before 9:30.",
+        "The caller is married to Alex, who works as a nurse.",
+        "The caller has been training for a half marathon.",
+        "The caller's birthday is on December 12.",
+        "The caller's office is closed on the 19th for a public holiday.",
+        "The caller's niece Ines is getting married in February.",
+        "The caller is planning a garden party in June.",
+        "The caller's team has grown to 12 people.",
+        "The caller drives a Volvo XC60.",
+        "The caller is allergic to shellfish.",
+    ]:
+        await store.add_memory("Tony", caller, fact, kind="fact")
+    found = await store.recall("Tony", subject=caller, query="How early in the day can you book me in?", limit=2)
+    assert "The caller never takes meetings before 9:30." in [m.content for m in found]
 
 
 async def test_processes_upsert_and_spend(store: Store) -> None:

@@ -12,6 +12,7 @@ from troupe.core.recall import (
     centred_top,
     cosine_top,
     follow_up,
+    in_callers_words,
     question_of,
     rank,
     search_words,
@@ -153,3 +154,15 @@ def test_a_core_block_holds_the_most_important_facts_that_fit() -> None:
     assert lines[:3] == ["- fact 2 " + "word " * 4 + "word", "- fact 3 " + "word " * 4 + "word",
                          "- fact 1 " + "word " * 4 + "word"]  # fmt: skip
     assert len(block) <= 1200
+
+
+def test_a_memory_of_a_caller_is_embedded_as_the_caller_would_say_it() -> None:
+    said = in_callers_words(
+        "Tony promised to send the caller the NDA. The caller's son plays. The caller is allergic to nuts.", "Tony"
+    )
+    assert said == "you promised to send me the NDA. my son plays. I am allergic to nuts."
+    assert (
+        in_callers_words("In the chat, the caller asked for Tony's notes.", "Tony")
+        == "In the chat, I asked for your notes."
+    )
+    assert in_callers_words("Dana runs the payments team.", "Tony") == "Dana runs the payments team."

@@ -49,6 +49,15 @@ STOPWORDS = frozenset(
     "caller".split()
 )
 _SENTENCE = re.compile(r"[^.!?]+[.!?]*")
+_CALLERS = re.compile(r"\b[Tt]he caller's\b")
+_CALLER_OBJECT = re.compile(  # "the caller" after these is "me"; elsewhere "I"
+    r"\b(to|for|with|from|about|at|on|by|of|told|tell|send|sent|give|gave|call|called|email|emailed|remind|"
+    r"reminded|help|helped|update|updated|ring|rang|text|texted|ping|pinged)\s+the caller\b(?!')",
+    re.IGNORECASE,
+)
+_CALLER = re.compile(r"\b[Tt]he caller\b")
+_I_IS = re.compile(r"\bI (is|has|does|doesn't|isn't|hasn't)\b")
+_FIRST_PERSON = {"is": "am", "has": "have", "does": "do", "doesn't": "don't", "isn't": "am not", "hasn't": "haven't"}
 
 
 def search_words(text: str, limit: int = 16) -> list[str]:
@@ -91,6 +100,21 @@ def _stem(word: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
+
+
+def in_callers_words(memory: str, persona: str) -> str:
+    """A memory of a caller as they would say it, for its embedding: extraction names them "the caller"
+    and the persona by name ("Tony promised to send the caller the NDA"), and they ask in the first
+    person, to the persona ("what did you say you'd send me?"). Embedded as "you promised to send me
+    the NDA", a fact is nearer the question that wants it."""
+    text = _CALLERS.sub("my", memory)  # the model is uncased: "my" starts a sentence as well as "My"
+    text = _CALLER_OBJECT.sub(lambda m: m.group(1) + " me", text)
+    text = _CALLER.sub("I", text)
+    text = _I_IS.sub(lambda m: "I " + _FIRST_PERSON[m.group(1).lower()], text)
+    if persona:
+        text = re.sub(rf"\b{re.escape(persona)}'s\b", "your", text)
+        text = re.sub(rf"\b{re.escape(persona)}\b", "you", text)
+    return text
 
 
 @dataclass(frozen=True)

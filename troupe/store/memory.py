@@ -23,6 +23,7 @@ from troupe.core.recall import (
     centred_top,
     cosine_top,
     follow_up,
+    in_callers_words,
     question_of,
     rank,
     search_words,
@@ -260,7 +261,8 @@ class MemoryStore(StoreBase):
     ) -> MemoryRecord:
         """Keep a memory (embedded for recall where the model is installed). `supersedes`: the id of the
         memory this one corrects, which is kept for its history but leaves recall."""
-        vectors = await self._embed([content])
+        voice = layer_for(kind, subject) != "knowledge"  # a caller's memory, not the persona's own
+        vectors = await self._embed([in_callers_words(content, persona) if voice else content])
         values = {
             "persona": persona,
             "subject": subject[:200],
@@ -295,7 +297,10 @@ class MemoryStore(StoreBase):
         query = question_of(query) if query else query
         vector = None
         if query and mode in ("hybrid", "vector"):
-            vectors = await self._embed([query])
+            # in the caller's voice, as their memories are embedded: a persona's own tool call says "the
+            # caller"; the persona's name in a caller's words is mostly a greeting, and stays
+            voice = subject is None or layer_for("fact", subject) != "knowledge"
+            vectors = await self._embed([in_callers_words(query, "") if voice else query])
             vector = vectors[0] if vectors else None
         found = await self._read(_recall, persona, subject, query, vector, limit, layers, mode)
         return [_record(MemoryRecord, row) for row in found]
