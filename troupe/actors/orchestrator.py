@@ -20,7 +20,6 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from troupe.actors.life_loop import LifeLoopActor
 from troupe.actors.local_model import LocalModel
 from troupe.actors.models import LOCAL_MODEL_ACTOR
 from troupe.actors.persona import PersonaActor
@@ -353,6 +352,11 @@ class Orchestrator:
         return handle
 
     async def _make_life_loop(self, name: str) -> Any:
+        # imported here, not with this module: every session actor imports this module to hold the
+        # orchestrator's handle (Ray loads an actor's class to make a handle of it), and the life loop's
+        # feeds and Slack client would cost each of them a quarter of a second of CPU and their memory
+        from troupe.actors.life_loop import LifeLoopActor
+
         persona = self.catalog.get(name)
         handle = await self._named(
             LifeLoopActor,
