@@ -12,6 +12,7 @@ from troupe.core.recall import (
     centred_top,
     cosine_top,
     follow_up,
+    hop_from,
     in_callers_words,
     question_of,
     rank,
@@ -166,3 +167,10 @@ def test_a_memory_of_a_caller_is_embedded_as_the_caller_would_say_it() -> None:
         == "In the chat, I asked for your notes."
     )
     assert in_callers_words("Dana runs the payments team.", "Tony") == "Dana runs the payments team."
+
+
+def test_the_second_hop_goes_only_from_a_best_memory_both_searches_agree_on() -> None:
+    assert hop_from([7, 8, 9], {9: 5.0, 7: 3.0, 1: 2.0}) == 7  # full text has it second
+    assert hop_from([7, 8, 9], {9: 5.0, 1: 4.0, 2: 3.0, 7: 1.0}) is None  # fourth: the vectors alone chose it
+    assert hop_from([7], {}) is None
+    assert hop_from([], {7: 1.0}) is None

@@ -23,6 +23,7 @@ from troupe.core.recall import (
     centred_top,
     cosine_top,
     follow_up,
+    hop_from,
     in_callers_words,
     question_of,
     rank,
@@ -168,10 +169,9 @@ def _recall(
 
     take(wanted)
     order = rank(candidates.values(), now, **searched)
-    if order and order[0] in near:
+    if (best := hop_from(order, text_hits)) is not None and best in near:
         # the second hop: what lies near the best memory and what shares its rarer words, some of it found
         # by neither search
-        best = order[0]
         near_best = dict(centred_top(ids.index(best), ids, matrix, FOLLOW_UPS + 1))
         words_of_best = {}
         if mode == "hybrid" and len(ids) <= SHARED_WORDS_UP_TO:
