@@ -16,6 +16,7 @@ from troupe.core.recall import (
     in_callers_words,
     question_of,
     rank,
+    said_again,
     search_words,
     shared_words,
 )
@@ -174,3 +175,17 @@ def test_the_second_hop_goes_only_from_a_best_memory_both_searches_agree_on() ->
     assert hop_from([7, 8, 9], {9: 5.0, 1: 4.0, 2: 3.0, 7: 1.0}) is None  # fourth: the vectors alone chose it
     assert hop_from([7], {}) is None
     assert hop_from([], {7: 1.0}) is None
+
+
+def test_a_summary_that_says_the_best_memory_again_is_told_apart_from_what_completes_it() -> None:
+    best = "The caller's business partner starts parental leave in June."
+    others = {
+        2: "In the web chat, the caller wanted a colleague added. They also said their business partner is on"
+        " leave from June.",
+        3: "The caller's business partner is Helen Brooks.",
+        4: "The caller is spending Thanksgiving at their mother's.",
+    }
+    assert said_again(best, others) == {2}
+    thanksgiving = "The caller is spending Thanksgiving at their mother's this year."
+    summary = "They also said they will spend Thanksgiving with their mother this year."  # spend, spending: one word
+    assert said_again(thanksgiving, {5: summary, 6: "The caller's mom retired to Lisbon."}) == {5}

@@ -38,6 +38,7 @@ FOLLOW_UP_FROM = 0.1
 FOLLOW_UP_TEXT_WEIGHT = 0.2
 FOLLOW_UPS = 5  # neighbours of the best memory brought in as candidates, found by neither search or not
 FOLLOW_UP_WORDS = 10  # memories brought in by the best memory's words
+REPEATED_SHARE = 0.6  # of the best memory's words: a memory holding them says it again (said_again)
 CENTRE_FROM = 8  # fewer memories than this are not centred (their mean is mostly themselves)
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -96,12 +97,33 @@ def shared_words(best: str, others: dict[int, str]) -> dict[int, float]:
     return {i: sum(math.log(1.0 + n / holding[w]) for w in bag) for i, bag in bags.items() if bag}
 
 
+def said_again(best: str, others: dict[int, str]) -> set[int]:
+    """Those of `others` that say `best` again: they hold REPEATED_SHARE of its words or more (a call's
+    summary that repeats a fact, "they also said their business partner is on leave from June"). What
+    completes the best memory shares a word or two of it ("the caller's business partner is Helen
+    Brooks"), not most of them."""
+    wanted = {_stem(word) for word in search_words(best, limit=64)}
+    if not wanted:
+        return set()
+    held = {
+        i: wanted.intersection(_stem(word) for word in _WORD.findall(content.lower())) for i, content in others.items()
+    }
+    return {i for i, words in held.items() if len(words) >= REPEATED_SHARE * len(wanted)}
+
+
 def _stem(word: str) -> str:
-    """A plural's singular, roughly (boxes, mailers, partners): enough to match a word told twice."""
+    """A word's stem, roughly: plurals, -ing and -ed off, and a final e (boxes, partners, spending, raised
+    and raise meet their box, partner, spend, rais); enough to match a word told twice, not a stemmer."""
     if len(word) > 4 and word.endswith(("ches", "shes", "xes", "sses")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
+        word = word[:-2]
+    elif len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    if len(word) > 5 and word.endswith("ing"):
+        word = word[:-3]
+    elif len(word) > 4 and word.endswith("ed"):
+        word = word[:-2]
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
     return word
 
 

@@ -27,6 +27,7 @@ from troupe.core.recall import (
     in_callers_words,
     question_of,
     rank,
+    said_again,
     search_words,
     shared_words,
 )
@@ -179,6 +180,10 @@ def _recall(
             words_of_best = dict(sorted(words_of_best.items(), key=lambda item: -item[1])[:FOLLOW_UP_WORDS])
         take(set(near_best) | set(words_of_best))
         order = follow_up(order, candidates.values(), near_best, now, **searched, words_of_best=words_of_best)
+        # what says the best memory again (a call's summary repeating a fact) goes after the rest: in the
+        # prompt it would take the place of what completes it
+        again = said_again(rows[best].content, {i: rows[i].content for i in order[1:]})
+        order = [i for i in order if i not in again] + [i for i in order if i in again]
     kept: list[Any] = []
     said: set[str] = set()
     for memory_id in order:  # the same words kept twice (two calls said the same) take one place, not two
