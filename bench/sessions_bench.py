@@ -100,6 +100,36 @@ async def actors_settle(quiet_s: float = 6.0, within_s: float = 90.0) -> float:
     return time.perf_counter() - began
 
 
+def ray_cpu_seconds() -> float:
+    total = 0.0
+    for proc in own_ray_processes():
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+async def cpu_quiet(share: float = 0.5, quiet_s: float = 3.0, within_s: float = 90.0) -> float:
+    """Wait until troupe's Ray processes have used under `share` of a core each second for `quiet_s` in a
+    row: the actors of a start-up or a refill have started (one starting uses a whole core; an idle
+    troupe, its heartbeats and housekeeping, a little), as a deployed service's have between bursts.
+    Returns the seconds taken."""
+    began = time.perf_counter()
+    quiet_since = began
+    used = ray_cpu_seconds()
+    while time.perf_counter() - began < within_s:
+        await asyncio.sleep(1.0)
+        now = ray_cpu_seconds()
+        if now - used > share:
+            quiet_since = time.perf_counter()
+        elif time.perf_counter() - quiet_since >= quiet_s:
+            break
+        used = now
+    return time.perf_counter() - began
+
+
 async def anonymous(client: openai.AsyncOpenAI, settings: Settings) -> None:
     errors, most = 0, 0
     history = [{"role": "user", "content": "Hello Tony, quick question."}]
@@ -180,9 +210,12 @@ async def pool_full(runtime: Runtime, pool: int) -> float:
 async def ttft(client: openai.AsyncOpenAI, runtime: Runtime, pool: int) -> None:
     """16 new callers, six turns each, 16 streams at once: first all arriving in the same instant (the
     worst case: 16 sessions opened at once on 2 cores), then, once the pool has refilled, 16 others
-    arriving over one second."""
+    arriving over one second. Before each, troupe's processes are left to go quiet (an actor starting is
+    a core-second of a 2-core machine), as a deployed service's are between bursts."""
+    print(f"(troupe's processes were quiet {await cpu_quiet():.1f} s later)", flush=True)
     await ttft_group(client, "arriving at once", 0.0, "ttft-burst")
-    print(f"(the pool was full again {await pool_full(runtime, pool):.1f} s after that burst)", flush=True)
+    print(f"(the pool was full again {await pool_full(runtime, pool):.1f} s after that burst, and troupe's "
+          f"processes quiet {await cpu_quiet():.1f} s after that)", flush=True)  # fmt: skip
     await ttft_group(client, "arriving over 1 s", 1.0, "ttft-spread")
 
 

@@ -402,8 +402,10 @@ class SessionKeeper:
             pid, handle = self.pool.popleft()
             self.background(self._refill_later())
             return pid, handle
-        # pool empty (or disabled): a cold start, which the warm pool exists to avoid
+        # pool empty (or disabled): a cold start, which the warm pool exists to avoid. Callers' starts
+        # take turns with the cores (a burst's all at once would each finish as late as the last), and
+        # the pool is refilled once they are served
         pid = self._register_free("cold-session", "Starting for a caller")
-        handle = await self.make_session()
-        self.background(self.fill_pool())
+        handle = await self.supervisor.spawn(self.make_session)
+        self.background(self._refill_later())
         return pid, handle
