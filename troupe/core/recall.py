@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 # relevance: how much each search counts when both ran (bench/memory_bench.py); full text mostly confirms
@@ -86,9 +87,7 @@ def shared_words(best: str, others: dict[int, str]) -> dict[int, float]:
     rare it is among them (log(1 + n / memories with it)), so "business partner" counts and "asked" does
     not. The same on either store, and it needs no second full-text query."""
     wanted = {_stem(word) for word in search_words(best, limit=64)}
-    bags = {
-        i: wanted.intersection(_stem(word) for word in _WORD.findall(content.lower())) for i, content in others.items()
-    }
+    bags = {i: wanted & _stems(content) for i, content in others.items()}
     holding: dict[str, int] = {}
     for bag in bags.values():
         for word in bag:
@@ -105,10 +104,14 @@ def said_again(best: str, others: dict[int, str]) -> set[int]:
     wanted = {_stem(word) for word in search_words(best, limit=64)}
     if not wanted:
         return set()
-    held = {
-        i: wanted.intersection(_stem(word) for word in _WORD.findall(content.lower())) for i, content in others.items()
-    }
+    held = {i: wanted & _stems(content) for i, content in others.items()}
     return {i for i, words in held.items() if len(words) >= REPEATED_SHARE * len(wanted)}
+
+
+@lru_cache(maxsize=20_000)
+def _stems(text: str) -> frozenset[str]:
+    """The stems of the words of `text` (kept: a caller's memories are searched again every turn)."""
+    return frozenset(_stem(word) for word in _WORD.findall(text.lower()) if len(word) > 1)
 
 
 def _stem(word: str) -> str:
