@@ -61,10 +61,17 @@ class Gateway:
         return self._store
 
 
-def gateway_of(connection: HTTPConnection) -> Gateway:
+def gateway_in(connection: HTTPConnection) -> Gateway:
     """The app's gateway, for a request or a WebSocket."""
     gateway: Gateway = connection.app.state.gateway
     return gateway
+
+
+async def gateway_of(connection: HTTPConnection) -> Gateway:
+    """The gateway as a dependency. Async though it awaits nothing: FastAPI runs a plain function
+    dependency in a worker thread, a thread hop on every request (and about 200 ms on a door's first,
+    while the thread pool starts)."""
+    return gateway_in(connection)
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway_of)]
@@ -110,4 +117,4 @@ def check_rate(request: Request, caller_id: str) -> None:
     """Charge a turn to its key, its client address and its caller (429 when any of them is spent)."""
     key = principal(request)
     address = request.client.host if request.client else None
-    gateway_of(request).limiter.check(caller_id, key=key.name if key else None, address=address)
+    gateway_in(request).limiter.check(caller_id, key=key.name if key else None, address=address)
