@@ -170,8 +170,10 @@ class Orchestrator:
         self.registry.store = self.store
         await self.registry.rebuild()
         self.timings["store"] = time.perf_counter() - began
-        kept = await self._take_back_sessions() if self.recovering else 0
-        if not self.recovering:
+        if self.recovering:
+            kept = await self._take_back_sessions()
+        else:
+            kept = 0
             self._stop_stray_sessions()
         self.own_id = self.registry.register(
             ProcessInfo(

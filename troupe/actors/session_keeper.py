@@ -117,19 +117,24 @@ class SessionKeeper:
             self.kill(handle)
             self.registry.set_status(pid, "failed", "could not take on a caller")
             raise
-        label = "one turn" if one_turn else "conversation"
-        self.registry.update(
-            pid, agent=persona, name=f"{key[1]}-{caller_id}", task=f"{label.capitalize()} with {caller_id}"
-        )
-        self.registry.set_status(pid, "running")
         slot = SessionSlot(caller_id, persona, pid, session_id, time.monotonic(), one_turn, key[1])
-        self.directory.add(key, slot)
-        child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self.make_session,
-                      handle=handle)  # fmt: skip
-        self.supervisor.children[pid] = child
-        self._watch(child, slot)
+        child = self._hold(key, slot, handle)
         self.registry.emit("session.started", caller_id=caller_id, agent=persona, process=pid)
         return SessionLease(handle, pid, session_id, child.generation)
+
+    def _hold(self, key: Key, slot: SessionSlot, handle: Any) -> Child:
+        """The actor holds the slot's conversation: its registry row says so and runs, the directory
+        has the slot, and the supervisor watches the actor."""
+        label = "one turn" if slot.one_turn else "conversation"
+        self.registry.update(slot.process_id, agent=slot.persona, name=f"{key[1]}-{slot.caller_id}",
+                             task=f"{label.capitalize()} with {slot.caller_id}")  # fmt: skip
+        self.registry.set_status(slot.process_id, "running")
+        self.directory.add(key, slot)
+        child = Child(process_id=slot.process_id, group="sessions", policy=SESSION_POLICY,
+                      factory=self.make_session, handle=handle)  # fmt: skip
+        self.supervisor.children[slot.process_id] = child
+        self._watch(child, slot)
+        return child
 
     async def _make_room(self) -> None:
         """At the cap: the least recently used session that is not mid-turn is let go (its summary is
@@ -166,18 +171,11 @@ class SessionKeeper:
             self.kill(handle)
             return "stopped"
         pid: str = holds["process_id"]
-        label = "one turn" if holds["one_turn"] else "conversation"
-        if pid not in self.registry.processes:
-            self.registry.register(ProcessInfo(id=pid, kind="session", agent=holds["persona"],
-                name=f"{key[1]}-{key[0]}", task=f"{label.capitalize()} with {key[0]}"))  # fmt: skip
-        self.registry.set_status(pid, "running")
+        if pid not in self.registry.processes:  # a row older than those the registry reloaded
+            self.registry.register(ProcessInfo(id=pid, kind="session", agent=holds["persona"], name="", task=""))
         slot = SessionSlot(key[0], holds["persona"], pid, holds["session_id"], time.monotonic(),
                            holds["one_turn"], key[1])  # fmt: skip
-        self.directory.add(key, slot)
-        child = Child(process_id=pid, group="sessions", policy=SESSION_POLICY, factory=self.make_session,
-                      handle=handle)  # fmt: skip
-        self.supervisor.children[pid] = child
-        self._watch(child, slot)
+        self._hold(key, slot, handle)
         self.registry.emit("session.recovered", caller_id=key[0], agent=holds["persona"], process=pid)
         return "kept"
 
