@@ -86,7 +86,7 @@ def shared_words(best: str, others: dict[int, str]) -> dict[int, float]:
     """How much each of `others` (text by id) shares the words of `best`: a shared word counts by how
     rare it is among them (log(1 + n / memories with it)), so "business partner" counts and "asked" does
     not. The same on either store, and it needs no second full-text query."""
-    wanted = {_stem(word) for word in search_words(best, limit=64)}
+    wanted = _searched_stems(best)
     bags = {i: wanted & _stems(content) for i, content in others.items()}
     holding: dict[str, int] = {}
     for bag in bags.values():
@@ -101,11 +101,17 @@ def said_again(best: str, others: dict[int, str]) -> set[int]:
     summary that repeats a fact, "they also said their business partner is on leave from June"). What
     completes the best memory shares a word or two of it ("the caller's business partner is Helen
     Brooks"), not most of them."""
-    wanted = {_stem(word) for word in search_words(best, limit=64)}
+    wanted = _searched_stems(best)
     if not wanted:
         return set()
     held = {i: wanted & _stems(content) for i, content in others.items()}
     return {i for i, words in held.items() if len(words) >= REPEATED_SHARE * len(wanted)}
+
+
+@lru_cache(maxsize=1_000)
+def _searched_stems(text: str) -> frozenset[str]:
+    """The stems of the words of `text` a search would use (the best memory's, asked of twice a recall)."""
+    return frozenset(_stem(word) for word in search_words(text, limit=64))
 
 
 @lru_cache(maxsize=20_000)
