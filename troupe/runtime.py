@@ -11,9 +11,10 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -336,6 +337,8 @@ RECALLED_LAYERS = ("profile", "episode")  # a caller's facts and past conversati
 RECALL_TIMEOUT_S = 1.0
 RECALL_TOKENS = 600  # recalled memories' share of a turn's prompt, at most
 
+LENT_IDLE_S = 30.0  # an actor lent for one-turn sessions and unused this long is given back
+UNUSABLE = {STALE, "session_timeout", "session_restarted"}  # a prepare that failed so: its actor is not reused
 COPY_FRESH_S = 30.0  # how long after its last turn a door builds a caller's next turn from its copy
 
 
@@ -367,6 +370,12 @@ class SessionClient:
         # prepared by the session, which holds the transcript.
         self.builds_turns = settings.door == "uvicorn" or settings.door_replicas == 1
         self.door = this_door()  # a session waiting on a turn this door opened can tell if the door died
+        # actors lent to this door for one-turn sessions (callers with no identity), by persona: the free
+        # ones with when each was last used, most recent last. A one-turn turn is then two calls to its
+        # actor (prepare, finish) and none to the orchestrator
+        self.lent: dict[str, deque[tuple[SessionLease, float]]] = {}
+        self.lent_idle_s = min(LENT_IDLE_S, settings.session_idle_timeout_s / 2)
+        self.door_id = self.door.name if self.door is not None else f"{socket.gethostname()}:{os.getpid()}"
 
     async def store(self) -> Store:
         if self._store is None:
@@ -377,7 +386,7 @@ class SessionClient:
         self, caller_id: str, persona: str, failed: SessionLease | None = None, one_turn: bool = False
     ) -> SessionLease:
         if one_turn:
-            return await self._session_for(caller_id, persona, None, one_turn=True)
+            return await self._lent(persona)
         key = (caller_id, persona.lower())
         lease = self.leases.get(key)
         if lease is not None and failed is None:
@@ -398,17 +407,31 @@ class SessionClient:
             if not lock.locked():
                 self._locks.pop(key, None)
 
-    async def _session_for(
-        self, caller_id: str, persona: str, failed_generation: int | None, one_turn: bool = False
-    ) -> SessionLease:
-        """Ask the orchestrator; while it is restarting (its process died), ask again for a while."""
+    async def _lent(self, persona: str) -> SessionLease:
+        """A free actor lent to this door for one-turn sessions of this persona, else one newly lent.
+        Those unused for a while go back first (the orchestrator lets them go, as idle sessions)."""
+        free = self.lent.setdefault(persona.lower(), deque())
+        while free and time.monotonic() - free[0][1] > self.lent_idle_s:
+            idle = free.popleft()[0]
+            self.orchestrator.give_back.remote(idle.process_id)
+        if free:
+            return free.pop()[0]
+        return await self._ask(lambda: self.orchestrator.lend.remote(self.door_id, persona))
+
+    def _lend_back(self, lease: SessionLease, persona: str) -> None:
+        """A lent actor whose one-turn session is over is free for this door's next."""
+        self.lent.setdefault(persona.lower(), deque()).append((lease, time.monotonic()))
+
+    async def _session_for(self, caller_id: str, persona: str, failed_generation: int | None) -> SessionLease:
+        return await self._ask(lambda: self.orchestrator.session_for.remote(caller_id, persona, failed_generation))
+
+    async def _ask(self, call: Callable[[], Any]) -> SessionLease:
+        """Ask the orchestrator for a session's actor; while it is restarting (its process died), ask
+        again for a while."""
         deadline = time.monotonic() + self.settings.orchestrator_recovery_s
         while True:
             try:
-                lease: SessionLease = await asyncio.wait_for(
-                    self.orchestrator.session_for.remote(caller_id, persona, failed_generation, one_turn),
-                    self.settings.session_start_timeout_s,
-                )
+                lease: SessionLease = await asyncio.wait_for(call(), self.settings.session_start_timeout_s)
                 return lease
             except (ActorUnavailableError, RayActorError):
                 if time.monotonic() > deadline:
@@ -507,6 +530,8 @@ class SessionClient:
         recalling = None if one_turn else asyncio.ensure_future(self._recall(request))
         lease, plan = await self._prepare(request, one_turn)
         if isinstance(plan, Failed):
+            if one_turn and plan.code not in UNUSABLE:  # refused, the actor is as good as it was
+                self._lend_back(lease, request.persona)
             if recalling is not None:
                 recalling.cancel()
             tracing.failed(span, plan.code)
@@ -572,7 +597,8 @@ class SessionClient:
                 base_version=plan.version if plan.built else None,
                 trace=trace,
             )
-            finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id, copy))
+            lent_for = request.persona if one_turn else None
+            finishing = asyncio.ensure_future(self._finish(lease, plan, result, request.caller_id, copy, lent_for))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
             if span.is_recording():
@@ -589,10 +615,13 @@ class SessionClient:
             yield last
 
     async def _finish(
-        self, lease: SessionLease, plan: TurnPlan, result: TurnResult, caller_id: str, copy: SessionCopy
-    ) -> None:
+        self, lease: SessionLease, plan: TurnPlan, result: TurnResult, caller_id: str, copy: SessionCopy,
+        lent_for: str | None = None,
+    ) -> None:  # fmt: skip
         """Hand the finished turn to its session; if that actor died mid-turn (or no longer holds the
-        turn), keep the turn through the store: the reply the caller heard is in the transcript."""
+        turn), keep the turn through the store: the reply the caller heard is in the transcript.
+        `lent_for`: the persona of a one-turn session on a lent actor, which is free again once it
+        acknowledges the turn."""
         died = False
         try:
             ack: TurnAck | None = await asyncio.wait_for(
@@ -607,6 +636,8 @@ class SessionClient:
         outcome = {"event": "turn.finished", "interrupted": result.interrupted, "error": result.error_code}
         log.info("turn finished", extra={**outcome, "kept_by": kept_by})
         if ack is not None:
+            if lent_for is not None:
+                self._lend_back(lease, lent_for)
             return
         try:
             store = await self.store()
@@ -619,7 +650,7 @@ class SessionClient:
             self.orchestrator.report.remote(lease.process_id, result.delta)
         except Exception:
             log.warning("the turn %s could not be kept", plan.turn_id, exc_info=True)
-        if died:  # the caller's session gets its next actor now (a warm one binds in milliseconds)
+        if died and lent_for is None:  # the caller's session gets its next actor now (a warm one binds in milliseconds)
             healing = asyncio.ensure_future(self._replace(lease, caller_id, plan.persona))
             self._finishing.add(healing)
             healing.add_done_callback(self._finishing.discard)

@@ -19,6 +19,7 @@ from tests.integration.conftest import make_settings, write_script
 from tests.integration.test_runtime import processes, say, text_of, wait_for
 from troupe.actors.orchestrator import ORCHESTRATOR_NAME
 from troupe.app import Gateway, create_app
+from troupe.core.caller import anonymous_caller
 from troupe.core.chat import ChatMessage
 from troupe.core.messages import DoorName, TurnRequest
 from troupe.store import Store
@@ -84,6 +85,8 @@ def test_callers_with_no_identity_never_exhaust_capacity(runtime: Any, door: str
             # each is recorded whole: the client's history as context, its own turn stored
             stored = await store.load_messages(ended[-1].id)
             assert [m.role for m in stored] == ["user", "assistant"] and stored[0].content == "#10"
+            # one after another, they were served by one actor, lent to the door for one-turn sessions
+            assert len({s.process_id for s in ended}) == 1
         finally:
             await store.close()
 
@@ -172,6 +175,58 @@ async def test_a_session_killed_between_prepare_and_finish_keeps_the_reply(runti
     assert (await say(runtime, "+14155550300", "still there?", client=client))[-1].kind == "done"
 
 
+def anonymous(text: str) -> TurnRequest:
+    """A turn as a plain OpenAI SDK client's request reaches the door: no caller id."""
+    return TurnRequest(caller_id=anonymous_caller(), persona="Tony", messages=(ChatMessage(role="user", content=text),))
+
+
+async def test_an_actor_lent_for_one_turn_sessions_that_dies_mid_reply_keeps_the_reply(runtime: Any) -> None:
+    """Callers with no identity take turns on an actor lent to the door. If it dies mid-reply, the reply
+    the caller heard is kept all the same, and the next such caller is answered by another actor."""
+    client = runtime.client()
+    assert [e async for e in client.turn(anonymous("hello"))][-1].kind == "done"
+    lease = client.lent["tony"][-1][0]
+    request = anonymous("slow")
+    events = client.turn(request).__aiter__()
+    first = await anext(events)
+    assert first.kind == "delta"
+    ray.kill(lease.handle, no_restart=True)
+    rest = [first, *[e async for e in events]]
+    assert rest[-1].kind == "done"
+    heard = text_of(rest)
+    assert heard.startswith("word0")
+
+    store = await open_store(runtime)
+    try:
+        session = next(s for s in await store.list_sessions(status=None) if s.caller_id == request.caller_id)
+        said = [(m.role, m.content) for m in await store.load_messages(session.id)]
+    finally:
+        await store.close()
+    assert said == [("user", "slow"), ("assistant", heard)]
+    assert [e async for e in client.turn(anonymous("anyone there?"))][-1].kind == "done"
+    assert client.lent["tony"][-1][0].handle._actor_id != lease.handle._actor_id
+
+
+async def test_an_actor_lent_for_one_turn_sessions_goes_back_when_unused(start_runtime: Any, tmp_path: Path) -> None:
+    """A lent actor holds no conversation between turns, but it counts against the cap: once no caller
+    has used it for the idle time it is let go, and the operator sees it back in the warm pool."""
+    runtime = start_runtime(make_settings(tmp_path, session_idle_timeout_s=2.0, rate_limit_per_minute=0))
+    client = runtime.client()
+    assert [e async for e in client.turn(anonymous("hello"))][-1].kind == "done"
+    status = await runtime.orchestrator.status.remote()
+    assert status.lent_count == 1 and status.session_count == 0  # not a live conversation
+
+    async def given_back() -> Any:
+        status = await runtime.orchestrator.status.remote()
+        return status if status.lent_count == 0 else None
+
+    status = await wait_for(given_back, within=30)
+    assert status.pool_size >= 1
+    # and the next caller with no identity is lent one again
+    assert [e async for e in client.turn(anonymous("hello again"))][-1].kind == "done"
+    assert (await runtime.orchestrator.status.remote()).lent_count == 1
+
+
 @ray.remote(num_cpus=0)
 class DoorReplica:
     """Stands in for a Serve door replica: an actor that opens a turn and dies before finishing it."""
@@ -228,6 +283,8 @@ async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(r
     session outlives it (a detached actor), is taken back by the restarted orchestrator, and goes on."""
     client = runtime.client()
     assert (await say(runtime, "+14155550500", "I am Grace", client=client))[-1].kind == "done"
+    assert [e async for e in client.turn(anonymous("hello"))][-1].kind == "done"
+    lent = client.lent["tony"][-1][0]
     before = {p.id for p in await processes(runtime, kind="persona")}
     session_row = next(p for p in await processes(runtime, kind="session") if p.name.endswith("+14155550500"))
     lease = client.leases[("+14155550500", "tony")]
@@ -263,6 +320,10 @@ async def test_the_orchestrator_killed_comes_back_and_callers_are_served_again(r
     finally:
         await store.close()
     assert said == ["I am Grace", "are you back?"]  # nothing acknowledged was lost
+    # the actor lent for one-turn sessions lived on too, and is still lent to the door
+    assert [e async for e in client.turn(anonymous("and you?"))][-1].kind == "done"
+    assert client.lent["tony"][-1][0] is lent
+    assert (await runtime.orchestrator.get_process.remote(lent.process_id))[0].status == "running"
 
 
 def session_actor_names(namespace: str) -> set[str]:

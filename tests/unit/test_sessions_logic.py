@@ -37,6 +37,22 @@ def test_the_least_recently_used_identified_session_makes_room_first() -> None:
     assert [s.caller_id for s in directory.idle(120)] == ["ann"]
 
 
+def test_an_actor_lent_for_one_turn_sessions_makes_room_before_any_conversation() -> None:
+    """A lent actor holds no conversation between its turns: at the cap it goes first, it is let go
+    when unused like an idle session, and it is not counted as a live conversation."""
+    clock = Clock()
+    directory = SessionDirectory(max_sessions=3, pool_min=2, clock=clock)
+    directory.add(("ann", "tony"), slot("ann", clock.now))
+    lent = SessionSlot("one-turn@door#p-9", "Tony", "p-9", "", clock.now, one_turn=True, lent=True)
+    directory.add(lent.key, lent)
+    directory.add(("anon-1", "tony"), slot("anon-1", clock.now, one_turn=True))
+    assert [s.caller_id for s in directory.eviction_order()] == ["one-turn@door#p-9", "ann"]
+    assert [s.caller_id for s in directory.conversations()] == ["ann", "anon-1"]
+    clock.now += 200
+    directory.touch(("ann", "tony"))
+    assert [s.caller_id for s in directory.idle(120)] == ["one-turn@door#p-9"]
+
+
 def test_the_lock_table_does_not_only_grow() -> None:
     directory = SessionDirectory(max_sessions=3, pool_min=1)
     for i in range(100):

@@ -44,7 +44,7 @@ from troupe.core.messages import (
     new_process_id,
     utcnow,
 )
-from troupe.core.persona_file import PersonaCatalog
+from troupe.core.persona_file import PersonaCatalog, PersonaDef
 from troupe.core.series import KEEP, Series, Window
 from troupe.core.supervision import Policy
 from troupe.store import Store
@@ -473,19 +473,33 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ sessions
 
-    async def session_for(
-        self, caller_id: str, persona: str, failed_generation: int | None = None, one_turn: bool = False
-    ) -> SessionLease:
-        """The session actor for this caller and persona (see `SessionKeeper.session_for`)."""
+    def _known(self, persona: str) -> PersonaDef:
         definition = self.catalog.find(persona)
         if definition is None:
             raise PersonaNotFound(
                 f"Unknown persona {persona!r}. Known: {', '.join(self.catalog.names())}", param="model"
             )
+        return definition
+
+    async def session_for(
+        self, caller_id: str, persona: str, failed_generation: int | None = None, one_turn: bool = False
+    ) -> SessionLease:
+        """The session actor for this caller and persona (see `SessionKeeper.session_for`)."""
+        definition = self._known(persona)
         if not self.callers_served.is_set():
             # the door opens while troupe is still starting: a caller this early waits for the personas
             await asyncio.wait_for(self.callers_served.wait(), 120)
         return await self.keeper.session_for(caller_id, definition, failed_generation, one_turn)
+
+    async def lend(self, door: str, persona: str) -> SessionLease:
+        """An actor for a door's one-turn sessions of this persona (see `SessionKeeper.lend`)."""
+        definition = self._known(persona)
+        if not self.callers_served.is_set():
+            await asyncio.wait_for(self.callers_served.wait(), 120)
+        return await self.keeper.lend(door, definition)
+
+    async def give_back(self, process_id: str) -> None:
+        await self.keeper.give_back(process_id)
 
     async def turn_over(
         self,
@@ -545,7 +559,8 @@ class Orchestrator:
         while True:
             try:
                 await self._count_turns()
-                self.series.sample(utcnow(), sessions=len(self.keeper.directory), pool=len(self.keeper.pool),
+                live = len(self.keeper.directory.conversations())
+                self.series.sample(utcnow(), sessions=live, pool=len(self.keeper.pool),
                                    restarted_total=sum(self.registry.restarted.values()))  # fmt: skip
             except Exception:
                 log.warning("the charts could not be brought up to date", exc_info=True)
@@ -733,7 +748,7 @@ class Orchestrator:
 
     async def list_sessions(self) -> list[SessionInfo]:
         out = []
-        for slot in self.keeper.directory:
+        for slot in self.keeper.directory.conversations():
             info = self.registry.processes[slot.process_id]
             idle = time.monotonic() - slot.last_active
             out.append(
@@ -752,12 +767,14 @@ class Orchestrator:
     async def status(self) -> OrchestratorStatus:
         alive = [p for p in self.registry.processes.values() if p.status in ("running", "pending")]
         processes = self.registry.processes
+        conversations = self.keeper.directory.conversations()
         return OrchestratorStatus(
             uptime_s=time.time() - self.started,
             process_count=len(alive),
-            session_count=len(self.keeper.directory),
-            sessions_by_persona=dict(Counter(slot.persona for slot in self.keeper.directory)),
+            session_count=len(conversations),
+            sessions_by_persona=dict(Counter(slot.persona for slot in conversations)),
             pool_size=len(self.keeper.pool),
+            lent_count=len(self.keeper.directory) - len(conversations),
             personas=tuple(self.catalog.names()),
             executives=tuple(p.name for p in self.catalog.executives()),
             active_personas=tuple(

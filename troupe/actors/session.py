@@ -24,6 +24,7 @@ from troupe.actors.models import ModelFactory, model_name_for
 from troupe.actors.tools import PersonaTools
 from troupe.config.settings import Settings
 from troupe.core import tracing
+from troupe.core.caller import is_anonymous
 from troupe.core.chat import ChatMessage, ToolCall
 from troupe.core.errors import BudgetExceeded
 from troupe.core.logs import bind_context
@@ -106,21 +107,34 @@ class SessionActor(ActorBase):
         self._reset()
 
     def _reset(self) -> None:
+        """Hold nothing: a free actor (lent to a door, it is lent no longer)."""
+        self.lane: tuple[str, PersonaDef] | None = None  # lent for one-turn sessions: its lane id, persona
+        self.process_id: str | None = None
+        self.persona_spent = 0.0
+        self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
+        self.turn_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        # metrics not yet reported to the orchestrator, and what it was last told
+        self._unreported = MetricsDelta()
+        self._unreported_error: str | None = None
+        self._reported_status: str | None = None
+        self._report_due: asyncio.Task[Any] | None = None
+        self._reset_session()
+
+    def _reset_session(self) -> None:
+        """Forget the conversation held. What `_reset` sets lasts across a lent actor's one-turn sessions:
+        its process id, the turns it finished, the metrics it has not yet reported."""
         self.caller_id: str | None = None
         self.persona: PersonaDef | None = None
-        self.process_id: str | None = None
         self.session_id: str | None = None
         self.one_turn = False  # a caller with no identity: this session is one turn long
         self.loaded = False  # the transcript window is read from the store on the first turn
         self.transcript: list[ChatMessage] = []
-        self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
         self.memories: tuple[str, ...] = ()
         self.blocks: tuple[str, str] = ("", "")  # the core blocks: the persona's about the caller, about itself
         self.digest: tuple[str, ...] = ()
         self.spent = 0.0
-        self.persona_spent = 0.0
         self.tools: PersonaTools | None = None
-        self.turn_lock = asyncio.Lock()
         self._turn_id: str | None = None
         self._open: asyncio.Future[None] | None = None
         self._opener: DoorName | None = None  # the door replica that opened the turn in flight, if an actor
@@ -131,12 +145,6 @@ class SessionActor(ActorBase):
         self._context_stale = False
         self._bind_nonce = secrets.token_hex(4)  # a context id is never reused by a later binding
         self.version = 0  # of the transcript: bumped whenever it changes, so a door knows its copy is current
-        self._background: set[asyncio.Task[Any]] = set()
-        # metrics not yet reported to the orchestrator, and what it was last told
-        self._unreported = MetricsDelta()
-        self._unreported_error: str | None = None
-        self._reported_status: str | None = None
-        self._report_due: asyncio.Task[Any] | None = None
 
     async def warm(self) -> dict[str, Any]:
         """Connect to the store and import what a turn needs before any caller is waiting on us."""
@@ -176,6 +184,9 @@ class SessionActor(ActorBase):
     def holds(self) -> dict[str, Any] | None:
         """What a restarted orchestrator needs to take this actor back: the conversation it is bound to
         (None when it is free)."""
+        if self.lane is not None:
+            return {"process_id": self.process_id, "caller_id": self.lane[0], "persona": self.lane[1].name,
+                    "session_id": "", "one_turn": True, "lent": True}  # fmt: skip
         if self.persona is None or self.caller_id is None or self.session_id is None or self.process_id is None:
             return None
         return {"process_id": self.process_id, "caller_id": self.caller_id, "persona": self.persona.name,
@@ -193,27 +204,57 @@ class SessionActor(ActorBase):
         reads are on the caller's path (their active session and memories; the persona's digest comes
         from a per-process cache); the session's row is written behind it, before the turn's input. The
         transcript is read on the first turn, so whatever the door wrote meanwhile is in it."""
-        store = await self.store()
         self._reset()
-        self.caller_id = caller_id
-        self.persona = definition = self.catalog.get(persona)
         self.process_id = process_id
         self.persona_spent = persona_spent
-        self.one_turn = one_turn
-        bound = await store.conversation(caller_id, definition.name)
-        existing = None if one_turn else bound.session_id  # no identity: no stored conversation, no memories
-        self._remembered(bound, one_turn)
-        self.digest = await DIGESTS.get(store, definition.name, bound.life_version)
-        self.session_id = existing or uuid4().hex
-        self.loaded = existing is None  # a new conversation: nothing to read
+        definition = self.catalog.get(persona)
+        existing = await self._take_on(caller_id, definition, one_turn)
+        assert self.session_id is not None
         # the session's row (and the caller's) is written while the caller's first turn is prepared; a
         # one-turn conversation is written whole when its turn ends
         if not one_turn:
+            store = await self.store()
             self._opening = self._spawn(store.open_session(
                 self.session_id, caller_id, definition.name, process_id, resumed=existing is not None,
                 identified=True,
             ))  # fmt: skip
         return self.session_id
+
+    async def lend(self, process_id: str, lane: str, persona: str, persona_spent: float = 0.0) -> None:
+        """Be lent to one door for one-turn sessions (callers with no identity) of one persona, one after
+        another: each `prepare` opens a session of its own and its `finish` keeps it whole and ends it, with
+        no call to the orchestrator in between. What they cost is reported as a live session's turns are."""
+        await self.store()
+        self._reset()
+        self.lane = (lane, self.catalog.get(persona))
+        self.process_id = process_id
+        self.persona_spent = persona_spent
+
+    async def _take_on(self, caller_id: str, definition: PersonaDef, one_turn: bool) -> str | None:
+        """Hold a caller's conversation with this persona, and what is always in their prompt. Returns the
+        id of their active conversation, which continues (None: a new one starts)."""
+        store = await self.store()
+        bound = await store.conversation(caller_id, definition.name)
+        existing = None if one_turn else bound.session_id  # no identity: no stored conversation, no memories
+        self.caller_id, self.persona, self.one_turn = caller_id, definition, one_turn
+        self._remembered(bound, one_turn)
+        self.digest = await DIGESTS.get(store, definition.name, bound.life_version)
+        self.session_id = existing or uuid4().hex
+        self.loaded = existing is None  # a new conversation: nothing to read
+        return existing
+
+    async def _take_one_turn(self, request: TurnRequest) -> Failed | None:
+        """A lent actor takes on the one-turn session of a caller with no identity (a refusal if it cannot:
+        a caller with an identity or another persona, or the persona's budget spent)."""
+        assert self.lane is not None
+        definition = self.lane[1]
+        if not is_anonymous(request.caller_id) or request.persona.lower() != definition.key:
+            return Failed(text="This session has ended.", code=STALE, status=503)
+        if self.persona_spent >= definition.budget_usd:
+            spent = BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
+            return Failed(text=spent.message, code=spent.code, status=spent.status)
+        await self._take_on(request.caller_id, definition, one_turn=True)
+        return None
 
     async def _load(self) -> None:
         """The newest window of the transcript: what the model is shown (older turns live on in the
@@ -236,10 +277,11 @@ class SessionActor(ActorBase):
         self._remembered(await store.conversation(self.caller_id, self.persona.name))
 
     def _allowance(self) -> Allowance:
-        assert self.persona is not None
+        persona = self.persona or (self.lane[1] if self.lane is not None else None)
+        assert persona is not None
         return Allowance(
-            persona=self.persona.name,
-            persona_budget=self.persona.budget_usd,
+            persona=persona.name,
+            persona_budget=persona.budget_usd,
             persona_spent=self.persona_spent,
             session_budget=self.settings.session_budget_usd,
             session_spent=self.spent,
@@ -292,6 +334,8 @@ class SessionActor(ActorBase):
 
     async def _prepare(self, request: TurnRequest, door: DoorName | None = None) -> TurnPlan | Failed:
         async with self.turn_lock:
+            if self.lane is not None and self.session_id is None and (refused := await self._take_one_turn(request)):
+                return refused
             if not self._serves(request):
                 # the door held a handle to an actor since released (and perhaps given to someone else)
                 return Failed(text="This session has ended.", code=STALE, status=503)
@@ -313,6 +357,8 @@ class SessionActor(ActorBase):
             if added and self.transcript and self.transcript[-1] == added[-1]:
                 added = ()  # a retried request: its input is already in the transcript
             if not added and not (self.transcript and self.transcript[-1].role in ("user", "tool")):
+                if self.lane is not None:
+                    self._reset_session()  # no turn, so no session: the lane's next caller gets the actor
                 return Failed(
                     text="No new user message in the request.",
                     code="invalid_request",
@@ -411,15 +457,18 @@ class SessionActor(ActorBase):
             return await self._finish_built(result)
         if result.turn_id != self._turn_id:
             return None
+        handed_back = self.one_turn and self.lane is None
         try:
             await self._settled()
             await self._keep(result)
             self.finished.append(result.turn_id)
+            ack = self._ack()
         finally:
             self._close_turn()
-        ack = self._ack()
+            if self.lane is not None:
+                self._reset_session()  # its one turn is over, kept or not: the lane's next caller can come
         log.info("turn kept", extra={"event": "turn.kept"})
-        if self.one_turn:
+        if handed_back:
             # a caller with no identity: the conversation was this one turn; the actor goes back to the pool
             self._spawn(self._turn_over())
         return ack
@@ -585,7 +634,13 @@ class SessionActor(ActorBase):
     async def detach(self) -> dict[str, str] | None:
         """Let the conversation go (it lives on in the store): wait for a turn in flight, settle the
         writes, report the metrics, and unbind. Returns what the persona needs to summarise it (off the
-        caller's path). With `if_idle`, a session mid-turn is left alone (None)."""
+        caller's path); None for an actor lent for one-turn sessions, whose lending ends."""
+        if self.lane is not None:
+            async with self.turn_lock:
+                await self._await_open_turn()
+                await self._send_report()
+                self._reset()
+            return None
         if self.persona is None or self.session_id is None or self.caller_id is None:
             return None
         async with self.turn_lock:

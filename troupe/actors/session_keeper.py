@@ -106,6 +106,34 @@ class SessionKeeper:
         finally:
             self.directory.settle(key)
 
+    async def lend(self, door: str, definition: PersonaDef) -> SessionLease:
+        """An actor lent to a door for one-turn sessions of this persona (callers with no identity), one
+        after another: the door opens and closes each on the actor itself, so the orchestrator is off the
+        path of every such turn. It counts as a live session; it is let go, as one is, when no turn was
+        reported for the idle time or when a caller needs the room, and the door then asks for another."""
+        budget = definition.budget_usd
+        if self.registry.spend.get(definition.name, 0.0) >= budget:
+            raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
+        async with self.capacity:
+            if self.directory.full:
+                await self._make_room()
+            self.directory.reserve()
+        try:
+            pid, handle = await self._take_actor()
+            lane = f"one-turn@{door}#{pid}"
+            try:
+                spent = self.registry.spend.get(definition.name, 0.0)
+                await asyncio.wait_for(handle.lend.remote(pid, lane, definition.name, spent), BIND_TIMEOUT_S)
+            except Exception:
+                self.kill(handle)
+                self.registry.set_status(pid, "failed", "could not be lent for one-turn sessions")
+                raise
+            slot = SessionSlot(lane, definition.name, pid, "", time.monotonic(), True, definition.key, lent=True)
+            child = self._hold(slot.key, slot, handle)
+            return SessionLease(handle, pid, "", child.generation)
+        finally:
+            self.directory.unreserve()
+
     async def _open(self, key: Key, caller_id: str, persona: str, one_turn: bool) -> SessionLease:
         pid, handle = await self._take_actor()
         spent = self.registry.spend.get(persona, 0.0)
@@ -125,9 +153,12 @@ class SessionKeeper:
     def _hold(self, key: Key, slot: SessionSlot, handle: Any) -> Child:
         """The actor holds the slot's conversation: its registry row says so and runs, the directory
         has the slot, and the supervisor watches the actor."""
-        label = "one turn" if slot.one_turn else "conversation"
-        self.registry.update(slot.process_id, agent=slot.persona, name=f"{key[1]}-{slot.caller_id}",
-                             task=f"{label.capitalize()} with {slot.caller_id}")  # fmt: skip
+        if slot.lent:
+            name, task = f"{key[1]}-one-turn", "One-turn sessions, one after another"
+        else:
+            label = "One turn" if slot.one_turn else "Conversation"
+            name, task = f"{key[1]}-{slot.caller_id}", f"{label} with {slot.caller_id}"
+        self.registry.update(slot.process_id, agent=slot.persona, name=name, task=task)
         self.registry.set_status(slot.process_id, "running")
         self.directory.add(key, slot)
         child = Child(process_id=slot.process_id, group="sessions", policy=SESSION_POLICY,
@@ -174,7 +205,7 @@ class SessionKeeper:
         if pid not in self.registry.processes:  # a row older than those the registry reloaded
             self.registry.register(ProcessInfo(id=pid, kind="session", agent=holds["persona"], name="", task=""))
         slot = SessionSlot(key[0], holds["persona"], pid, holds["session_id"], time.monotonic(),
-                           holds["one_turn"], key[1])  # fmt: skip
+                           holds["one_turn"], key[1], lent=holds.get("lent", False))  # fmt: skip
         self._hold(key, slot, handle)
         self.registry.emit("session.recovered", caller_id=key[0], agent=holds["persona"], process=pid)
         return "kept"
@@ -188,7 +219,8 @@ class SessionKeeper:
                     if slot.one_turn:  # nothing to come back to: its turn is kept by the door
                         self.directory.remove(slot.key, slot)
                         self.supervisor.children.pop(child.process_id, None)
-                        self.registry.set_status(child.process_id, "failed", "died during its one turn")
+                        reason = "died (lent for one-turn sessions)" if slot.lent else "died during its one turn"
+                        self.registry.set_status(child.process_id, "failed", reason)
                     else:
                         await self._restart(child, slot, slot.key)
             self.directory.settle(slot.key)
@@ -248,6 +280,13 @@ class SessionKeeper:
         for slot in self.directory:
             if slot.process_id == process_id and slot.session_id == session_id:
                 await self._release(slot, summarise=False, detached=True)
+                return
+
+    async def give_back(self, process_id: str) -> None:
+        """A door gives back an actor lent to it that it has not used for a while."""
+        for slot in self.directory:
+            if slot.lent and slot.process_id == process_id:
+                await self._release(slot, summarise=False)
                 return
 
     async def end(self, caller_id: str, definition: PersonaDef, source: str = "session") -> str | None:
@@ -392,7 +431,7 @@ class SessionKeeper:
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_actor(self) -> tuple[str, Any]:
-        if not self.pool and (self.pool_filling or any(slot.one_turn for slot in self.directory)):
+        if not self.pool and (self.pool_filling or any(slot.one_turn and not slot.lent for slot in self.directory)):
             # actors are starting already, or one-turn sessions hand theirs back within moments: waiting
             # for one costs less than starting yet another process (a core-second of a 2-core machine)
             await self._wait_for_pool(POOL_WAIT_S)

@@ -41,6 +41,11 @@ MODEL_ERRORS = Counter(
 )
 ACTIVE_SESSIONS = Gauge("troupe_active_sessions", "Sessions bound to a caller", registry=REGISTRY)
 POOL_SIZE = Gauge("troupe_session_pool_size", "Warm session actors waiting for a caller", registry=REGISTRY)
+LENT = Gauge(
+    "troupe_session_actors_lent",
+    "Session actors lent to a door for one-turn sessions (no caller id)",
+    registry=REGISTRY,
+)
 PROCESSES = Gauge(
     "troupe_processes", "Processes in the registry by kind and status", ["kind", "status"], registry=REGISTRY
 )
@@ -119,6 +124,7 @@ NAMES = {
     "troupe_model_errors_total": ("persona", "code"),
     "troupe_active_sessions": (),
     "troupe_session_pool_size": (),
+    "troupe_session_actors_lent": (),
     "troupe_processes": ("kind", "status"),
     "troupe_process_restarts": ("kind",),
     "troupe_life_activity_runs": ("persona", "activity", "status"),
@@ -135,6 +141,7 @@ def render(status: OrchestratorStatus) -> bytes:
     """The exposition text, with the gauges set from the orchestrator's snapshot of this moment."""
     ACTIVE_SESSIONS.set(status.session_count)
     POOL_SIZE.set(status.pool_size)
+    LENT.set(status.lent_count)
     PROCESSES.clear()
     for p in status.processes:
         PROCESSES.labels(p.kind, p.status).set(p.count)

@@ -296,6 +296,7 @@ class OrchestratorStatus(_Frozen):
     session_count: int
     sessions_by_persona: dict[str, int] = {}  # live sessions of each persona
     pool_size: int
+    lent_count: int = 0  # session actors lent to a door for one-turn sessions (not counted as sessions)
     personas: tuple[str, ...]
     executives: tuple[str, ...]
     active_personas: tuple[str, ...]  # executives whose life loop runs

@@ -24,6 +24,7 @@ class SessionSlot:
     last_active: float
     one_turn: bool = False
     persona_key: str = ""  # the persona's key in the catalog (its name by default)
+    lent: bool = False  # an actor lent to a door for one-turn sessions, one after another (`caller_id`: the lane)
 
     @property
     def key(self) -> Key:
@@ -45,6 +46,10 @@ class SessionDirectory:
 
     def __iter__(self) -> Iterator[SessionSlot]:
         return iter(list(self._slots.values()))
+
+    def conversations(self) -> list[SessionSlot]:
+        """The live conversations: every slot but the actors lent for one-turn sessions."""
+        return [slot for slot in self._slots.values() if not slot.lent]
 
     def get(self, key: Key) -> SessionSlot | None:
         return self._slots.get(key)
@@ -96,13 +101,20 @@ class SessionDirectory:
         self.opening -= 1
 
     def eviction_order(self) -> list[SessionSlot]:
-        """Identified sessions, least recently used first: who makes room for a new caller at capacity
-        (one-turn sessions end by themselves within their turn)."""
-        return [slot for slot in self._slots.values() if not slot.one_turn]
+        """Who makes room for a new caller at capacity: actors lent for one-turn sessions (they hold no
+        conversation between turns), then identified sessions, least recently used first (a one-turn
+        session on an actor of its own ends by itself within its turn)."""
+        slots = [slot for slot in self._slots.values() if slot.lent or not slot.one_turn]
+        return sorted(slots, key=lambda slot: not slot.lent)  # stable: each kind stays least recent first
 
     def idle(self, timeout_s: float) -> list[SessionSlot]:
+        """Sessions with no turn for `timeout_s`, and lent actors with none reported for as long."""
         now = self.clock()
-        return [slot for slot in self._slots.values() if not slot.one_turn and now - slot.last_active >= timeout_s]
+        return [
+            slot
+            for slot in self._slots.values()
+            if (slot.lent or not slot.one_turn) and now - slot.last_active >= timeout_s
+        ]
 
     def _peak(self) -> int:
         """The most sessions live at once in the last QUIET_S (sampled whenever one opens)."""
