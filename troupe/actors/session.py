@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 from collections import deque
 from typing import Any
 from uuid import uuid4
@@ -54,6 +55,7 @@ DIGESTS = DigestCache()  # each persona's life digest, shared by the sessions th
 OPENER_CHECK_S = 2.0  # how often a turn waiting on an unfinished one asks whether that one's door is alive
 FINISHED_KEPT = 32  # turn ids remembered as finished, so a retried `finish` is not kept twice
 TURN_OVER_TRIES = 30  # a second apart: an orchestrator restarting takes a few seconds
+LANE_CONTEXT_S = 2.0  # how stale the persona's own block may be for a caller with no identity
 ORPHAN_CHECK_S = 15.0  # how often a session actor asks whether its orchestrator is gone for good
 
 
@@ -109,6 +111,9 @@ class SessionActor(ActorBase):
     def _reset(self) -> None:
         """Hold nothing: a free actor (lent to a door, it is lent no longer)."""
         self.lane: tuple[str, PersonaDef] | None = None  # lent for one-turn sessions: its lane id, persona
+        # what every one-turn session of the lane is shown (the persona's core block, its life digest): read
+        # again when older than LANE_CONTEXT_S, so a run of such callers costs one read of it, not one each
+        self._lane_context: tuple[float, tuple[str, str], tuple[str, ...]] | None = None
         self.process_id: str | None = None
         self.persona_spent = 0.0
         self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
@@ -253,7 +258,14 @@ class SessionActor(ActorBase):
         if self.persona_spent >= definition.budget_usd:
             spent = BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
             return Failed(text=spent.message, code=spent.code, status=spent.status)
-        await self._take_on(request.caller_id, definition, one_turn=True)
+        context = self._lane_context
+        if context is not None and time.monotonic() - context[0] < LANE_CONTEXT_S:
+            self.caller_id, self.persona, self.one_turn, self.loaded = request.caller_id, definition, True, True
+            self.session_id = uuid4().hex
+            self.blocks, self.digest = context[1], context[2]
+        else:
+            await self._take_on(request.caller_id, definition, one_turn=True)
+            self._lane_context = (time.monotonic(), self.blocks, self.digest)
         return None
 
     async def _load(self) -> None:
