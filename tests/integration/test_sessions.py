@@ -148,6 +148,30 @@ def test_hanging_up_again_and_again_reaches_the_budget(start_runtime: Any, tmp_p
             assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
 
 
+async def killed_mid_reply(client: Any, request: TurnRequest, session: Any) -> str:
+    """Stream a turn and kill its session actor once the first words are out; the reply streams on from
+    the door. Returns what the caller heard."""
+    events = client.turn(request).__aiter__()
+    first = await anext(events)
+    assert first.kind == "delta"
+    ray.kill(session, no_restart=True)
+    rest = [first, *[e async for e in events]]
+    assert rest[-1].kind == "done"
+    heard = text_of(rest)
+    assert heard.startswith("word0")
+    return heard
+
+
+async def kept_turns(runtime: Any, caller: str) -> list[tuple[str, str | None]]:
+    """What the store kept of the caller's conversation, as (role, content)."""
+    store = await open_store(runtime)
+    try:
+        session = next(s for s in await store.list_sessions(status=None) if s.caller_id == caller)
+        return [(m.role, m.content) for m in await store.load_messages(session.id)]
+    finally:
+        await store.close()
+
+
 async def test_a_session_killed_between_prepare_and_finish_keeps_the_reply(runtime: Any) -> None:
     client = runtime.client()
     assert (await say(runtime, "+14155550300", "hello", client=client))[-1].kind == "done"
@@ -155,21 +179,8 @@ async def test_a_session_killed_between_prepare_and_finish_keeps_the_reply(runti
     request = TurnRequest(
         caller_id="+14155550300", persona="Tony", messages=(ChatMessage(role="user", content="slow"),)
     )
-    events = client.turn(request).__aiter__()
-    first = await anext(events)
-    assert first.kind == "delta"
-    ray.kill(lease.handle, no_restart=True)  # the session dies mid-reply; the reply streams on from the door
-    rest = [first, *[e async for e in events]]
-    assert rest[-1].kind == "done"
-    heard = text_of(rest)
-    assert heard.startswith("word0")
-
-    store = await open_store(runtime)
-    try:
-        session = next(s for s in await store.list_sessions() if s.caller_id == "+14155550300")
-        said = [(m.role, m.content) for m in await store.load_messages(session.id)]
-    finally:
-        await store.close()
+    heard = await killed_mid_reply(client, request, lease.handle)
+    said = await kept_turns(runtime, "+14155550300")
     assert said[-2:] == [("user", "slow"), ("assistant", heard)]
     # and the conversation goes on, with its history
     assert (await say(runtime, "+14155550300", "still there?", client=client))[-1].kind == "done"
@@ -187,21 +198,8 @@ async def test_an_actor_lent_for_one_turn_sessions_that_dies_mid_reply_keeps_the
     assert [e async for e in client.turn(anonymous("hello"))][-1].kind == "done"
     lease = client.lent["tony"][-1][0]
     request = anonymous("slow")
-    events = client.turn(request).__aiter__()
-    first = await anext(events)
-    assert first.kind == "delta"
-    ray.kill(lease.handle, no_restart=True)
-    rest = [first, *[e async for e in events]]
-    assert rest[-1].kind == "done"
-    heard = text_of(rest)
-    assert heard.startswith("word0")
-
-    store = await open_store(runtime)
-    try:
-        session = next(s for s in await store.list_sessions(status=None) if s.caller_id == request.caller_id)
-        said = [(m.role, m.content) for m in await store.load_messages(session.id)]
-    finally:
-        await store.close()
+    heard = await killed_mid_reply(client, request, lease.handle)
+    said = await kept_turns(runtime, request.caller_id)
     assert said == [("user", "slow"), ("assistant", heard)]
     assert [e async for e in client.turn(anonymous("anyone there?"))][-1].kind == "done"
     assert client.lent["tony"][-1][0].handle._actor_id != lease.handle._actor_id

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,25 +92,15 @@ class SessionKeeper:
                         await self._restart(child, slot, key)
                     self.directory.touch(key)
                     return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
-                budget = definition.budget_usd
-                if self.registry.spend.get(definition.name, 0.0) >= budget:
-                    raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
-                async with self.capacity:
-                    if self.directory.full:
-                        await self._make_room()
-                    self.directory.reserve()
-                try:
+                async with self._room_for(definition):
                     return await self._open(key, caller_id, definition.name, one_turn)
-                finally:
-                    self.directory.unreserve()
         finally:
             self.directory.settle(key)
 
-    async def lend(self, door: str, definition: PersonaDef) -> SessionLease:
-        """An actor lent to a door for one-turn sessions of this persona (callers with no identity), one
-        after another: the door opens and closes each on the actor itself, so the orchestrator is off the
-        path of every such turn. It counts as a live session; it is let go, as one is, when no turn was
-        reported for the idle time or when a caller needs the room, and the door then asks for another."""
+    @contextlib.asynccontextmanager
+    async def _room_for(self, definition: PersonaDef) -> AsyncIterator[None]:
+        """Room for one more session of this persona, held while its actor is bound: its budget is not
+        spent, and at the cap another session makes room (or the caller is refused)."""
         budget = definition.budget_usd
         if self.registry.spend.get(definition.name, 0.0) >= budget:
             raise BudgetExceeded(f"{definition.name} has used the whole ${budget:.2f} budget.")
@@ -119,6 +109,16 @@ class SessionKeeper:
                 await self._make_room()
             self.directory.reserve()
         try:
+            yield
+        finally:
+            self.directory.unreserve()
+
+    async def lend(self, door: str, definition: PersonaDef) -> SessionLease:
+        """An actor lent to a door for one-turn sessions of this persona (callers with no identity), one
+        after another: the door opens and closes each on the actor itself, so the orchestrator is off the
+        path of every such turn. It counts as a live session; it is let go, as one is, when no turn was
+        reported for the idle time or when a caller needs the room, and the door then asks for another."""
+        async with self._room_for(definition):
             pid, handle = await self._take_actor()
             lane = f"one-turn@{door}#{pid}"
             try:
@@ -131,8 +131,6 @@ class SessionKeeper:
             slot = SessionSlot(lane, definition.name, pid, "", time.monotonic(), True, definition.key, lent=True)
             child = self._hold(slot.key, slot, handle)
             return SessionLease(handle, pid, "", child.generation)
-        finally:
-            self.directory.unreserve()
 
     async def _open(self, key: Key, caller_id: str, persona: str, one_turn: bool) -> SessionLease:
         pid, handle = await self._take_actor()
