@@ -1,8 +1,8 @@
-"""The session keeper without Ray: fake session actors that answer `warm`, `bind`, `detach`, `busy` and
-`watch` in-process, a registry with no store and a real supervisor. A caller gets a warm actor, the cap
-makes room from the least recently used idle session (handing its actor on), one-turn actors come back
-to the pool, a dead actor's conversation moves to a fresh one under the same process id, and the pool
-follows demand."""
+"""The session keeper without Ray: fake session actors that answer `warm`, `bind`, `lend`, `detach`,
+`busy` and `watch` in-process, a registry with no store and a real supervisor. A caller gets a warm
+actor, the cap makes room from the least recently used idle session (handing its actor on), an actor
+lent for one-turn sessions makes room first and comes back to the pool when given back, a dead actor's
+conversation moves to a fresh one under the same process id, and the pool follows demand."""
 
 from __future__ import annotations
 
@@ -42,23 +42,33 @@ class FakeSession:
     def __init__(self) -> None:
         self.name = f"actor-{next(ids)}"
         self.bound: tuple[str, str, str] | None = None  # (caller, persona, process id)
+        self.lent: str | None = None  # the lane, while lent for one-turn sessions
         self.binds: list[str] = []
         self.mid_turn = False
         self.dead: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.warm = method(lambda: None)
         self.bind = method(self._bind)
+        self.lend = method(self._lend)
         self.detach = method(self._detach)
         self.busy = method(lambda: self.mid_turn)
         self.watch = SimpleNamespace(remote=lambda: asyncio.shield(self.dead))  # a watcher stopping is not a death
 
-    def _bind(self, caller: str, persona: str, pid: str, spent: float, one_turn: bool = False) -> str:
+    def _bind(self, caller: str, persona: str, pid: str, spent: float) -> str:
         if self.dead.done():
             raise RayActorError()
-        self.bound = (caller, persona, pid)
+        self.bound, self.lent = (caller, persona, pid), None
         self.binds.append(caller)
         return f"session-{caller}-{len(self.binds)}"
 
-    def _detach(self) -> dict[str, str]:
+    def _lend(self, pid: str, lane: str, persona: str, spent: float) -> None:
+        if self.dead.done():
+            raise RayActorError()
+        self.bound, self.lent = None, lane
+
+    def _detach(self) -> dict[str, str] | None:
+        if self.lent is not None:
+            self.lent = None
+            return None
         assert self.bound is not None
         caller, persona, _ = self.bound
         self.bound = None
@@ -172,33 +182,32 @@ async def test_when_every_session_is_mid_turn_a_new_caller_is_refused(world: Wor
     assert len(world.keeper.directory) == 3 and world.keeper.directory.opening == 0
 
 
-async def test_a_one_turn_actor_goes_back_to_the_pool_for_the_next_caller(world: World, tony: PersonaDef) -> None:
-    first = await world.keeper.session_for("anon-1", tony, one_turn=True)
-    first.handle.bound = None  # the actor unbinds itself after storing its turn
-    await world.keeper.turn_over(first.process_id, first.session_id)
-    assert len(world.keeper.directory) == 0
-    assert any(handle is first.handle for _, handle in world.keeper.pool)
-    assert world.registry.processes[first.process_id].status == "completed"
-
-
-async def test_a_caller_with_no_identity_waits_for_a_handed_back_actor_rather_than_a_new_process(
-    tony: PersonaDef,
+async def test_an_actor_lent_for_one_turn_sessions_goes_back_to_the_pool_when_given_back(
+    world: World, tony: PersonaDef
 ) -> None:
-    world = World(pool=0)
-    try:
-        first = await world.keeper.session_for("anon-1", tony, one_turn=True)  # a cold start: no pool
-        assert len(world.made) == 1
+    lease = await world.keeper.lend("door-1", tony)
+    assert lease.handle.lent is not None
+    row = world.registry.processes[lease.process_id]
+    assert row.status == "running" and row.task.startswith("One-turn sessions") and row.agent == "Tony"
+    assert world.keeper.directory.conversations() == []  # not a live conversation
+    await world.keeper.give_back(lease.process_id)
+    assert len(world.keeper.directory) == 0 and lease.handle.lent is None
+    assert any(handle is lease.handle for _, handle in world.keeper.pool)
+    assert world.registry.processes[lease.process_id].status == "completed"
 
-        async def hand_back() -> None:
-            await asyncio.sleep(0.05)
-            await world.keeper.turn_over(first.process_id, first.session_id)
 
-        handing = asyncio.ensure_future(hand_back())
-        second = await world.keeper.session_for("anon-2", tony, one_turn=True)
-        await handing
-        assert second.handle is first.handle  # (the pool refilling behind the cold start is not waited for)
-    finally:
-        world.stop()
+async def test_at_the_cap_a_lent_actor_makes_room_before_any_conversation(world: World, tony: PersonaDef) -> None:
+    ann = await world.keeper.session_for("ann", tony)
+    lent = await world.keeper.lend("door-1", tony)
+    bob = await world.keeper.session_for("bob", tony)
+    await world.settle()
+    made = len(world.made)
+    cat = await world.keeper.session_for("cat", tony)
+    await world.settle()
+    assert cat.handle is lent.handle and len(world.made) == made  # the lent actor went straight to cat
+    assert world.keeper.directory.get(("ann", "tony")) and world.keeper.directory.get(("bob", "tony"))
+    assert world.summaries == []  # nobody's conversation was cut short
+    assert ann.handle is not cat.handle and bob.handle is not cat.handle
 
 
 async def test_a_dead_actor_s_conversation_moves_to_a_fresh_one_under_the_same_process(

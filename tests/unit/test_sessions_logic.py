@@ -20,20 +20,21 @@ class Clock:
         return self.now
 
 
-def slot(caller: str, at: float, one_turn: bool = False) -> SessionSlot:
-    return SessionSlot(caller, "Tony", f"p-{caller}", f"s-{caller}", at, one_turn)
+def slot(caller: str, at: float, lent: bool = False) -> SessionSlot:
+    return SessionSlot(caller, "Tony", f"p-{caller}", f"s-{caller}", at, lent=lent)
 
 
-def test_the_least_recently_used_identified_session_makes_room_first() -> None:
+def test_the_least_recently_used_session_makes_room_first() -> None:
     clock = Clock()
     directory = SessionDirectory(max_sessions=3, pool_min=2, clock=clock)
-    for name in ("ann", "bob", "anon-1"):
-        directory.add((name, "tony"), slot(name, clock.now, one_turn=name.startswith("anon")))
+    for name in ("ann", "bob", "cat"):
+        directory.add((name, "tony"), slot(name, clock.now))
     assert directory.full
     directory.touch(("ann", "tony"))  # ann spoke last
-    assert [s.caller_id for s in directory.eviction_order()] == ["bob", "ann"]  # one-turn sessions end by themselves
+    assert [s.caller_id for s in directory.eviction_order()] == ["bob", "cat", "ann"]
     clock.now += 200
     directory.touch(("bob", "tony"))
+    directory.touch(("cat", "tony"))
     assert [s.caller_id for s in directory.idle(120)] == ["ann"]
 
 
@@ -43,13 +44,14 @@ def test_an_actor_lent_for_one_turn_sessions_makes_room_before_any_conversation(
     clock = Clock()
     directory = SessionDirectory(max_sessions=3, pool_min=2, clock=clock)
     directory.add(("ann", "tony"), slot("ann", clock.now))
-    lent = SessionSlot("one-turn@door#p-9", "Tony", "p-9", "", clock.now, one_turn=True, lent=True)
+    lent = slot("one-turn@door#p-9", clock.now, lent=True)
     directory.add(lent.key, lent)
-    directory.add(("anon-1", "tony"), slot("anon-1", clock.now, one_turn=True))
-    assert [s.caller_id for s in directory.eviction_order()] == ["one-turn@door#p-9", "ann"]
-    assert [s.caller_id for s in directory.conversations()] == ["ann", "anon-1"]
+    directory.add(("bob", "tony"), slot("bob", clock.now))
+    assert [s.caller_id for s in directory.eviction_order()] == ["one-turn@door#p-9", "ann", "bob"]
+    assert [s.caller_id for s in directory.conversations()] == ["ann", "bob"]
     clock.now += 200
     directory.touch(("ann", "tony"))
+    directory.touch(("bob", "tony"))
     assert [s.caller_id for s in directory.idle(120)] == ["one-turn@door#p-9"]
 
 
@@ -83,7 +85,7 @@ def test_the_actors_follow_the_peak_of_demand_and_shrink_back_when_quiet() -> No
     directory = SessionDirectory(max_sessions=20, pool_min=2, clock=clock)
     assert directory.actors_target() == 2 and directory.pool_target(free=0) == 2
     for i in range(16):  # a burst of 16 callers at once
-        directory.add((f"c{i}", "tony"), slot(f"c{i}", clock.now, one_turn=True))
+        directory.add((f"c{i}", "tony"), slot(f"c{i}", clock.now))
     assert directory.actors_target() == 18 and directory.pool_target(free=0) == 2  # the floor stays free
     for i in range(16):
         directory.remove((f"c{i}", "tony"))

@@ -481,15 +481,13 @@ class Orchestrator:
             )
         return definition
 
-    async def session_for(
-        self, caller_id: str, persona: str, failed_generation: int | None = None, one_turn: bool = False
-    ) -> SessionLease:
+    async def session_for(self, caller_id: str, persona: str, failed_generation: int | None = None) -> SessionLease:
         """The session actor for this caller and persona (see `SessionKeeper.session_for`)."""
         definition = self._known(persona)
         if not self.callers_served.is_set():
             # the door opens while troupe is still starting: a caller this early waits for the personas
             await asyncio.wait_for(self.callers_served.wait(), 120)
-        return await self.keeper.session_for(caller_id, definition, failed_generation, one_turn)
+        return await self.keeper.session_for(caller_id, definition, failed_generation)
 
     async def lend(self, door: str, persona: str) -> SessionLease:
         """An actor for a door's one-turn sessions of this persona (see `SessionKeeper.lend`)."""
@@ -500,23 +498,6 @@ class Orchestrator:
 
     async def give_back(self, process_id: str) -> None:
         await self.keeper.give_back(process_id)
-
-    async def turn_over(
-        self,
-        process_id: str,
-        session_id: str,
-        delta: MetricsDelta | None = None,
-        status: ProcessStatus | None = None,
-        error: str | None = None,
-    ) -> None:
-        """A one-turn session has stored its turn: what it cost is counted, and its actor goes back to
-        the pool."""
-        if not self.callers_served.is_set():
-            # restarted: the sessions that outlived the old process are being taken back, this one too
-            await asyncio.wait_for(self.callers_served.wait(), 120)
-        if delta is not None and (delta != MetricsDelta() or error is not None):
-            self.registry.report(process_id, delta, status, error)
-        await self.keeper.turn_over(process_id, session_id)
 
     async def end_session(self, caller_id: str, persona: str, source: str = "session") -> str | None:
         """The platform says the conversation is over: let it go now, and return its summary."""

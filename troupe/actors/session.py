@@ -54,7 +54,6 @@ REPORT_EVERY_S = 2.0  # how stale a busy session's metrics on the control panel 
 DIGESTS = DigestCache()  # each persona's life digest, shared by the sessions this process holds in turn
 OPENER_CHECK_S = 2.0  # how often a turn waiting on an unfinished one asks whether that one's door is alive
 FINISHED_KEPT = 32  # turn ids remembered as finished, so a retried `finish` is not kept twice
-TURN_OVER_TRIES = 30  # a second apart: an orchestrator restarting takes a few seconds
 LANE_CONTEXT_S = 2.0  # how stale the persona's own block may be for a caller with no identity
 ORPHAN_CHECK_S = 15.0  # how often a session actor asks whether its orchestrator is gone for good
 
@@ -191,20 +190,18 @@ class SessionActor(ActorBase):
         (None when it is free)."""
         if self.lane is not None:
             return {"process_id": self.process_id, "caller_id": self.lane[0], "persona": self.lane[1].name,
-                    "session_id": "", "one_turn": True, "lent": True}  # fmt: skip
+                    "session_id": "", "lent": True}  # fmt: skip
         if self.persona is None or self.caller_id is None or self.session_id is None or self.process_id is None:
             return None
         return {"process_id": self.process_id, "caller_id": self.caller_id, "persona": self.persona.name,
-                "session_id": self.session_id, "one_turn": self.one_turn}  # fmt: skip
+                "session_id": self.session_id}  # fmt: skip
 
     @staticmethod
     async def _warm_digest(store: Any, persona: str) -> None:
         bound = await store.conversation("warm-up", persona)
         await DIGESTS.get(store, persona, bound.life_version)
 
-    async def bind(
-        self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0, one_turn: bool = False
-    ) -> str:
+    async def bind(self, caller_id: str, persona: str, process_id: str, persona_spent: float = 0.0) -> str:
         """Take on a caller: continue their active conversation with this persona, or start one. Only
         reads are on the caller's path (their active session and memories; the persona's digest comes
         from a per-process cache); the session's row is written behind it, before the turn's input. The
@@ -213,16 +210,13 @@ class SessionActor(ActorBase):
         self.process_id = process_id
         self.persona_spent = persona_spent
         definition = self.catalog.get(persona)
-        existing = await self._take_on(caller_id, definition, one_turn)
+        existing = await self._take_on(caller_id, definition, one_turn=False)
         assert self.session_id is not None
-        # the session's row (and the caller's) is written while the caller's first turn is prepared; a
-        # one-turn conversation is written whole when its turn ends
-        if not one_turn:
-            store = await self.store()
-            self._opening = self._spawn(store.open_session(
-                self.session_id, caller_id, definition.name, process_id, resumed=existing is not None,
-                identified=True,
-            ))  # fmt: skip
+        # the session's row (and the caller's) is written while the caller's first turn is prepared
+        store = await self.store()
+        self._opening = self._spawn(store.open_session(
+            self.session_id, caller_id, definition.name, process_id, resumed=existing is not None, identified=True,
+        ))  # fmt: skip
         return self.session_id
 
     async def lend(self, process_id: str, lane: str, persona: str, persona_spent: float = 0.0) -> None:
@@ -469,7 +463,6 @@ class SessionActor(ActorBase):
             return await self._finish_built(result)
         if result.turn_id != self._turn_id:
             return None
-        handed_back = self.one_turn and self.lane is None
         try:
             await self._settled()
             await self._keep(result)
@@ -480,9 +473,6 @@ class SessionActor(ActorBase):
             if self.lane is not None:
                 self._reset_session()  # its one turn is over, kept or not: the lane's next caller can come
         log.info("turn kept", extra={"event": "turn.kept"})
-        if handed_back:
-            # a caller with no identity: the conversation was this one turn; the actor goes back to the pool
-            self._spawn(self._turn_over())
         return ack
 
     async def _finish_built(self, result: TurnResult) -> TurnAck | None:
@@ -513,26 +503,6 @@ class SessionActor(ActorBase):
             self.transcript.extend(added)
             self.version += 1
         self._input = added
-
-    async def _turn_over(self) -> None:
-        """Hand the actor back, with what its one turn cost, in one call (the conversation is already
-        stored whole, ended)."""
-        session_id, process_id = self.session_id, self.process_id
-        async with self.turn_lock:
-            if session_id is None or session_id != self.session_id:
-                return
-            delta, error = self._unreported, self._unreported_error
-            self._reset()
-        status = "failed" if error is not None else "completed"
-        for _ in range(TURN_OVER_TRIES):
-            try:
-                await self.orchestrator.turn_over.remote(process_id, session_id, delta, status, error)
-                return
-            except RayActorError:
-                # the orchestrator died with the call in flight: its restart takes this actor back, and
-                # what the turn cost is counted once the call gets through
-                await asyncio.sleep(1.0)
-        log.warning("a one-turn session could not hand its actor back")
 
     async def _settled(self) -> None:
         """The session's row is in the store (written behind a new conversation's first bind)."""

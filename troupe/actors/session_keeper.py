@@ -29,7 +29,7 @@ from troupe.core.supervision import Policy, decide
 log = logging.getLogger(__name__)
 
 SESSION_POLICY = Policy(strategy="restart", max_restarts=5, window_s=60)
-POOL_WAIT_S = 2.0  # how long a caller may wait for an actor a one-turn session is handing back
+POOL_WAIT_S = 2.0  # how long a caller may wait for a starting actor rather than start another
 REFILL_DELAY_S = 1.0  # a new actor process costs about a core-second: the callers' first turns go first
 BIND_TIMEOUT_S = 30.0
 
@@ -77,11 +77,10 @@ class SessionKeeper:
         caller_id: str,
         definition: PersonaDef,
         failed_generation: int | None = None,
-        one_turn: bool = False,
     ) -> SessionLease:
         """The caller's live session with this persona, else a new one on a warm actor (which picks the
         conversation up from the store). `failed_generation`: the door saw that actor die; it is replaced
-        at once. `one_turn`: a caller with no identity, whose actor is handed back after its turn."""
+        at once."""
         key = (caller_id, definition.key)
         try:
             async with self.directory.lock(key):
@@ -93,7 +92,7 @@ class SessionKeeper:
                     self.directory.touch(key)
                     return SessionLease(child.handle, slot.process_id, slot.session_id, child.generation)
                 async with self._room_for(definition):
-                    return await self._open(key, caller_id, definition.name, one_turn)
+                    return await self._open(key, caller_id, definition.name)
         finally:
             self.directory.settle(key)
 
@@ -128,22 +127,20 @@ class SessionKeeper:
                 self.kill(handle)
                 self.registry.set_status(pid, "failed", "could not be lent for one-turn sessions")
                 raise
-            slot = SessionSlot(lane, definition.name, pid, "", time.monotonic(), True, definition.key, lent=True)
+            slot = SessionSlot(lane, definition.name, pid, "", time.monotonic(), definition.key, lent=True)
             child = self._hold(slot.key, slot, handle)
             return SessionLease(handle, pid, "", child.generation)
 
-    async def _open(self, key: Key, caller_id: str, persona: str, one_turn: bool) -> SessionLease:
+    async def _open(self, key: Key, caller_id: str, persona: str) -> SessionLease:
         pid, handle = await self._take_actor()
         spent = self.registry.spend.get(persona, 0.0)
         try:
-            session_id = await asyncio.wait_for(
-                handle.bind.remote(caller_id, persona, pid, spent, one_turn), BIND_TIMEOUT_S
-            )
+            session_id = await asyncio.wait_for(handle.bind.remote(caller_id, persona, pid, spent), BIND_TIMEOUT_S)
         except Exception:
             self.kill(handle)
             self.registry.set_status(pid, "failed", "could not take on a caller")
             raise
-        slot = SessionSlot(caller_id, persona, pid, session_id, time.monotonic(), one_turn, key[1])
+        slot = SessionSlot(caller_id, persona, pid, session_id, time.monotonic(), key[1])
         child = self._hold(key, slot, handle)
         self.registry.emit("session.started", caller_id=caller_id, agent=persona, process=pid)
         return SessionLease(handle, pid, session_id, child.generation)
@@ -154,8 +151,7 @@ class SessionKeeper:
         if slot.lent:
             name, task = f"{key[1]}-one-turn", "One-turn sessions, one after another"
         else:
-            label = "One turn" if slot.one_turn else "Conversation"
-            name, task = f"{key[1]}-{slot.caller_id}", f"{label} with {slot.caller_id}"
+            name, task = f"{key[1]}-{slot.caller_id}", f"Conversation with {slot.caller_id}"
         self.registry.update(slot.process_id, agent=slot.persona, name=name, task=task)
         self.registry.set_status(slot.process_id, "running")
         self.directory.add(key, slot)
@@ -202,8 +198,8 @@ class SessionKeeper:
         pid: str = holds["process_id"]
         if pid not in self.registry.processes:  # a row older than those the registry reloaded
             self.registry.register(ProcessInfo(id=pid, kind="session", agent=holds["persona"], name="", task=""))
-        slot = SessionSlot(key[0], holds["persona"], pid, holds["session_id"], time.monotonic(),
-                           holds["one_turn"], key[1], lent=holds.get("lent", False))  # fmt: skip
+        slot = SessionSlot(key[0], holds["persona"], pid, holds["session_id"], time.monotonic(), key[1],
+                           lent=holds.get("lent", False))  # fmt: skip
         self._hold(key, slot, handle)
         self.registry.emit("session.recovered", caller_id=key[0], agent=holds["persona"], process=pid)
         return "kept"
@@ -214,11 +210,10 @@ class SessionKeeper:
         async def on_death(generation: int) -> None:
             async with self.directory.lock(slot.key):
                 if child.generation == generation and self.directory.get(slot.key) is slot:
-                    if slot.one_turn:  # nothing to come back to: its turn is kept by the door
+                    if slot.lent:  # no conversation to come back to: a turn in flight is kept by the door
                         self.directory.remove(slot.key, slot)
                         self.supervisor.children.pop(child.process_id, None)
-                        reason = "died (lent for one-turn sessions)" if slot.lent else "died during its one turn"
-                        self.registry.set_status(child.process_id, "failed", reason)
+                        self.registry.set_status(child.process_id, "failed", "died (lent for one-turn sessions)")
                     else:
                         await self._restart(child, slot, slot.key)
             self.directory.settle(slot.key)
@@ -272,13 +267,6 @@ class SessionKeeper:
         for slot in self.directory:
             if slot.process_id == process_id:
                 slot.last_active = time.monotonic()
-
-    async def turn_over(self, process_id: str, session_id: str) -> None:
-        """A one-turn session has stored its turn: its actor goes back to the pool."""
-        for slot in self.directory:
-            if slot.process_id == process_id and slot.session_id == session_id:
-                await self._release(slot, summarise=False, detached=True)
-                return
 
     async def give_back(self, process_id: str) -> None:
         """A door gives back an actor lent to it that it has not used for a while."""
@@ -429,9 +417,9 @@ class SessionKeeper:
         self._pooled(handle, pid)  # pending: a process waiting for a caller
 
     async def _take_actor(self) -> tuple[str, Any]:
-        if not self.pool and (self.pool_filling or any(slot.one_turn and not slot.lent for slot in self.directory)):
-            # actors are starting already, or one-turn sessions hand theirs back within moments: waiting
-            # for one costs less than starting yet another process (a core-second of a 2-core machine)
+        if not self.pool and self.pool_filling:
+            # actors are starting already: waiting for one costs less than starting yet another process
+            # (a core-second of a 2-core machine)
             await self._wait_for_pool(POOL_WAIT_S)
         if self.pool:
             pid, handle = self.pool.popleft()

@@ -15,14 +15,14 @@ QUIET_S = 60.0  # the peak of live sessions this recent sizes the pool; quiet fo
 
 @dataclass
 class SessionSlot:
-    """A live conversation and the actor holding it. A one-turn slot is a caller with no identity."""
+    """A live conversation and the actor holding it, or an actor lent to a door for one-turn sessions
+    (callers with no identity), one after another."""
 
     caller_id: str
     persona: str
     process_id: str
     session_id: str
     last_active: float
-    one_turn: bool = False
     persona_key: str = ""  # the persona's key in the catalog (its name by default)
     lent: bool = False  # an actor lent to a door for one-turn sessions, one after another (`caller_id`: the lane)
 
@@ -102,19 +102,13 @@ class SessionDirectory:
 
     def eviction_order(self) -> list[SessionSlot]:
         """Who makes room for a new caller at capacity: actors lent for one-turn sessions (they hold no
-        conversation between turns), then identified sessions, least recently used first (a one-turn
-        session on an actor of its own ends by itself within its turn)."""
-        slots = [slot for slot in self._slots.values() if slot.lent or not slot.one_turn]
-        return sorted(slots, key=lambda slot: not slot.lent)  # stable: each kind stays least recent first
+        conversation between turns), then identified sessions, least recently used first."""
+        return sorted(self._slots.values(), key=lambda slot: not slot.lent)  # stable: least recent first
 
     def idle(self, timeout_s: float) -> list[SessionSlot]:
         """Sessions with no turn for `timeout_s`, and lent actors with none reported for as long."""
         now = self.clock()
-        return [
-            slot
-            for slot in self._slots.values()
-            if (slot.lent or not slot.one_turn) and now - slot.last_active >= timeout_s
-        ]
+        return [slot for slot in self._slots.values() if now - slot.last_active >= timeout_s]
 
     def _peak(self) -> int:
         """The most sessions live at once in the last QUIET_S (sampled whenever one opens)."""
@@ -125,8 +119,8 @@ class SessionDirectory:
 
     def actors_target(self) -> int:
         """Session actors to have in all, live and free: the recent peak of live sessions plus the free
-        floor, within the cap. So the actors follow demand: a burst's are kept for the next one (one-turn
-        sessions hand theirs back within moments), and they shrink back to the floor once it is quiet."""
+        floor, within the cap. So the actors follow demand: a burst's are kept for the next one, and they
+        shrink back to the floor once it is quiet."""
         in_use = len(self._slots) + self.opening
         return min(max(self._peak(), in_use) + self.pool_min, self.max_sessions + self.pool_min)
 
