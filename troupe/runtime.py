@@ -338,7 +338,8 @@ RECALL_TIMEOUT_S = 1.0
 RECALL_TOKENS = 600  # recalled memories' share of a turn's prompt, at most
 
 LENT_IDLE_S = 30.0  # an actor lent for one-turn sessions and unused this long is given back
-UNUSABLE = {STALE, "session_timeout", "session_restarted"}  # a prepare that failed so: its actor is not reused
+SESSION_TIMEOUT, SESSION_RESTARTED = "session_timeout", "session_restarted"  # codes of a prepare that failed
+UNUSABLE = {STALE, SESSION_TIMEOUT, SESSION_RESTARTED}  # a prepare that failed so: its actor is not reused
 COPY_FRESH_S = 30.0  # how long after its last turn a door builds a caller's next turn from its copy
 
 
@@ -500,7 +501,7 @@ class SessionClient:
                 continue
             except TimeoutError:
                 busy = Failed(text="The session did not answer in time; please try again.",
-                    code="session_timeout", status=503,
+                    code=SESSION_TIMEOUT, status=503,
                 )  # fmt: skip
                 return lease, busy
             if isinstance(plan, Failed) and plan.code == STALE and attempt < 2:
@@ -508,7 +509,7 @@ class SessionClient:
                 lease = await self.lease(request.caller_id, request.persona, one_turn=one_turn)
                 continue
             return lease, plan
-        unavailable = Failed(text="The session is restarting; please try again.", code="session_restarted",
+        unavailable = Failed(text="The session is restarting; please try again.", code=SESSION_RESTARTED,
             status=503,
         )  # fmt: skip
         return lease, unavailable

@@ -473,28 +473,25 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ sessions
 
-    def _known(self, persona: str) -> PersonaDef:
+    async def _serving(self, persona: str) -> PersonaDef:
+        """The persona a caller asked for, once callers are served: the door opens while troupe is still
+        starting (or restarting), and a caller this early waits for the personas."""
         definition = self.catalog.find(persona)
         if definition is None:
             raise PersonaNotFound(
                 f"Unknown persona {persona!r}. Known: {', '.join(self.catalog.names())}", param="model"
             )
+        if not self.callers_served.is_set():
+            await asyncio.wait_for(self.callers_served.wait(), 120)
         return definition
 
     async def session_for(self, caller_id: str, persona: str, failed_generation: int | None = None) -> SessionLease:
         """The session actor for this caller and persona (see `SessionKeeper.session_for`)."""
-        definition = self._known(persona)
-        if not self.callers_served.is_set():
-            # the door opens while troupe is still starting: a caller this early waits for the personas
-            await asyncio.wait_for(self.callers_served.wait(), 120)
-        return await self.keeper.session_for(caller_id, definition, failed_generation)
+        return await self.keeper.session_for(caller_id, await self._serving(persona), failed_generation)
 
     async def lend(self, door: str, persona: str) -> SessionLease:
         """An actor for a door's one-turn sessions of this persona (see `SessionKeeper.lend`)."""
-        definition = self._known(persona)
-        if not self.callers_served.is_set():
-            await asyncio.wait_for(self.callers_served.wait(), 120)
-        return await self.keeper.lend(door, definition)
+        return await self.keeper.lend(door, await self._serving(persona))
 
     async def give_back(self, process_id: str) -> None:
         await self.keeper.give_back(process_id)

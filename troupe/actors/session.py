@@ -112,7 +112,7 @@ class SessionActor(ActorBase):
         self.lane: tuple[str, PersonaDef] | None = None  # lent for one-turn sessions: its lane id, persona
         # what every one-turn session of the lane is shown (the persona's core block, its life digest): read
         # again when older than LANE_CONTEXT_S, so a run of such callers costs one read of it, not one each
-        self._lane_context: tuple[float, tuple[str, str], tuple[str, ...]] | None = None
+        self._lane_context: tuple[float, Bound, tuple[str, ...]] | None = None
         self.process_id: str | None = None
         self.persona_spent = 0.0
         self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
@@ -229,18 +229,25 @@ class SessionActor(ActorBase):
         self.process_id = process_id
         self.persona_spent = persona_spent
 
-    async def _take_on(self, caller_id: str, definition: PersonaDef, one_turn: bool) -> str | None:
-        """Hold a caller's conversation with this persona, and what is always in their prompt. Returns the
-        id of their active conversation, which continues (None: a new one starts)."""
-        store = await self.store()
-        bound = await store.conversation(caller_id, definition.name)
+    async def _take_on(
+        self, caller_id: str, definition: PersonaDef, one_turn: bool, read: tuple[Bound, tuple[str, ...]] | None = None
+    ) -> str | None:
+        """Hold a caller's conversation with this persona, and what is always in their prompt (`read`: what
+        the store said of it, with the persona's digest, when that is known already). Returns the id of
+        their active conversation, which continues (None: a new one starts)."""
+        bound, self.digest = read or await self._read(caller_id, definition)
         existing = None if one_turn else bound.session_id  # no identity: no stored conversation, no memories
         self.caller_id, self.persona, self.one_turn = caller_id, definition, one_turn
         self._remembered(bound, one_turn)
-        self.digest = await DIGESTS.get(store, definition.name, bound.life_version)
         self.session_id = existing or uuid4().hex
         self.loaded = existing is None  # a new conversation: nothing to read
         return existing
+
+    async def _read(self, caller_id: str, definition: PersonaDef) -> tuple[Bound, tuple[str, ...]]:
+        """The caller's conversation with this persona as the store has it, and the persona's life digest."""
+        store = await self.store()
+        bound = await store.conversation(caller_id, definition.name)
+        return bound, await DIGESTS.get(store, definition.name, bound.life_version)
 
     async def _take_one_turn(self, request: TurnRequest) -> Failed | None:
         """A lent actor takes on the one-turn session of a caller with no identity (a refusal if it cannot:
@@ -252,14 +259,11 @@ class SessionActor(ActorBase):
         if self.persona_spent >= definition.budget_usd:
             spent = BudgetExceeded(f"{definition.name} has used the whole ${definition.budget_usd:.2f} budget.")
             return Failed(text=spent.message, code=spent.code, status=spent.status)
+        # a one-turn session is shown only what is the persona's (its block, its digest): any caller's read does
         context = self._lane_context
-        if context is not None and time.monotonic() - context[0] < LANE_CONTEXT_S:
-            self.caller_id, self.persona, self.one_turn, self.loaded = request.caller_id, definition, True, True
-            self.session_id = uuid4().hex
-            self.blocks, self.digest = context[1], context[2]
-        else:
-            await self._take_on(request.caller_id, definition, one_turn=True)
-            self._lane_context = (time.monotonic(), self.blocks, self.digest)
+        if context is None or time.monotonic() - context[0] >= LANE_CONTEXT_S:
+            context = self._lane_context = (time.monotonic(), *await self._read(request.caller_id, definition))
+        await self._take_on(request.caller_id, definition, one_turn=True, read=context[1:])
         return None
 
     async def _load(self) -> None:
